@@ -1,0 +1,66 @@
+"""learnprune: learn sparse neural networks in PyTorch.
+
+Quick start::
+
+    import learnprune as lp
+
+    data = lp.load_dataset("mnist")
+    model = lp.build_model("lenet300")
+    steps = data.steps_per_epoch(100) * 10
+    gmp = lp.GMP(model, target=0.95, end_step=int(0.75 * steps))
+    lp.train(model, gmp, data, lp.TrainConfig(epochs=10, batch_size=100, lr=0.1))
+    print(lp.count(model))        # params, nonzero_params, flops, effective_flops, ...
+    gmp.finalize()                # masks baked in, a plain nn.Module again
+"""
+
+__version__ = "0.1.0"
+
+from learnprune.accounting import Counts, count, format_table
+from learnprune.config import RunConfig, TrainConfig
+from learnprune.data import Dataset, load_dataset
+from learnprune.engine import evaluate, train
+from learnprune.errors import (
+    CheckpointError,
+    ConfigError,
+    DataError,
+    LearnpruneError,
+    TrainingDivergedError,
+    UnsupportedModelError,
+)
+from learnprune.groups import GroupSet, build_groups, custom_group_set
+from learnprune.masking import finalize, read_masks
+from learnprune.methods import GMP, METHODS, Dense, Magnitude, PruningMethod
+from learnprune.models import build_model, list_models
+from learnprune.run import run
+
+__all__ = [
+    "GMP",
+    "METHODS",
+    "CheckpointError",
+    "ConfigError",
+    "Counts",
+    "DataError",
+    "Dataset",
+    "Dense",
+    "GroupSet",
+    "LearnpruneError",
+    "Magnitude",
+    "PruningMethod",
+    "RunConfig",
+    "TrainConfig",
+    "TrainingDivergedError",
+    "UnsupportedModelError",
+    "__version__",
+    "build_groups",
+    "build_model",
+    "count",
+    "custom_group_set",
+    "evaluate",
+    "finalize",
+    "format_table",
+    "list_models",
+    "load_dataset",
+    "read_masks",
+    "run",
+    "train",
+]

@@ -1,0 +1,7 @@
+"""``python -m learnprune`` is the ``learnprune`` command."""
+
+import sys
+
+from learnprune.cli import main
+
+sys.exit(main())

@@ -1,0 +1,206 @@
+"""Counting parameters and FLOPs, dense and under masks.
+
+Definitions (printed with every result, see :data:`DEFINITIONS`):
+
+* **params** — every parameter of the model (weights, biases, norm layers), as the forward
+  pass sees it; the gates' own variables (mask variables, gate logits) are not counted.
+* **nonzero_params** — those of them that are not exactly zero.
+* **sparsity** — over the *weights of every Conv and Linear layer* (biases and norm layers
+  excluded, excluded-from-pruning layers included): ``1 − nonzero_weights / weights``.
+  **compression** is ``weights / nonzero_weights``, the figure papers such as Sparse VD
+  quote.
+* **flops** — floating-point operations of one forward pass of one example as counted by
+  ``torch.utils.flop_counter.FlopCounterMode``: 2 per multiply-accumulate of every matmul
+  and convolution (element-wise ops, pooling, norms and activations are not counted).
+* **effective_flops** — the same with each Conv/Linear layer charged only for its kept
+  weights: ``2 · nnz(W) · P`` where ``P`` is the number of output positions of the layer
+  (``N·H_out·W_out`` for a conv, the rows of the input for a Linear).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+from torch.utils.flop_counter import FlopCounterMode
+
+from learnprune.groups import PRUNABLE_LAYERS, example_input
+from learnprune.masking import effective_parameters
+
+SPARSITY_SCOPE = "weights of every Conv/Linear layer (biases and norm layers not counted)"
+DEFINITIONS = (
+    f"sparsity and compression over the {SPARSITY_SCOPE}; params = all parameters; "
+    "FLOPs = FlopCounterMode count of one example's forward pass (2 per multiply-add); "
+    "effective FLOPs charge each Conv/Linear only for its nonzero weights"
+)
+
+
+@dataclass
+class LayerCount:
+    """One Conv/Linear layer's share of the counts."""
+
+    name: str
+    kind: str
+    shape: tuple[int, ...]
+    weights: int
+    nonzero_weights: int
+    flops: int
+    effective_flops: int
+
+    @property
+    def sparsity(self) -> float:
+        return 1.0 - self.nonzero_weights / self.weights if self.weights else 0.0
+
+
+@dataclass
+class Counts:
+    """Parameters and FLOPs of a model; see the module docstring for the definitions."""
+
+    params: int
+    nonzero_params: int
+    weights: int
+    nonzero_weights: int
+    flops: int
+    effective_flops: int
+    layers: list[LayerCount] = field(default_factory=list)
+
+    @property
+    def sparsity(self) -> float:
+        return 1.0 - self.nonzero_weights / self.weights if self.weights else 0.0
+
+    @property
+    def compression(self) -> float:
+        return self.weights / self.nonzero_weights if self.nonzero_weights else float("inf")
+
+    def __getitem__(self, key: str) -> object:
+        return getattr(self, key)
+
+    def as_dict(self) -> dict[str, object]:
+        """Plain numbers for ``final.json``, layers as a list of dicts."""
+        out = {k: v for k, v in asdict(self).items() if k != "layers"}
+        out["sparsity"] = self.sparsity
+        out["compression"] = self.compression
+        out["sparsity_scope"] = SPARSITY_SCOPE
+        out["layers"] = [dict(asdict(layer), sparsity=layer.sparsity) for layer in self.layers]
+        return out
+
+
+def prunable_modules(model: nn.Module) -> Iterator[tuple[str, nn.Module]]:
+    """Conv/Linear modules of the model (not the parametrization internals)."""
+    for name, module in model.named_modules():
+        if isinstance(module, PRUNABLE_LAYERS) and "parametrizations" not in name.split("."):
+            yield name, module
+
+
+@torch.no_grad()
+def count(model: nn.Module, input_shape: Sequence[int] | None = None) -> Counts:
+    """Parameters, nonzero parameters, sparsity, FLOPs and effective FLOPs of ``model``.
+
+    Works on a plain model, on one carrying learnprune gates (it counts the gated weights)
+    and on a finalized or compacted one.
+
+    Args:
+        model: the model.
+        input_shape: one example's shape, e.g. ``(1, 28, 28)``; defaults to
+            ``model.input_shape``. Without it FLOPs are reported as 0.
+    """
+    params = nonzero_params = 0
+    for _name, tensor in effective_parameters(model):
+        params += tensor.numel()
+        nonzero_params += int(torch.count_nonzero(tensor))
+
+    shape = input_shape if input_shape is not None else getattr(model, "input_shape", None)
+    positions: dict[str, int] = {}
+    total_flops = 0
+    if shape is not None:
+        total_flops = _trace_positions(model, tuple(shape), positions)
+
+    layers = []
+    for name, module in prunable_modules(model):
+        weight: Tensor = module.weight
+        nonzero = int(torch.count_nonzero(weight))
+        layer_positions = positions.get(name, 0)
+        layers.append(
+            LayerCount(
+                name=name,
+                kind=type(module).__name__.removeprefix("Parametrized"),
+                shape=tuple(weight.shape),
+                weights=weight.numel(),
+                nonzero_weights=nonzero,
+                flops=2 * weight.numel() * layer_positions,
+                effective_flops=2 * nonzero * layer_positions,
+            )
+        )
+    saved = sum(layer.flops - layer.effective_flops for layer in layers)
+    return Counts(
+        params=params,
+        nonzero_params=nonzero_params,
+        weights=sum(layer.weights for layer in layers),
+        nonzero_weights=sum(layer.nonzero_weights for layer in layers),
+        flops=total_flops,
+        effective_flops=total_flops - saved,
+        layers=layers,
+    )
+
+
+def _trace_positions(model: nn.Module, shape: tuple[int, ...], positions: dict[str, int]) -> int:
+    """Run one example; fill ``positions`` per Conv/Linear; return FlopCounterMode's total."""
+
+    def record(name: str):
+        def hook(module: nn.Module, _inputs: object, output: Tensor) -> None:
+            channels = output.shape[1] if not isinstance(module, nn.Linear) else output.shape[-1]
+            positions[name] = positions.get(name, 0) + output.numel() // channels
+
+        return hook
+
+    hooks = [m.register_forward_hook(record(n)) for n, m in prunable_modules(model)]
+    was_training = model.training
+    model.eval()
+    counter = FlopCounterMode(display=False)
+    try:
+        with counter:
+            model(example_input(model, shape))
+    finally:
+        for hook in hooks:
+            hook.remove()
+        model.train(was_training)
+    return int(counter.get_total_flops())
+
+
+def format_table(counts: Counts | Mapping[str, Any]) -> str:
+    """A per-layer table and a summary, as plain text (from :class:`Counts` or its dict)."""
+    row = counts.as_dict() if isinstance(counts, Counts) else counts
+    header = (
+        f"{'layer':<28} {'shape':<16} {'weights':>10} {'kept':>10} {'sparsity':>9} "
+        f"{'FLOPs':>11} {'eff. FLOPs':>11}"
+    )
+    lines = [header, "-" * len(header)]
+    for layer in row["layers"]:
+        lines.append(
+            f"{layer['name']:<28} {'x'.join(map(str, layer['shape'])):<16} {layer['weights']:>10,} "
+            f"{layer['nonzero_weights']:>10,} {layer['sparsity']:>9.2%} "
+            f"{human(layer['flops']):>11} {human(layer['effective_flops']):>11}"
+        )
+    lines.append("-" * len(header))
+    lines.append(
+        f"{'total':<28} {'':<16} {row['weights']:>10,} {row['nonzero_weights']:>10,} "
+        f"{row['sparsity']:>9.2%} {human(row['flops']):>11} {human(row['effective_flops']):>11}"
+    )
+    lines.append(
+        f"params {row['params']:,} (nonzero {row['nonzero_params']:,}); "
+        f"compression {row['compression']:.1f}x; "
+        f"FLOPs {human(row['flops'])} -> effective {human(row['effective_flops'])}"
+    )
+    lines.append(f"[{DEFINITIONS}]")
+    return "\n".join(lines)
+
+
+def human(number: float) -> str:
+    """``1234567`` -> ``1.23M``."""
+    for unit, scale in (("G", 1e9), ("M", 1e6), ("K", 1e3)):
+        if abs(number) >= scale:
+            return f"{number / scale:.2f}{unit}"
+    return f"{number:.0f}"

@@ -1,0 +1,287 @@
+"""The ``learnprune`` command line.
+
+::
+
+    learnprune train --recipe recipes/lenet300-gmp.toml           # a shipped recipe
+    learnprune train --model lenet300 --data mnist --method gmp --target 0.95 --epochs 20
+    learnprune train --resume runs/lenet300-gmp-20261126-140501     # continue a run
+    learnprune eval runs/lenet300-gmp-20261126-140501
+    learnprune report runs/lenet300-gmp-20261126-140501 [more runs ...]
+    learnprune data fetch mnist
+    learnprune list
+
+Errors a user can cause end in one line on stderr and exit code 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, NoReturn
+
+from learnprune.errors import ConfigError, LearnpruneError
+
+EXIT_USAGE = 2
+EXIT_INTERRUPTED = 130
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, but a usage error is one line and exit code 2."""
+
+    def error(self, message: str) -> NoReturn:
+        sys.stderr.write(f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+        raise SystemExit(EXIT_USAGE)
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="learnprune", description="Learn sparse neural networks in PyTorch.")
+    from learnprune import __version__
+
+    parser.add_argument("--version", action="version", version=f"learnprune {__version__}")
+    commands = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    train = commands.add_parser("train", help="train and prune a model; writes a run directory")
+    train.add_argument(
+        "--recipe", help="a recipe file (TOML or YAML), e.g. recipes/lenet300-gmp.toml"
+    )
+    train.add_argument("--method", help="dense, magnitude, gmp")
+    train.add_argument(
+        "--model", help="lenet300, lenet5-caffe, lenet5, vgg16, resnet20, resnet56, ..."
+    )
+    train.add_argument("--data", help="mnist, fashion-mnist, cifar10, cifar100")
+    train.add_argument("--data-dir", help="directory holding the data set's files")
+    train.add_argument(
+        "--pad-to-32",
+        action="store_true",
+        default=None,
+        help="pad 28x28 images to 32x32 (for the CIFAR models)",
+    )
+    train.add_argument("--epochs", type=int)
+    train.add_argument("--lr", type=float)
+    train.add_argument("--batch-size", type=int)
+    train.add_argument("--weight-decay", type=float)
+    train.add_argument("--optimizer", help="sgd or adam")
+    train.add_argument("--seed", type=int)
+    train.add_argument("--target", type=float, help="target sparsity in [0, 1) (method option)")
+    train.add_argument(
+        "--groups", help="element, out_channel, in_channel, coupled, or n:m like 2:4"
+    )
+    train.add_argument(
+        "--exclude", action="append", help="layer name pattern to leave dense (repeatable)"
+    )
+    train.add_argument("--init", help="start from the weights of a run directory or a .pt file")
+    train.add_argument("--max-steps", type=int, help="stop after this many steps (smoke runs)")
+    train.add_argument(
+        "--train-subset", type=int, help="train on a fixed random subset of N examples"
+    )
+    train.add_argument("--device", help="auto, cpu or cuda")
+    train.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override any recipe key, e.g. train.lr=0.05 or method.end_epoch=10",
+    )
+    train.add_argument(
+        "--out", help="run directory to create (default runs/<model>-<method>-<time>)"
+    )
+    train.add_argument("--resume", metavar="RUN_DIR", help="continue an interrupted run")
+    train.add_argument("--quiet", action="store_true", help="print nothing but errors")
+    train.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+    evaluate = commands.add_parser("eval", help="evaluate a finished run's final model")
+    evaluate.add_argument("run_dir")
+    evaluate.add_argument("--data-dir", help="directory holding the data set's files")
+
+    report = commands.add_parser("report", help="per-layer table of a run, or a table of runs")
+    report.add_argument("run_dirs", nargs="+")
+
+    data = commands.add_parser("data", help="fetch data sets")
+    data_commands = data.add_subparsers(dest="data_command", required=True, parser_class=_Parser)
+    fetch = data_commands.add_parser("fetch", help="fetch mnist or fashion-mnist into the cache")
+    fetch.add_argument("name", help="mnist or fashion-mnist")
+    fetch.add_argument(
+        "--root",
+        help="directory to put the data set's files in "
+        "(default $LEARNPRUNE_DATA/<name>, $LEARNPRUNE_DATA = ~/.cache/learnprune)",
+    )
+
+    commands.add_parser("list", help="models, methods, data sets and shipped recipes")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point; returns the exit code."""
+    args = _parser().parse_args(argv)
+    try:
+        return _dispatch(args)
+    except LearnpruneError as err:
+        sys.stderr.write(f"learnprune: error: {err}\n")
+        return err.exit_code
+    except KeyboardInterrupt:
+        hint = ""
+        if getattr(args, "command", None) == "train" and getattr(args, "_run_dir", None):
+            hint = f"; continue with: learnprune train --resume {args._run_dir}"
+        sys.stderr.write(f"learnprune: interrupted{hint}\n")
+        return EXIT_INTERRUPTED
+
+
+def _dispatch(args: argparse.Namespace) -> int:
+    if args.command == "train":
+        return _train(args)
+    if args.command == "eval":
+        return _eval(args)
+    if args.command == "report":
+        return _report(args)
+    if args.command == "data":
+        return _fetch(args)
+    return _list()
+
+
+def _train(args: argparse.Namespace) -> int:
+    from learnprune.config import RunConfig, apply_overrides, parse_override, read_recipe
+    from learnprune.report import summary
+    from learnprune.run import default_run_dir, read_run_config, run
+
+    if args.resume:
+        given = [
+            flag
+            for flag in (
+                "recipe",
+                "method",
+                "model",
+                "data",
+                "epochs",
+                "lr",
+                "target",
+                "groups",
+                "out",
+                "init",
+                "batch_size",
+                "max_steps",
+            )
+            if getattr(args, flag) is not None
+        ] + (["set"] if args.set else [])
+        if given:
+            flag = given[0].replace("_", "-")
+            raise ConfigError(f"--resume continues a run with its own saved config; drop --{flag}")
+        config = read_run_config(args.resume)
+        if args.device:
+            config.train.device = args.device
+        out: Path = Path(args.resume)
+    else:
+        raw: dict[str, Any] = read_recipe(args.recipe) if args.recipe else {}
+        overrides: dict[tuple[str, ...], Any] = {
+            ("method",): args.method,
+            ("model",): args.model,
+            ("data",): args.data,
+            ("init",): args.init,
+            ("data_options", "root"): args.data_dir,
+            ("data_options", "pad_to_32"): args.pad_to_32,
+            ("train", "epochs"): args.epochs,
+            ("train", "lr"): args.lr,
+            ("train", "batch_size"): args.batch_size,
+            ("train", "weight_decay"): args.weight_decay,
+            ("train", "optimizer"): args.optimizer,
+            ("train", "seed"): args.seed,
+            ("train", "max_steps"): args.max_steps,
+            ("train", "train_subset"): args.train_subset,
+            ("train", "device"): args.device,
+            ("method", "target"): args.target,
+            ("method", "groups"): args.groups,
+            ("method", "exclude"): args.exclude,
+        }
+        for text in args.set:
+            path, value = parse_override(text)
+            overrides[tuple(path)] = value
+        config = RunConfig.from_dict(apply_overrides(raw, overrides))
+        config.validate()
+        if (config.method == "dense") and any(
+            key in config.method_options for key in ("target", "groups", "exclude")
+        ):
+            raise ConfigError(
+                "method dense prunes nothing; pass --method magnitude or gmp with --target"
+            )
+        out = Path(args.out) if args.out else default_run_dir(config)
+    args._run_dir = out
+    result = run(
+        config,
+        out,
+        resume=bool(args.resume),
+        quiet=args.quiet,
+        progress=False if args.no_progress else None,
+    )
+    if not args.quiet:
+        print()
+        print(summary(result))
+        print(f"\nresults in {result['run_dir']} (final.json, metrics.jsonl, model.pt)")
+    return 0
+
+
+def _eval(args: argparse.Namespace) -> int:
+    import torch
+
+    from learnprune.accounting import count, format_table
+    from learnprune.engine import configure_torch, evaluate
+    from learnprune.models import build_model
+    from learnprune.run import WEIGHTS, load_data, load_init, read_run_config
+
+    configure_torch()
+    config = read_run_config(args.run_dir)
+    if args.data_dir:
+        config.data_options["root"] = args.data_dir
+    data = load_data(config)
+    options = dict(config.model_options)
+    model = build_model(
+        config.model,
+        num_classes=options.pop("num_classes", data.num_classes),
+        in_channels=options.pop("in_channels", data.input_shape[0]),
+        **options,
+    )
+    load_init(model, Path(args.run_dir) / WEIGHTS)
+    with torch.no_grad():
+        loss, accuracy = evaluate(model, data.x_test, data.y_test)
+    print(
+        f"{config.model} from {args.run_dir} on {config.data} test set: "
+        f"accuracy {accuracy:.2%} (error {1 - accuracy:.2%}), loss {loss:.4f}"
+    )
+    print(format_table(count(model, data.input_shape)))
+    return 0
+
+
+def _report(args: argparse.Namespace) -> int:
+    from learnprune.report import compare, read_final, summary
+
+    if len(args.run_dirs) == 1:
+        print(summary(read_final(args.run_dirs[0])))
+    else:
+        print(compare(args.run_dirs))
+    return 0
+
+
+def _fetch(args: argparse.Namespace) -> int:
+    from learnprune.data import fetch
+
+    where = fetch(args.name, args.root)
+    print(f"{args.name} is ready in {where}")
+    return 0
+
+
+def _list() -> int:
+    from learnprune.data import DATASETS
+    from learnprune.methods import METHODS
+    from learnprune.models import list_models
+
+    recipes = sorted((Path(__file__).resolve().parent.parent / "recipes").glob("*.toml"))
+    print("models:   " + ", ".join(list_models()))
+    print("methods:  " + ", ".join(METHODS))
+    print("data:     " + ", ".join(DATASETS))
+    if recipes:
+        print("recipes:  " + ", ".join(f"recipes/{r.name}" for r in recipes))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

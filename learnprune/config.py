@@ -1,0 +1,250 @@
+"""Run configuration: what a recipe file holds, how the command line overrides it, checks.
+
+A recipe is a small TOML (or YAML) file::
+
+    description = "LeNet-300-100 on MNIST, gradual magnitude pruning to 95%"
+    model = "lenet300"
+    data = "mnist"
+
+    [method]
+    name = "gmp"
+    target = 0.95
+    end_epoch = 15
+
+    [train]
+    epochs = 20
+    batch_size = 100
+    lr = 0.1
+
+Every field can be overridden from the command line (``--epochs 2``, ``--target 0.9``,
+``--set train.weight_decay=5e-4``, ``--set method.end_epoch=10``).
+"""
+
+from __future__ import annotations
+
+import copy
+import sys
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+from learnprune import validation
+from learnprune.errors import ConfigError
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
+
+OPTIMIZERS = ("sgd", "adam")
+LR_SCHEDULES = ("cosine", "step", "constant")
+AUGMENTATIONS = ("auto", "none", "crop_flip")
+
+
+@dataclass
+class TrainConfig:
+    """How the engine trains (every field is a recipe key under ``[train]``)."""
+
+    epochs: int = 10
+    batch_size: int = 100
+    lr: float = 0.1
+    optimizer: str = "sgd"
+    momentum: float = 0.9
+    nesterov: bool = False
+    weight_decay: float = 0.0
+    lr_schedule: str = "cosine"
+    milestones: list[float] = field(default_factory=list)
+    gamma: float = 0.1
+    seed: int = 0
+    max_steps: int | None = None
+    train_subset: int | None = None
+    eval_batch_size: int = 1000
+    augment: str = "auto"
+    device: str = "auto"
+
+    def validate(self) -> TrainConfig:
+        """Check every field; return self. Raises ConfigError on the first bad one."""
+        self.epochs = validation.integer("epochs", self.epochs, minimum=1)
+        self.batch_size = validation.integer("batch_size", self.batch_size, minimum=1)
+        self.eval_batch_size = validation.integer(
+            "eval_batch_size", self.eval_batch_size, minimum=1
+        )
+        self.lr = validation.positive("lr", self.lr)
+        self.optimizer = validation.choice("optimizer", self.optimizer, OPTIMIZERS)
+        self.momentum = validation.non_negative("momentum", self.momentum)
+        if self.momentum >= 1:
+            raise ConfigError(f"momentum must be < 1, got {self.momentum}")
+        self.weight_decay = validation.non_negative("weight_decay", self.weight_decay)
+        self.lr_schedule = validation.choice("lr_schedule", self.lr_schedule, LR_SCHEDULES)
+        self.milestones = [validation.positive("milestones", m) for m in self.milestones]
+        self.gamma = validation.positive("gamma", self.gamma)
+        self.seed = validation.integer("seed", self.seed)
+        if self.max_steps is not None:
+            self.max_steps = validation.integer("max_steps", self.max_steps, minimum=1)
+        if self.train_subset is not None:
+            self.train_subset = validation.integer("train_subset", self.train_subset, minimum=1)
+        self.augment = validation.choice("augment", self.augment, AUGMENTATIONS)
+        if not isinstance(self.nesterov, bool):
+            raise ConfigError(f"nesterov must be true or false, got {self.nesterov!r}")
+        if self.device not in ("auto", "cpu") and not str(self.device).startswith("cuda"):
+            raise ConfigError(f"device must be auto, cpu or cuda[:N], got {self.device!r}")
+        return self
+
+
+@dataclass
+class RunConfig:
+    """Everything that defines a run: model, data, method and training."""
+
+    model: str
+    data: str
+    method: str = "dense"
+    method_options: dict[str, Any] = field(default_factory=dict)
+    model_options: dict[str, Any] = field(default_factory=dict)
+    data_options: dict[str, Any] = field(default_factory=dict)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    init: str | None = None
+    description: str = ""
+
+    def as_dict(self) -> dict[str, Any]:
+        """A JSON-ready dictionary (what ``config.json`` of a run holds)."""
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, raw: Mapping[str, Any]) -> RunConfig:
+        """Inverse of :meth:`as_dict`, and the reader of recipe dictionaries."""
+        raw = dict(raw)
+        method = raw.pop("method", "dense")
+        method_options = dict(raw.pop("method_options", {}) or {})
+        if isinstance(method, Mapping):
+            method_options = {**{k: v for k, v in method.items() if k != "name"}, **method_options}
+            method = method.get("name")
+            if not method:
+                raise ConfigError('the [method] table needs a name, e.g. name = "gmp"')
+        train_raw = dict(raw.pop("train", {}) or {})
+        known_train = {f.name for f in fields(TrainConfig)}
+        unknown = sorted(set(train_raw) - known_train)
+        if unknown:
+            raise ConfigError(
+                f"unknown [train] key {', '.join(unknown)}; known: {', '.join(sorted(known_train))}"
+            )
+        known = {f.name for f in fields(cls)} - {"method", "method_options", "train"}
+        unknown = sorted(set(raw) - known)
+        if unknown:
+            raise ConfigError(
+                f"unknown recipe key {', '.join(unknown)}; known: model, data, "
+                "method, train, model_options, data_options, init, description"
+            )
+        for required in ("model", "data"):
+            if not raw.get(required):
+                raise ConfigError(f"the recipe needs a {required} (e.g. --{required} ...)")
+        return cls(
+            method=str(method),
+            method_options=method_options,
+            train=TrainConfig(**train_raw),
+            **raw,
+        )
+
+    def validate(self) -> RunConfig:
+        """Check names and numbers that can be checked without building anything."""
+        from learnprune.data import canonical_name
+        from learnprune.methods import METHODS
+        from learnprune.models import list_models
+
+        self.model = self.model.strip().lower()
+        self.data = self.data.strip().lower()
+        self.method = self.method.strip().lower()
+        if self.method not in METHODS:
+            raise ConfigError(f"unknown method {self.method!r}; choose one of {', '.join(METHODS)}")
+        if self.model not in _aliases(list_models()):
+            from learnprune.models import build_model
+
+            build_model(self.model)  # raises a ConfigError that lists the models
+        self.data = canonical_name(self.data)  # raises a ConfigError listing the data sets
+        for key in ("target", "initial"):
+            if key in self.method_options:
+                validation.fraction(key, self.method_options[key])
+        for key, value in self.method_options.items():
+            if isinstance(value, float):
+                validation.real(key, value)
+        self.train.validate()
+        return self
+
+
+def _aliases(names: Sequence[str]) -> set[str]:
+    return {name.lower() for name in names}
+
+
+def read_recipe(path: str | Path) -> dict[str, Any]:
+    """The raw dictionary of a TOML or YAML recipe file."""
+    recipe = Path(path)
+    if not recipe.is_file():
+        shipped = Path(__file__).resolve().parent.parent / "recipes" / recipe.name
+        if shipped.is_file() and recipe.parent == Path("."):
+            recipe = shipped
+        else:
+            raise ConfigError(f"recipe {path} does not exist (recipes live in recipes/*.toml)")
+    text = recipe.read_text()
+    try:
+        if recipe.suffix in (".yaml", ".yml"):
+            try:
+                import yaml
+            except ImportError as err:
+                raise ConfigError(
+                    "YAML recipes need PyYAML: pip install 'learnprune[yaml]'"
+                ) from err
+            loaded = yaml.safe_load(text) or {}
+        else:
+            loaded = tomllib.loads(text)
+    except ConfigError:
+        raise
+    except Exception as err:
+        raise ConfigError(f"recipe {path} is not valid {recipe.suffix or 'TOML'}: {err}") from err
+    if not isinstance(loaded, dict):
+        raise ConfigError(f"recipe {path} must hold a table of keys")
+    return loaded
+
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+    """``"train.lr=0.05"`` -> ``(["train", "lr"], 0.05)``; values are TOML literals."""
+    if "=" not in text:
+        raise ConfigError(f"--set expects key=value, got {text!r}")
+    key, _, value = text.partition("=")
+    path = [part for part in key.strip().split(".") if part]
+    if not path:
+        raise ConfigError(f"--set expects key=value, got {text!r}")
+    try:
+        parsed = tomllib.loads(f"value = {value.strip()}")["value"]
+    except tomllib.TOMLDecodeError:
+        parsed = value.strip()  # a bare word: a string
+    return path, parsed
+
+
+def apply_overrides(
+    raw: dict[str, Any], overrides: Mapping[tuple[str, ...], Any]
+) -> dict[str, Any]:
+    """A copy of the recipe dictionary with dotted-path overrides applied.
+
+    ``("method", "target")`` writes into the ``[method]`` table (created if the recipe gave
+    the method as a plain name).
+    """
+    result = copy.deepcopy(raw)
+    for path, value in overrides.items():
+        if value is None:
+            continue
+        node = result
+        for part in path[:-1]:
+            child = node.get(part)
+            if part == "method" and isinstance(child, str):
+                child = {"name": child}
+            if child is None:
+                child = {}
+            if not isinstance(child, dict):
+                raise ConfigError(f"cannot set {'.'.join(path)}: {part} is not a table")
+            node[part] = child
+            node = child
+        if path == ("method",) and isinstance(node.get("method"), dict):
+            node["method"]["name"] = value
+        else:
+            node[path[-1]] = value
+    return result

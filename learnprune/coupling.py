@@ -1,0 +1,144 @@
+"""Coupled channel groups from Torch-Pruning's dependency graph.
+
+A channel of a network is more than one filter: removing output channel ``c`` of a conv
+also removes ``c`` from its BatchNorm, from the next layer's inputs, and, where a
+residual add or a concat ties layers together, from every layer joined there. Torch-Pruning's
+``DependencyGraph`` traces these ties; this module turns each of its pruning groups into a
+:class:`~learnprune.groups.GroupSet` whose group ``k`` is the root layer's channel ``k``
+together with everything tied to it, so one keep/drop decision covers them all.
+
+Group members that learnprune knows how to mask: Conv/Linear weights (output rows and
+input columns), their biases, BatchNorm affine entries, and depthwise convs. A dependency
+group that also touches another parameterised layer (LayerNorm, GroupNorm, PReLU,
+Embedding, attention, raw parameters, grouped convs) is skipped as a whole and reported,
+never masked half-way.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+import torch
+import torch_pruning as tp
+from torch import nn
+from torch.nn.modules.batchnorm import _BatchNorm
+
+from learnprune.errors import UnsupportedModelError
+from learnprune.groups import PRUNABLE_LAYERS, GroupSet, TensorSlices, example_input
+
+
+def coupled_group_sets(
+    model: nn.Module,
+    layers: Mapping[str, nn.Module],
+    classifier: str | None,
+    input_shape: Sequence[int],
+) -> tuple[list[GroupSet], dict[str, str]]:
+    """One :class:`GroupSet` per dependency group rooted at a target layer's outputs.
+
+    Args:
+        model: the (unmasked) model.
+        layers: the target layers by name; every other Conv/Linear is treated as excluded
+            (its outputs are never cut, its inputs follow their producers).
+        classifier: the output layer's name; its outputs are never cut.
+        input_shape: one example's shape, to trace the graph.
+
+    Returns:
+        the group sets, and ``{layer: reason}`` for target layers no set covers.
+    """
+    names = {module: name for name, module in model.named_modules()}
+    ignored = [
+        module
+        for name, module in model.named_modules()
+        if isinstance(module, PRUNABLE_LAYERS) and (name not in layers or name == classifier)
+    ]
+    try:
+        graph = tp.DependencyGraph().build_dependency(
+            model, example_inputs=example_input(model, input_shape)
+        )
+        groups = list(
+            graph.get_all_groups(ignored_layers=ignored, root_module_types=PRUNABLE_LAYERS)
+        )
+    except Exception as err:  # Torch-Pruning raises many kinds of errors on odd graphs
+        raise UnsupportedModelError(
+            f"cannot trace the model's channel dependencies for coupled groups "
+            f"({type(err).__name__}: {err}); use groups='out_channel' instead"
+        ) from err
+
+    sets: list[GroupSet] = []
+    skipped: dict[str, str] = {}
+    covered: set[str] = set()
+    for group in groups:
+        root_name = names.get(group[0].dep.target.module, "?")
+        pieces, problem = _group_pieces(graph, group, names)
+        if problem:
+            skipped[f"coupled:{root_name}"] = problem
+            continue
+        num_groups = len(group[0].idxs)
+        sets.append(GroupSet(f"coupled:{root_name}", "coupled", num_groups, tuple(pieces)))
+        covered.update(p.module for p in pieces if p.role == "out")
+    for name in layers:
+        if name != classifier and name not in covered:
+            skipped.setdefault(f"{name}.weight", "outputs not in any prunable coupled group")
+    if classifier in layers:
+        skipped.setdefault(
+            f"{classifier}.weight", "classifier outputs (the classes) are never pruned"
+        )
+    return sets, skipped
+
+
+def _group_pieces(
+    graph: tp.DependencyGraph, group: tp.dependency.Group, names: Mapping[nn.Module, str]
+) -> tuple[list[TensorSlices], str]:
+    """The tensor slices of one dependency group, or a reason it cannot be masked."""
+    positions: dict[tuple[str, str, int, str], dict[int, int]] = {}
+    shapes: dict[tuple[str, str], tuple[int, ...]] = {}
+    for item in group.items:
+        dep, idxs = item.dep, item.idxs
+        root_idxs = item.root_idxs if item.root_idxs is not None else idxs
+        module = dep.target.module
+        if not isinstance(module, nn.Module):
+            return [], "ties in a raw nn.Parameter, which learnprune cannot mask yet"
+        if not any(True for _ in module.parameters(recurse=False)):
+            continue  # element-wise ops, concat, reshape: nothing to mask
+        name = names.get(module)
+        if name is None:
+            return [], f"contains an untraceable {type(module).__name__}"
+        is_out = graph.is_out_channel_pruning_fn(dep.handler)
+        targets = _slices_for(module, is_out)
+        if targets is None:
+            return [], f"ties in {name} ({type(module).__name__}), which learnprune cannot mask yet"
+        for attr, dim, role in targets:
+            tensor = getattr(module, attr)
+            shapes[(name, attr)] = tuple(tensor.shape)
+            slot = positions.setdefault((name, attr, dim, role), {})
+            for position, root in zip(idxs, root_idxs, strict=True):
+                slot[int(position)] = int(root)
+    pieces = []
+    for (name, attr, dim, role), mapping in positions.items():
+        shape = shapes[(name, attr)]
+        index = torch.full((shape[dim],), -1, dtype=torch.long)
+        for position, root in mapping.items():
+            index[position] = root
+        full = bool((index == torch.arange(shape[dim])).all())
+        pieces.append(TensorSlices(name, attr, shape, dim, None if full else index, role))
+    return pieces, ""
+
+
+def _slices_for(module: nn.Module, is_out: bool) -> list[tuple[str, int, str]] | None:
+    """``(attribute, dim, role)`` of a module's tensors that carry the channel, or None."""
+    if isinstance(module, PRUNABLE_LAYERS):
+        groups = getattr(module, "groups", 1)
+        depthwise = groups > 1 and groups == module.in_channels
+        if groups > 1 and not depthwise:
+            return None
+        if is_out or depthwise:
+            out = [("weight", 0, "out")]
+            if module.bias is not None:
+                out.append(("bias", 0, "out"))
+            return out
+        return [("weight", 1, "in")]
+    if isinstance(module, _BatchNorm):
+        if not module.affine:
+            return []
+        return [("weight", 0, "out"), ("bias", 0, "out")]
+    return None

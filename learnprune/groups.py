@@ -1,0 +1,421 @@
+"""Groups: the sets of parameter slices that a method keeps or drops together.
+
+Every method in learnprune decides *per group*. A :class:`GroupSet` holds ``G`` groups
+over one or more parameter tensors; each tensor is cut into the groups by a
+:class:`TensorSlices` (which axis carries the groups and which group each position
+belongs to). Two operations connect the per-group world to the tensor world:
+
+* ``gather``: reduce a tensor-shaped quantity (``w²``, ``|w|``, a gradient ...) to one
+  number per group, ``r_g = Σ_{i ∈ g} x_i``, summed over all member tensors;
+* ``scatter``: broadcast one value per group back onto a tensor, ``x_i = v_{g(i)}``.
+
+Group kinds (``build_groups(model, kind)``):
+
+==============  ==============================================================
+``element``     one group per weight (unstructured)
+``out_channel`` one group per output unit / filter: weight row ``W[o]`` and ``b[o]``
+``in_channel``  one group per input unit / input map: weight column ``W[:, i]``
+``n:m``         one group per weight, selected so that ``n`` of every ``m``
+                consecutive weights of an input row are kept (e.g. ``"2:4"``)
+``coupled``     one group per channel of a Torch-Pruning dependency group: every
+                slice tied to that channel (the producing filters, their biases, the
+                BatchNorm entries, the consumers' input slices, every layer joined
+                by a residual add or a concat) lives or dies together
+custom          a list of :class:`GroupSet` built with :func:`custom_group_set`
+==============  ==============================================================
+
+Targets by default are the weights of every ``Conv1d/2d/3d`` and ``Linear``;
+``exclude`` removes layers by ``fnmatch`` pattern on the module or parameter name.
+Structured kinds never cut the classifier's outputs (they are the classes).
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import re
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+
+import torch
+from torch import Tensor, nn
+
+from learnprune.errors import ConfigError, UnsupportedModelError
+
+PRUNABLE_LAYERS: tuple[type[nn.Module], ...] = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
+"""Layer types whose ``weight`` is a default pruning target (and counts toward sparsity)."""
+
+STRUCTURED_KINDS = ("out_channel", "in_channel", "coupled")
+KINDS = ("element", "out_channel", "in_channel", "n:m", "coupled")
+_N_OF_M = re.compile(r"^(\d+):(\d+)$")
+
+
+@dataclass(frozen=True)
+class TensorSlices:
+    """How one parameter tensor is cut into the groups of a :class:`GroupSet`.
+
+    Attributes:
+        module: qualified name of the module that owns the tensor (``""`` for the root).
+        attr: the tensor's attribute name on that module (``"weight"``, ``"bias"``).
+        shape: the tensor's shape.
+        dim: the axis that carries the groups (``0`` output units, ``1`` inputs), or
+            ``None`` for element-wise groups (group ``g`` = element ``g`` of the
+            flattened tensor) and for custom groups (``index`` has the tensor's shape).
+        index: group id of every position along ``dim`` (``None``: position ``k`` is
+            group ``k``), or for custom groups a tensor of the full shape; ids lie in
+            ``[-1, G)``, ``-1`` meaning "in no group of this set, never masked by it".
+        role: ``"out"`` where the slice produces the channel (filters, biases, norm
+            entries), ``"in"`` where it consumes it (the next layer's input slice).
+    """
+
+    module: str
+    attr: str
+    shape: tuple[int, ...]
+    dim: int | None = None
+    index: Tensor | None = None
+    role: str = "out"
+
+    @property
+    def param(self) -> str:
+        """The tensor's name as ``model.named_parameters()`` gives it before masking."""
+        return f"{self.module}.{self.attr}" if self.module else self.attr
+
+    @property
+    def counts_toward_sparsity(self) -> bool:
+        """Whether this tensor is a Conv/Linear weight (see :mod:`learnprune.accounting`)."""
+        return self.attr == "weight" and len(self.shape) >= 2
+
+
+def scatter(values: Tensor, piece: TensorSlices) -> Tensor:
+    """Broadcast per-group ``values`` (shape ``(G,)``) onto ``piece``'s tensor.
+
+    Returns a tensor that broadcasts against the parameter: ``x_i = v_{g(i)}``. Positions
+    that belong to no group of the set get ``1`` (kept).
+    """
+    index = None if piece.index is None else piece.index.to(values.device)
+    return scatter_values(values, piece.dim, index, piece.shape)
+
+
+def scatter_values(
+    values: Tensor, dim: int | None, index: Tensor | None, shape: Sequence[int]
+) -> Tensor:
+    """:func:`scatter` on its parts (``index`` already on ``values``' device)."""
+    if index is None:
+        per_position = values
+    else:
+        picked = values[index.clamp(min=0)]
+        per_position = torch.where(index >= 0, picked, torch.ones_like(picked))
+    if dim is None:
+        return per_position.view(tuple(shape))
+    view = [1] * len(shape)
+    view[dim] = -1
+    return per_position.view(view)
+
+
+def gather(tensor: Tensor, piece: TensorSlices, num_groups: int) -> Tensor:
+    """Sum a tensor-shaped quantity over each group: ``r_g = Σ_{i ∈ g} x_i``, shape ``(G,)``."""
+    if piece.dim is None:
+        per_position = tensor.reshape(-1)
+    else:
+        per_position = tensor.movedim(piece.dim, 0).reshape(tensor.shape[piece.dim], -1).sum(1)
+    if piece.index is None:
+        return per_position
+    ids = piece.index.reshape(-1).to(tensor.device)
+    inside = ids >= 0
+    out = torch.zeros(num_groups, dtype=tensor.dtype, device=tensor.device)
+    return out.index_add_(0, ids[inside], per_position[inside])
+
+
+@dataclass
+class GroupSet:
+    """``num_groups`` groups over the tensor slices in ``slices``.
+
+    Attributes:
+        name: a readable id, e.g. ``"fc1.weight"`` or ``"coupled:layer1.0.conv1"``.
+        kind: one of :data:`KINDS` or ``"custom"``.
+        num_groups: ``G``.
+        slices: how each member tensor is cut into the groups.
+        n_of_m: for ``n:m`` sets, ``(n, m)``.
+    """
+
+    name: str
+    kind: str
+    num_groups: int
+    slices: tuple[TensorSlices, ...]
+    n_of_m: tuple[int, int] | None = None
+
+    def gather(self, tensors: Mapping[str, Tensor], *, weights_only: bool = False) -> Tensor:
+        """``r_g = Σ_members Σ_{i ∈ g} x_i`` for tensors keyed by parameter name.
+
+        With ``weights_only`` only Conv/Linear weights contribute (not biases or norm
+        entries). Members missing from ``tensors`` contribute nothing.
+        """
+        total: Tensor | None = None
+        for piece in self.slices:
+            if piece.param not in tensors or (weights_only and not piece.counts_toward_sparsity):
+                continue
+            part = gather(tensors[piece.param], piece, self.num_groups)
+            total = part if total is None else total + part
+        if total is None:
+            return torch.zeros(self.num_groups)
+        return total
+
+    def sizes(self, *, weights_only: bool = True) -> Tensor:
+        """Number of tensor elements in each group (Conv/Linear weights only by default)."""
+        ones = {piece.param: torch.ones(piece.shape) for piece in self.slices}
+        return self.gather(ones, weights_only=weights_only)
+
+    @property
+    def params(self) -> list[str]:
+        """Names of the member tensors."""
+        return [piece.param for piece in self.slices]
+
+
+@dataclass
+class GroupPlan:
+    """What a method prunes: its group sets, and what it left out and why."""
+
+    sets: list[GroupSet]
+    skipped: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def params(self) -> list[str]:
+        """Every tensor that some group set masks, in model order of first appearance."""
+        seen: dict[str, None] = {}
+        for group_set in self.sets:
+            for name in group_set.params:
+                seen.setdefault(name, None)
+        return list(seen)
+
+    def describe(self) -> str:
+        """A few lines for the log: what is pruned, what was skipped."""
+        kinds = sorted({s.kind for s in self.sets})
+        lines = [
+            f"groups: {', '.join(kinds)}; {len(self.sets)} group sets, "
+            f"{sum(s.num_groups for s in self.sets):,} groups over {len(self.params)} tensors"
+        ]
+        lines += [f"  skipped {name}: {why}" for name, why in self.skipped.items()]
+        return "\n".join(lines)
+
+
+def custom_group_set(name: str, model: nn.Module, index_by_param: Mapping[str, Tensor]) -> GroupSet:
+    """A group set a user defines: for each parameter, a tensor of its shape with group ids.
+
+    Ids run over ``[0, G)`` (``G`` = largest id + 1), shared across the listed tensors;
+    ``-1`` leaves a position out of every group.
+
+    Example: two 2x2 blocks of a 4x2 Linear weight as two groups::
+
+        custom_group_set("blocks", model, {"fc.weight": torch.tensor([[0, 0], [0, 0],
+                                                                      [1, 1], [1, 1]])})
+    """
+    params = dict(model.named_parameters())
+    pieces = []
+    num_groups = 0
+    for param_name, index in index_by_param.items():
+        if param_name not in params:
+            raise ConfigError(f"custom groups: model has no parameter {param_name!r}")
+        index = torch.as_tensor(index, dtype=torch.long)
+        if tuple(index.shape) != tuple(params[param_name].shape):
+            raise ConfigError(
+                f"custom groups: index for {param_name} has shape {tuple(index.shape)}, "
+                f"the parameter has {tuple(params[param_name].shape)}"
+            )
+        if index.numel() and int(index.min()) < -1:
+            raise ConfigError(f"custom groups: ids for {param_name} must be >= -1")
+        num_groups = max(num_groups, int(index.max()) + 1 if index.numel() else 0)
+        module, _, attr = param_name.rpartition(".")
+        pieces.append(TensorSlices(module, attr, tuple(index.shape), None, index))
+    if num_groups == 0:
+        raise ConfigError(f"custom groups {name!r}: no group ids >= 0")
+    return GroupSet(name, "custom", num_groups, tuple(pieces))
+
+
+def parse_kind(kind: str) -> tuple[str, tuple[int, int] | None]:
+    """Normalise a group kind; ``"2:4"`` and ``"n:m"`` style strings give ``("n:m", (2, 4))``."""
+    key = kind.strip().lower().replace("-", "_")
+    aliases = {
+        "unstructured": "element",
+        "channel": "out_channel",
+        "filter": "out_channel",
+        "neuron": "out_channel",
+        "input": "in_channel",
+    }
+    key = aliases.get(key, key)
+    matched = _N_OF_M.match(key)
+    if matched:
+        n, m = int(matched.group(1)), int(matched.group(2))
+        if not 0 < n < m:
+            raise ConfigError(f"group kind {kind!r}: need 0 < n < m in 'n:m'")
+        return "n:m", (n, m)
+    if key not in KINDS or key == "n:m":
+        raise ConfigError(
+            f"unknown group kind {kind!r}; choose one of element, out_channel, in_channel, "
+            "coupled, or 'n:m' such as '2:4'"
+        )
+    return key, None
+
+
+def _matches(patterns: Sequence[str], *names: str) -> bool:
+    return any(fnmatch.fnmatchcase(name, pattern) for pattern in patterns for name in names)
+
+
+def prunable_layers(
+    model: nn.Module, exclude: Sequence[str] = ()
+) -> tuple[dict[str, nn.Module], dict[str, str]]:
+    """Conv/Linear layers whose weights are targets, and the skipped ones with a reason."""
+    chosen: dict[str, nn.Module] = {}
+    skipped: dict[str, str] = {}
+    for name, module in model.named_modules():
+        if not isinstance(module, PRUNABLE_LAYERS) or "parametrizations" in name.split("."):
+            continue
+        if _matches(exclude, name, f"{name}.weight"):
+            skipped[f"{name}.weight"] = "excluded by pattern"
+            continue
+        chosen[name] = module
+    return chosen, skipped
+
+
+def output_layer(model: nn.Module, input_shape: Sequence[int] | None = None) -> str | None:
+    """Name of the layer that produces the model's outputs (the classifier).
+
+    With an ``input_shape`` it is the last Conv/Linear executed in a forward pass of one
+    example; without one, the last Conv/Linear registered.
+    """
+    layers = [n for n, m in model.named_modules() if isinstance(m, PRUNABLE_LAYERS)]
+    if not layers:
+        return None
+    if input_shape is None:
+        return layers[-1]
+    order: list[str] = []
+    hooks = [
+        module.register_forward_hook(lambda _m, _i, _o, name=name: order.append(name))
+        for name, module in model.named_modules()
+        if isinstance(module, PRUNABLE_LAYERS)
+    ]
+    try:
+        with torch.no_grad():
+            model(example_input(model, input_shape))
+    finally:
+        for hook in hooks:
+            hook.remove()
+    return order[-1] if order else layers[-1]
+
+
+def example_input(model: nn.Module, input_shape: Sequence[int]) -> Tensor:
+    """One random example of ``input_shape`` on the model's device."""
+    try:
+        device = next(model.parameters()).device
+    except StopIteration:
+        device = torch.device("cpu")
+    return torch.randn(1, *input_shape, device=device)
+
+
+def model_input_shape(
+    model: nn.Module, input_shape: Sequence[int] | None
+) -> tuple[int, ...] | None:
+    """``input_shape`` if given, else the model's own ``input_shape`` attribute, if any."""
+    shape = input_shape if input_shape is not None else getattr(model, "input_shape", None)
+    return tuple(int(d) for d in shape) if shape is not None else None
+
+
+def build_groups(
+    model: nn.Module,
+    kind: str | Sequence[GroupSet] = "element",
+    *,
+    exclude: Sequence[str] = (),
+    input_shape: Sequence[int] | None = None,
+) -> GroupPlan:
+    """The group sets of ``kind`` over the model's Conv/Linear layers.
+
+    Args:
+        model: any ``nn.Module``.
+        kind: a group kind (see the module docstring) or a list of custom group sets.
+        exclude: ``fnmatch`` patterns on layer or parameter names to leave dense.
+        input_shape: one example's shape (C, H, W); needed for ``coupled`` groups and used
+            to find the classifier; defaults to ``model.input_shape`` where it exists.
+
+    Raises:
+        ConfigError: unknown kind, or nothing left to prune.
+        UnsupportedModelError: the dependency graph cannot be built for ``coupled``.
+    """
+    if isinstance(exclude, str):
+        exclude = [exclude]
+    shape = model_input_shape(model, input_shape)
+    if not isinstance(kind, str):
+        plan = GroupPlan(list(kind))
+        if not plan.sets or not all(isinstance(s, GroupSet) for s in plan.sets):
+            raise ConfigError("groups must be a kind name or a non-empty list of GroupSet")
+        return plan
+    kind_name, n_of_m = parse_kind(kind)
+    layers, skipped = prunable_layers(model, exclude)
+    classifier = output_layer(model, shape) if kind_name in STRUCTURED_KINDS else None
+    if kind_name == "coupled":
+        from learnprune.coupling import coupled_group_sets
+
+        if shape is None:
+            raise ConfigError(
+                "coupled groups trace the model with one example: pass input_shape=(C, H, W)"
+            )
+        sets, more_skipped = coupled_group_sets(model, layers, classifier, shape)
+        skipped.update(more_skipped)
+    else:
+        sets = []
+        for name, module in layers.items():
+            group_set, reason = _layer_group_set(name, module, kind_name, n_of_m, classifier)
+            if group_set is None:
+                skipped[f"{name}.weight"] = reason
+            else:
+                sets.append(group_set)
+    if not sets:
+        raise ConfigError(
+            "nothing to prune: no Conv/Linear weight is left "
+            + (f"(exclude={list(exclude)})" if exclude else "in this model")
+            + (f"; skipped: {skipped}" if skipped else "")
+        )
+    return GroupPlan(sets, skipped)
+
+
+def _layer_group_set(
+    name: str,
+    module: nn.Module,
+    kind: str,
+    n_of_m: tuple[int, int] | None,
+    classifier: str | None,
+) -> tuple[GroupSet | None, str]:
+    weight = module.weight
+    shape = tuple(weight.shape)
+    weight_piece = TensorSlices(name, "weight", shape)
+    label = f"{name}.weight"
+    if kind == "element":
+        return GroupSet(label, kind, weight.numel(), (weight_piece,)), ""
+    if kind == "n:m":
+        assert n_of_m is not None
+        row = weight[0].numel()
+        if row % n_of_m[1]:
+            return None, f"input row of {row} weights is not a multiple of m={n_of_m[1]}"
+        return GroupSet(label, kind, weight.numel(), (weight_piece,), n_of_m), ""
+    if kind == "out_channel":
+        if name == classifier:
+            return None, "classifier outputs (the classes) are never pruned"
+        pieces = [TensorSlices(name, "weight", shape, 0)]
+        if getattr(module, "bias", None) is not None:
+            pieces.append(TensorSlices(name, "bias", tuple(module.bias.shape), 0))
+        return GroupSet(label, kind, shape[0], tuple(pieces)), ""
+    # in_channel
+    return GroupSet(
+        label, kind, shape[1], (TensorSlices(name, "weight", shape, 1, None, "in"),)
+    ), ""
+
+
+def param_counts(model: nn.Module, names: Iterable[str]) -> dict[str, int]:
+    """Number of elements of each named parameter."""
+    params = dict(model.named_parameters())
+    return {name: params[name].numel() for name in names}
+
+
+def require_module(model: nn.Module, name: str) -> nn.Module:
+    """``model.get_submodule(name)`` with a clear error."""
+    try:
+        return model.get_submodule(name)
+    except AttributeError as err:
+        raise UnsupportedModelError(f"model has no submodule {name!r}") from err

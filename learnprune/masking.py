@@ -1,0 +1,192 @@
+"""Gating tensors through ``torch.nn.utils.parametrize``.
+
+A method attaches one :class:`GroupGate` per :class:`~learnprune.groups.GroupSet`. The gate
+computes ``G`` values ``z_g`` (``0`` drops group ``g``; methods with soft gates may give
+values in between), and every member tensor gets a :class:`GatedTensor` parametrization::
+
+    W̃ = W ⊙ scatter(z)          (z_g broadcast onto the slices of group g)
+
+so ``model(x)`` always runs the gated weights, gradients reach both ``W`` and the gate's
+own parameters, ``model.state_dict()`` holds the gates' state next to ``W`` (keys
+``<layer>.parametrizations.<tensor>.<k>.gate.*``), ``copy.deepcopy(model)`` copies the gates
+along, and :func:`finalize` bakes ``W ⊙ scatter(z)`` into plain parameters and removes every
+parametrization. A tensor in several group sets (a conv's rows in its own set, its columns
+in the previous layer's coupled set) simply gets several parametrizations, applied in turn.
+
+Keys of every mask dictionary are the parameter names of the *unmasked* model
+(``fc1.weight``, not ``fc1.parametrizations.weight.original``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+
+import torch
+from torch import Tensor, nn
+from torch.nn.utils import parametrize
+
+from learnprune.errors import ConfigError
+from learnprune.groups import GroupPlan, GroupSet, TensorSlices, scatter_values
+
+
+class GroupGate(nn.Module):
+    """The gate of one group set: ``forward()`` gives the gate values ``z`` (shape ``(G,)``).
+
+    Subclasses hold the method's state for the set (a fixed keep mask, mask variables,
+    gate logits) and define ``forward`` and ``keep``.
+    """
+
+    def __init__(self, group_set: GroupSet) -> None:
+        super().__init__()
+        self.group_set_name = group_set.name
+        self.num_groups = group_set.num_groups
+
+    def forward(self) -> Tensor:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def keep(self) -> Tensor:
+        """Which groups the forward pass keeps: ``z_g ≠ 0`` (bool, shape ``(G,)``)."""
+        with torch.no_grad():
+            return self.forward() != 0
+
+
+class FixedMask(GroupGate):
+    """A keep mask set from outside (magnitude pruning, a lottery ticket): ``z_g ∈ {0, 1}``."""
+
+    def __init__(self, group_set: GroupSet) -> None:
+        super().__init__(group_set)
+        self.register_buffer("keep_mask", torch.ones(group_set.num_groups, dtype=torch.bool))
+
+    def forward(self) -> Tensor:
+        return self.keep_mask
+
+    def keep(self) -> Tensor:
+        return self.keep_mask
+
+    def set(self, keep_mask: Tensor) -> None:
+        """Replace the keep mask (bool, shape ``(G,)``)."""
+        self.keep_mask.copy_(keep_mask.to(self.keep_mask.device, torch.bool).reshape(-1))
+
+
+class GatedTensor(nn.Module):
+    """Parametrization ``W ↦ W ⊙ scatter(z)`` for one member tensor of a group set."""
+
+    def __init__(self, gate: GroupGate, piece: TensorSlices) -> None:
+        super().__init__()
+        self.gate = gate
+        self.dim = piece.dim
+        self.shape = piece.shape
+        self.role = piece.role
+        self.register_buffer("index", piece.index, persistent=False)
+
+    def forward(self, weight: Tensor) -> Tensor:
+        return weight * self.multiplier()
+
+    def multiplier(self) -> Tensor:
+        """``scatter(z)``, broadcastable to the tensor."""
+        return scatter_values(self.gate(), self.dim, self.index, self.shape)
+
+    def keep_mask(self) -> Tensor:
+        """The tensor-shaped keep mask this gate imposes (bool)."""
+        keep = scatter_values(self.gate.keep(), self.dim, self.index, self.shape)
+        return keep.expand(self.shape).to(torch.bool)
+
+
+def attach(
+    model: nn.Module, plan: GroupPlan, make_gate: Callable[[GroupSet], GroupGate]
+) -> dict[str, GroupGate]:
+    """Give every group set of ``plan`` a gate and parametrize its member tensors.
+
+    Returns the gates keyed by group set name. Raises :class:`ConfigError` if the model
+    already carries learnprune gates (``finalize()`` the earlier method first).
+    """
+    if any(True for _ in gated_tensors(model)):
+        raise ConfigError(
+            "this model already carries learnprune gates; call finalize() on the earlier "
+            "method before attaching another"
+        )
+    gates: dict[str, GroupGate] = {}
+    for group_set in plan.sets:
+        gate = make_gate(group_set)
+        gates[group_set.name] = gate
+        for piece in group_set.slices:
+            module = model.get_submodule(piece.module)
+            parametrize.register_parametrization(module, piece.attr, GatedTensor(gate, piece))
+    return gates
+
+
+def gated_tensors(model: nn.Module) -> Iterator[tuple[str, nn.Module, str, list[GatedTensor]]]:
+    """``(name, module, attribute, gates)`` for every tensor gated by learnprune."""
+    for module_name, module in model.named_modules():
+        if not parametrize.is_parametrized(module):
+            continue
+        for attr, chain in module.parametrizations.items():
+            gated = [p for p in chain if isinstance(p, GatedTensor)]
+            if gated:
+                name = f"{module_name}.{attr}" if module_name else attr
+                yield name, module, attr, gated
+
+
+def read_masks(model: nn.Module) -> dict[str, Tensor]:
+    """``{parameter name: bool keep mask of its shape}`` for every gated tensor."""
+    masks = {}
+    for name, _module, _attr, gated in gated_tensors(model):
+        keep = gated[0].keep_mask()
+        for more in gated[1:]:
+            keep = keep & more.keep_mask()
+        masks[name] = keep
+    return masks
+
+
+def raw_tensor(module: nn.Module, attr: str) -> Tensor:
+    """The tensor under the gates (``W``), whether or not it is parametrized."""
+    if parametrize.is_parametrized(module, attr):
+        return module.parametrizations[attr].original
+    return getattr(module, attr)
+
+
+def finalize(model: nn.Module) -> nn.Module:
+    """Bake ``W ⊙ scatter(z)`` into plain parameters and remove learnprune's parametrizations.
+
+    The gates are put in eval mode first so stochastic gates give their deterministic value.
+    Returns the same model object, now free of parametrizations added by learnprune.
+    """
+    for gated in {
+        id(g.gate): g.gate for _n, _m, _a, chain in gated_tensors(model) for g in chain
+    }.values():
+        gated.eval()
+    with torch.no_grad():
+        for _name, module, attr, _gated in list(gated_tensors(model)):
+            parametrize.remove_parametrizations(module, attr, leave_parametrized=True)
+    return model
+
+
+def effective_parameters(model: nn.Module) -> Iterator[tuple[str, Tensor]]:
+    """``(name, tensor)`` for every model parameter as the forward pass sees it.
+
+    Gated tensors give their gated value ``W ⊙ scatter(z)`` under their unmasked name; the
+    gates' own parameters (mask variables, gate logits) are not model parameters and are
+    left out.
+    """
+
+    def walk(module: nn.Module, prefix: str) -> Iterator[tuple[str, Tensor]]:
+        for attr, param in module._parameters.items():
+            if param is not None:
+                yield prefix + attr, param
+        if parametrize.is_parametrized(module):
+            for attr in module.parametrizations:
+                yield prefix + attr, getattr(module, attr)
+        for child_name, child in module._modules.items():
+            if child is None or (
+                child_name == "parametrizations" and parametrize.is_parametrized(module)
+            ):
+                continue
+            yield from walk(child, f"{prefix}{child_name}.")
+
+    yield from walk(model, "")
+
+
+def model_weights(model: nn.Module, gate_params: list[Tensor]) -> list[nn.Parameter]:
+    """The model's trainable tensors (raw ``W`` under the gates), minus the gates' own."""
+    excluded = {id(p) for p in gate_params}
+    return [p for p in model.parameters() if id(p) not in excluded]

@@ -1,0 +1,188 @@
+"""The interface every pruning method keeps.
+
+::
+
+    method = SomeMethod(model, groups="element", exclude=["fc3"], ...)  # attaches gates
+    optimizer = SGD(method.model_parameters() + method.parameters(), ...)
+    loss = task_loss + method.regularizer()
+    loss.backward(); optimizer.step(); method.after_step()
+    method.masks()        # {parameter name: bool keep mask}, readable at any time
+    method.finalize()     # bake the masks into the weights, remove the parametrizations
+
+A method attaches one gate per group set when it is built (see :mod:`learnprune.masking`),
+so ``model(x)`` runs the gated network from then on. Its schedule counts the calls to
+``after_step()``; ``state_dict()`` holds that count and the gates, so a run resumes exactly.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import torch
+from torch import Tensor, nn
+
+from learnprune import masking
+from learnprune.accounting import prunable_modules
+from learnprune.errors import CheckpointError
+from learnprune.groups import GroupPlan, GroupSet, build_groups
+
+
+@dataclass(frozen=True)
+class TrainingContext:
+    """What a method built from a recipe needs to know about the run that will train it."""
+
+    epochs: int
+    steps_per_epoch: int
+    total_steps: int
+    input_shape: tuple[int, ...] | None = None
+    pretrained: bool = False
+
+    def steps(self, epochs: float) -> int:
+        """The step count after ``epochs`` (fractional) epochs."""
+        return round(epochs * self.steps_per_epoch)
+
+
+class PruningMethod:
+    """Base class: group sets, their gates, a step counter, and the common interface.
+
+    Subclasses set ``name``, implement :meth:`make_gate`, and override the hooks they need.
+    """
+
+    name: ClassVar[str] = "method"
+    has_masks: ClassVar[bool] = True
+    recipe_options: ClassVar[tuple[str, ...]] = ()
+    """Option names a recipe may give (what :meth:`from_options` accepts)."""
+
+    def __init__(
+        self,
+        model: nn.Module,
+        groups: str | Sequence[GroupSet] = "element",
+        *,
+        exclude: Sequence[str] = (),
+        input_shape: Sequence[int] | None = None,
+    ) -> None:
+        self.model = model
+        self.step = 0
+        self.total_weights = sum(m.weight.numel() for _n, m in prunable_modules(model))
+        if self.has_masks:
+            self.plan = build_groups(model, groups, exclude=exclude, input_shape=input_shape)
+            self.gates: dict[str, masking.GroupGate] = masking.attach(
+                model, self.plan, self.make_gate
+            )
+        else:
+            self.plan = GroupPlan([])
+            self.gates = {}
+
+    # --- what subclasses provide -------------------------------------------------------
+    def make_gate(self, group_set: GroupSet) -> masking.GroupGate:
+        """The gate for one group set (default: a fixed keep mask, all kept)."""
+        return masking.FixedMask(group_set)
+
+    @classmethod
+    def from_options(
+        cls, model: nn.Module, options: Mapping[str, Any], context: TrainingContext
+    ) -> PruningMethod:
+        """Build from recipe options (epochs rather than steps); see each method."""
+        return cls(model, **options)
+
+    # --- the common interface ----------------------------------------------------------
+    def parameters(self) -> list[nn.Parameter]:
+        """The method's own learnable tensors (mask variables, gate logits)."""
+        seen: dict[int, nn.Parameter] = {}
+        for gate in self.gates.values():
+            for param in gate.parameters():
+                seen.setdefault(id(param), param)
+        return list(seen.values())
+
+    def model_parameters(self) -> list[nn.Parameter]:
+        """The model's own trainable tensors (the raw weights under the gates)."""
+        return masking.model_weights(self.model, self.parameters())
+
+    def regularizer(self) -> Tensor:
+        """A scalar added to the task loss (zero for methods without one)."""
+        return torch.zeros((), device=_device(self.model))
+
+    def after_step(self) -> None:
+        """Called once after every optimizer step: schedules, clamps, prox steps."""
+        self.step += 1
+
+    def masks(self) -> dict[str, Tensor]:
+        """``{parameter name (unmasked model): bool keep mask}`` for every gated tensor."""
+        return masking.read_masks(self.model)
+
+    def finalize(self) -> nn.Module:
+        """Bake the masks (and any gate values) into the weights; remove the gates."""
+        masking.finalize(self.model)
+        self.gates = {}
+        return self.model
+
+    def sparsity(self) -> float:
+        """Current fraction of zero Conv/Linear weights under the masks (see accounting)."""
+        zeros = sum(
+            int((~mask).sum())
+            for name, mask in self.masks().items()
+            if name.endswith("weight") and mask.dim() >= 2
+        )
+        return zeros / self.total_weights if self.total_weights else 0.0
+
+    def describe(self) -> str:
+        """A short human summary of the method and what it prunes."""
+        return f"{self.name}: {self.plan.describe()}" if self.has_masks else self.name
+
+    def state_dict(self) -> dict[str, Any]:
+        """Step count and gate states; enough, with the model's weights, to resume."""
+        return {
+            "method": self.name,
+            "step": self.step,
+            "gates": {name: gate.state_dict() for name, gate in self.gates.items()},
+            "extra": self.extra_state(),
+        }
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        """Restore what :meth:`state_dict` saved (raises CheckpointError on a mismatch)."""
+        if state.get("method") != self.name:
+            raise CheckpointError(
+                f"checkpoint holds method {state.get('method')!r}, not {self.name!r}"
+            )
+        saved_gates = state.get("gates", {})
+        if set(saved_gates) != set(self.gates):
+            raise CheckpointError("checkpoint's group sets do not match this model's")
+        self.step = int(state["step"])
+        for name, gate in self.gates.items():
+            try:
+                gate.load_state_dict(saved_gates[name])
+            except RuntimeError as err:
+                raise CheckpointError(f"gate {name}: {err}") from err
+        self.load_extra_state(state.get("extra", {}))
+
+    def extra_state(self) -> dict[str, Any]:
+        """Subclass state beyond the step and the gates."""
+        return {}
+
+    def load_extra_state(self, state: Mapping[str, Any]) -> None:
+        """Restore :meth:`extra_state`."""
+
+
+class Dense(PruningMethod):
+    """No pruning: the dense baseline, trained by the same engine."""
+
+    name = "dense"
+    has_masks = False
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__(model)
+
+    @classmethod
+    def from_options(
+        cls, model: nn.Module, options: Mapping[str, Any], context: TrainingContext
+    ) -> Dense:
+        return cls(model)
+
+
+def _device(model: nn.Module) -> torch.device:
+    try:
+        return next(model.parameters()).device
+    except StopIteration:
+        return torch.device("cpu")

@@ -1,0 +1,222 @@
+"""A whole run from a :class:`~learnprune.config.RunConfig`: build, train, finalize, report.
+
+The flow is the one of the design: recipe -> data + model -> method attaches -> engine trains
+-> masks baked in -> accounting -> ``final.json``. A run directory holds
+
+==================  ==========================================================
+``config.json``     the full configuration (written first)
+``metrics.jsonl``   one line per epoch
+``checkpoint.pt``   the last epoch's model, method, optimizer and RNG states
+``model.pt``        the final weights, masks baked in (a plain ``state_dict``)
+``final.json``      the results (written last: its presence means the run is done)
+==================  ==========================================================
+
+A run never writes into a directory that holds another run's files (unless resuming it),
+so a failed or mistaken run cannot destroy earlier results.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import platform
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from learnprune import __version__, checkpoint
+from learnprune.accounting import DEFINITIONS, count
+from learnprune.config import RunConfig
+from learnprune.data import Dataset, load_dataset
+from learnprune.engine import Schedule, configure_torch, evaluate, seed_everything, train
+from learnprune.errors import CheckpointError, ConfigError
+from learnprune.methods import build_method
+from learnprune.methods.base import PruningMethod, TrainingContext
+from learnprune.models import build_model
+
+CONFIG = "config.json"
+FINAL = "final.json"
+WEIGHTS = "model.pt"
+
+
+def default_run_dir(config: RunConfig, root: str | Path = "runs") -> Path:
+    """``runs/<model>-<method>-<date>-<time>`` (a suffix keeps it unique)."""
+    stamp = _dt.datetime.now().strftime("%Y%m%d-%H%M%S")
+    base = Path(root) / f"{config.model}-{config.method}-{stamp}"
+    candidate, suffix = base, 1
+    while candidate.exists():
+        suffix += 1
+        candidate = base.with_name(f"{base.name}-{suffix}")
+    return candidate
+
+
+def load_data(config: RunConfig) -> Dataset:
+    """The run's data set, with the data options of the config."""
+    options = dict(config.data_options)
+    root = options.pop("root", None)
+    return load_dataset(config.data, root, **options)
+
+
+def build(config: RunConfig, data: Dataset) -> tuple[nn.Module, PruningMethod]:
+    """The model (with ``init`` weights, if any) and the method attached to it."""
+    seed_everything(config.train.seed)
+    options = dict(config.model_options)
+    model = build_model(
+        config.model,
+        num_classes=options.pop("num_classes", data.num_classes),
+        in_channels=options.pop("in_channels", data.input_shape[0]),
+        **options,
+    )
+    _check_input(model, config, data)
+    if config.init:
+        load_init(model, config.init)
+    train_size = config.train.train_subset or len(data.x_train)
+    schedule = Schedule.of(min(train_size, len(data.x_train)), config.train)
+    context = TrainingContext(
+        epochs=config.train.epochs,
+        steps_per_epoch=schedule.steps_per_epoch,
+        total_steps=schedule.total_steps,
+        input_shape=tuple(data.input_shape),
+        pretrained=bool(config.init),
+    )
+    method = build_method(config.method, model, config.method_options, context)
+    return model, method
+
+
+def _check_input(model: nn.Module, config: RunConfig, data: Dataset) -> None:
+    expected = tuple(getattr(model, "input_shape", data.input_shape))
+    if expected != tuple(data.input_shape):
+        raise ConfigError(
+            f"model {config.model} expects inputs of shape {expected}, data {config.data} "
+            f"gives {tuple(data.input_shape)}"
+            + ("; try data_options pad_to_32 = true" if expected[-1] == 32 else "")
+        )
+
+
+def load_init(model: nn.Module, source: str | Path) -> None:
+    """Load starting weights from a run directory (its ``model.pt``) or a weights file."""
+    path = Path(source)
+    if path.is_dir():
+        path = path / WEIGHTS
+    state = checkpoint.load_state_dict_file(path)
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as err:
+        raise CheckpointError(
+            f"{path} does not fit this model: {str(err).splitlines()[0]}"
+        ) from err
+
+
+def prepare_run_dir(out: str | Path | None, config: RunConfig, resume: bool) -> Path:
+    """The run directory, checked: new (or empty) unless resuming an unfinished run."""
+    if resume:
+        if out is None:
+            raise ConfigError("--resume needs the run directory")
+        run_dir = Path(out)
+        if not (run_dir / CONFIG).is_file():
+            raise CheckpointError(f"{run_dir} is not a learnprune run directory (no {CONFIG})")
+        if (run_dir / FINAL).is_file():
+            raise CheckpointError(f"the run in {run_dir} is already complete (see {FINAL})")
+        return run_dir
+    run_dir = Path(out) if out is not None else default_run_dir(config)
+    if run_dir.exists() and (not run_dir.is_dir() or any(run_dir.iterdir())):
+        raise ConfigError(
+            f"{run_dir} already holds files; choose another --out (or --resume {run_dir} to "
+            "continue that run); nothing was overwritten"
+        )
+    return run_dir
+
+
+def read_run_config(run_dir: str | Path) -> RunConfig:
+    """The :class:`RunConfig` saved in a run directory."""
+    path = Path(run_dir) / CONFIG
+    if not path.is_file():
+        raise CheckpointError(f"{run_dir} is not a learnprune run directory (no {CONFIG})")
+    try:
+        return RunConfig.from_dict(json.loads(path.read_text()))
+    except (json.JSONDecodeError, TypeError) as err:
+        raise CheckpointError(f"{path} is corrupt: {err}") from err
+
+
+def run(
+    config: RunConfig,
+    out: str | Path | None = None,
+    *,
+    resume: bool = False,
+    quiet: bool = False,
+    progress: bool | None = None,
+    data: Dataset | None = None,
+) -> dict[str, Any]:
+    """Train, finalize and report one run; return what ``final.json`` holds.
+
+    Everything that can be checked is checked before the run directory is created.
+    """
+    configure_torch()
+    config.validate()
+    run_dir = prepare_run_dir(out, config, resume)
+    if data is None:
+        data = load_data(config)
+    model, method = build(config, data)
+    started = time.perf_counter()
+    run_dir.mkdir(parents=True, exist_ok=True)
+    if not resume:
+        checkpoint.atomic_write_json(run_dir / CONFIG, config.as_dict())
+    if not quiet:
+        print(f"run {run_dir}: {config.model} on {config.data}, {method.describe()}")
+    last = train(
+        model,
+        method,
+        data,
+        config.train,
+        out_dir=run_dir,
+        resume=resume,
+        run_info={"model": config.model, "method": config.method, "data": config.data},
+        quiet=quiet,
+        progress=progress,
+    )
+    masks = method.masks()
+    method.finalize()
+    model.eval()
+    device = next(model.parameters()).device
+    test_loss, test_accuracy = evaluate(
+        model, data.x_test.to(device), data.y_test.to(device), config.train.eval_batch_size
+    )
+    counts = count(model.cpu(), data.input_shape)
+    checkpoint.save_torch(run_dir / WEIGHTS, model.state_dict())
+    result = {
+        "method": config.method,
+        "model": config.model,
+        "data": config.data,
+        "epochs": config.train.epochs,
+        "steps": last.get("steps"),
+        "test_accuracy": test_accuracy,
+        "test_error": 1.0 - test_accuracy,
+        "test_loss": test_loss,
+        **counts.as_dict(),
+        "masked_tensors": sorted(masks),
+        "seconds": last.get("elapsed", 0.0),
+        "wall_seconds_this_process": time.perf_counter() - started,
+        "definitions": DEFINITIONS,
+        "config": config.as_dict(),
+        "environment": environment(),
+    }
+    checkpoint.atomic_write_json(run_dir / FINAL, result)
+    result["run_dir"] = str(run_dir)
+    return result
+
+
+def environment() -> dict[str, Any]:
+    """Where and with what a result was produced."""
+    return {
+        "learnprune": __version__,
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+        "machine": platform.machine(),
+        "processor": platform.processor() or platform.machine(),
+        "threads": torch.get_num_threads(),
+        "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+        "date": _dt.datetime.now().isoformat(timespec="seconds"),
+    }

@@ -1,0 +1,64 @@
+"""Checks for user-supplied hyper-parameters, each failing with one clear ConfigError."""
+
+from __future__ import annotations
+
+import math
+from numbers import Integral, Real
+
+from learnprune.errors import ConfigError
+
+
+def real(name: str, value: object) -> float:
+    """``value`` as a finite float."""
+    if isinstance(value, bool) or not isinstance(value, Real):
+        raise ConfigError(f"{name} must be a number, got {value!r}")
+    number = float(value)
+    if not math.isfinite(number):
+        raise ConfigError(f"{name} must be finite, got {value!r}")
+    return number
+
+
+def positive(name: str, value: object) -> float:
+    """A finite number > 0."""
+    number = real(name, value)
+    if number <= 0:
+        raise ConfigError(f"{name} must be > 0, got {value!r}")
+    return number
+
+
+def non_negative(name: str, value: object) -> float:
+    """A finite number >= 0."""
+    number = real(name, value)
+    if number < 0:
+        raise ConfigError(f"{name} must be >= 0, got {value!r}")
+    return number
+
+
+def fraction(name: str, value: object) -> float:
+    """A sparsity-like fraction in [0, 1)."""
+    number = real(name, value)
+    if not 0.0 <= number < 1.0:
+        raise ConfigError(f"{name} must lie in [0, 1), got {value!r}")
+    return number
+
+
+def integer(name: str, value: object, minimum: int = 0) -> int:
+    """A whole number >= ``minimum``."""
+    if isinstance(value, bool) or not isinstance(value, (Integral, Real)):
+        raise ConfigError(f"{name} must be a whole number, got {value!r}")
+    if not isinstance(value, Integral) and (
+        not math.isfinite(float(value)) or float(value) != int(value)
+    ):
+        raise ConfigError(f"{name} must be a whole number, got {value!r}")
+    number = int(value)
+    if number < minimum:
+        raise ConfigError(f"{name} must be >= {minimum}, got {value!r}")
+    return number
+
+
+def choice(name: str, value: object, options: tuple[str, ...]) -> str:
+    """One of ``options`` (case-insensitive)."""
+    text = str(value).lower()
+    if text not in options:
+        raise ConfigError(f"{name} must be one of {', '.join(options)}; got {value!r}")
+    return text
