@@ -111,6 +111,8 @@ def attach(
         gates[group_set.name] = gate
         for piece in group_set.slices:
             module = model.get_submodule(piece.module)
+            if not hasattr(module, "_learnprune_order"):
+                module._learnprune_order = list(module._parameters)  # restored by finalize
             parametrize.register_parametrization(module, piece.attr, GatedTensor(gate, piece))
     return gates
 
@@ -158,6 +160,12 @@ def finalize(model: nn.Module) -> nn.Module:
     with torch.no_grad():
         for _name, module, attr, _gated in list(gated_tensors(model)):
             parametrize.remove_parametrizations(module, attr, leave_parametrized=True)
+    for module in model.modules():
+        order = module.__dict__.pop("_learnprune_order", None)
+        if order is not None:  # the parameters' original order, so state_dict keys match
+            rank = {name: i for i, name in enumerate(order)}
+            items = sorted(module._parameters.items(), key=lambda kv: rank.get(kv[0], len(rank)))
+            module._parameters = dict(items)
     return model
 
 
@@ -170,12 +178,13 @@ def effective_parameters(model: nn.Module) -> Iterator[tuple[str, Tensor]]:
     """
 
     def walk(module: nn.Module, prefix: str) -> Iterator[tuple[str, Tensor]]:
-        for attr, param in module._parameters.items():
-            if param is not None:
-                yield prefix + attr, param
+        # gated tensors first: for Conv/Linear/BatchNorm this restores (weight, bias) order
         if parametrize.is_parametrized(module):
             for attr in module.parametrizations:
                 yield prefix + attr, getattr(module, attr)
+        for attr, param in module._parameters.items():
+            if param is not None:
+                yield prefix + attr, param
         for child_name, child in module._modules.items():
             if child is None or (
                 child_name == "parametrizations" and parametrize.is_parametrized(module)
