@@ -51,21 +51,25 @@ class GroupGate(nn.Module):
 
 
 class FixedMask(GroupGate):
-    """A keep mask set from outside (magnitude pruning, a lottery ticket): ``z_g ∈ {0, 1}``."""
+    """A keep mask set from outside (magnitude pruning, a lottery ticket): ``z_g ∈ {0, 1}``.
+
+    The mask is held as 0/1 in the weights' floating dtype: multiplying a float tensor by
+    a bool one promotes element by element and is about 30 times slower on CPU.
+    """
 
     def __init__(self, group_set: GroupSet) -> None:
         super().__init__(group_set)
-        self.register_buffer("keep_mask", torch.ones(group_set.num_groups, dtype=torch.bool))
+        self.register_buffer("keep_mask", torch.ones(group_set.num_groups))
 
     def forward(self) -> Tensor:
         return self.keep_mask
 
     def keep(self) -> Tensor:
-        return self.keep_mask
+        return self.keep_mask != 0
 
     def set(self, keep_mask: Tensor) -> None:
-        """Replace the keep mask (bool, shape ``(G,)``)."""
-        self.keep_mask.copy_(keep_mask.to(self.keep_mask.device, torch.bool).reshape(-1))
+        """Replace the keep mask (bool or 0/1, shape ``(G,)``)."""
+        self.keep_mask.copy_(keep_mask.reshape(-1).to(self.keep_mask.device, torch.bool))
 
 
 class GatedTensor(nn.Module):

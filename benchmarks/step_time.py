@@ -1,0 +1,96 @@
+"""Training step time of a gated (masked) model over the plain model, measured in one run.
+
+A step is forward, cross-entropy, backward and an SGD-momentum update, on a fixed batch,
+as the engine does it (the method's ``regularizer()`` and ``after_step()`` included). The
+plain and the masked model are timed in alternating rounds in the same process, so drift
+of the machine hits both alike; the ratio of the medians is reported.
+
+    python benchmarks/step_time.py                        # lenet300 and lenet5-caffe
+    python benchmarks/step_time.py --models lenet300 --rounds 30 --steps 50
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import statistics
+import sys
+import time
+from collections.abc import Callable
+
+import torch
+import torch.nn.functional as F
+
+from learnprune.engine import configure_torch
+from learnprune.methods import Dense, Magnitude, PruningMethod
+from learnprune.models import build_model
+
+
+def make_step(
+    name: str, attach: Callable[[torch.nn.Module], PruningMethod], batch: int
+) -> Callable[[int], float]:
+    torch.manual_seed(0)
+    model = build_model(name)
+    method = attach(model)
+    optimizer = torch.optim.SGD(method.model_parameters(), lr=0.01, momentum=0.9)
+    x = torch.randn(batch, *model.input_shape)
+    y = torch.randint(0, 10, (batch,))
+
+    def run(steps: int) -> float:
+        start = time.perf_counter()
+        for _ in range(steps):
+            loss = F.cross_entropy(model(x), y) + method.regularizer()
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            method.after_step()
+        return (time.perf_counter() - start) / steps
+
+    return run
+
+
+def measure(name: str, batch: int, rounds: int, steps: int) -> dict[str, float]:
+    variants = {
+        "plain": make_step(name, Dense, batch),
+        "masked": make_step(name, lambda m: Magnitude(m, target=0.9), batch),
+    }
+    times: dict[str, list[float]] = {key: [] for key in variants}
+    for run in variants.values():
+        run(steps)  # warm-up
+    for _ in range(rounds):
+        for key, run in variants.items():
+            times[key].append(run(steps))
+    plain = statistics.median(times["plain"])
+    masked = statistics.median(times["masked"])
+    return {
+        "model": name,
+        "batch": batch,
+        "plain_ms": plain * 1e3,
+        "masked_ms": masked * 1e3,
+        "ratio": masked / plain,
+    }
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--models", nargs="+", default=["lenet300", "lenet5-caffe"])
+    parser.add_argument("--batch", type=int, default=100)
+    parser.add_argument("--rounds", type=int, default=21)
+    parser.add_argument("--steps", type=int, default=20)
+    args = parser.parse_args()
+    configure_torch()
+    rows = [measure(name, args.batch, args.rounds, args.steps) for name in args.models]
+    print("| model | batch | plain step (ms) | masked step (ms) | ratio |")
+    print("|---|---|---|---|---|")
+    for row in rows:
+        print(f"| {row['model']} | {row['batch']} | {row['plain_ms']:.3f} | "
+              f"{row['masked_ms']:.3f} | {row['ratio']:.3f} |")
+    print(json.dumps({"rows": rows, "threads": torch.get_num_threads(),
+                      "torch": torch.__version__, "machine": platform.machine(),
+                      "command": " ".join(sys.argv)}))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
