@@ -19,7 +19,7 @@ from pathlib import Path
 
 from learnprune.config import RunConfig, read_recipe
 from learnprune.report import compare
-from learnprune.run import run
+from learnprune.runner import run
 
 ROOT = Path(__file__).resolve().parent
 RECIPES = {"lenet300": "lenet300", "lenet5-caffe": "lenet5caffe"}
@@ -59,8 +59,11 @@ def main() -> int:
         for file in ("final.json", "config.json", "metrics.jsonl"):
             shutil.copy(scratch / file, target / file)
         shutil.rmtree(scratch)
-        print(f"{name}: error {result['test_error']:.2%}, sparsity {result['sparsity']:.2%}, "
-              f"{result['seconds'] / 60:.1f} min", flush=True)
+        print(
+            f"{name}: error {result['test_error']:.2%}, sparsity {result['sparsity']:.2%}, "
+            f"{result['seconds'] / 60:.1f} min",
+            flush=True,
+        )
         done.append(target)
     print(compare(done))
     print(json.dumps({"command": " ".join(sys.argv)}))

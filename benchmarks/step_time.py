@@ -84,11 +84,21 @@ def main() -> int:
     print("| model | batch | plain step (ms) | masked step (ms) | ratio |")
     print("|---|---|---|---|---|")
     for row in rows:
-        print(f"| {row['model']} | {row['batch']} | {row['plain_ms']:.3f} | "
-              f"{row['masked_ms']:.3f} | {row['ratio']:.3f} |")
-    print(json.dumps({"rows": rows, "threads": torch.get_num_threads(),
-                      "torch": torch.__version__, "machine": platform.machine(),
-                      "command": " ".join(sys.argv)}))
+        print(
+            f"| {row['model']} | {row['batch']} | {row['plain_ms']:.3f} | "
+            f"{row['masked_ms']:.3f} | {row['ratio']:.3f} |"
+        )
+    print(
+        json.dumps(
+            {
+                "rows": rows,
+                "threads": torch.get_num_threads(),
+                "torch": torch.__version__,
+                "machine": platform.machine(),
+                "command": " ".join(sys.argv),
+            }
+        )
+    )
     return 0
 
 

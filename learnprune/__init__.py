@@ -31,7 +31,7 @@ from learnprune.groups import GroupSet, build_groups, custom_group_set
 from learnprune.masking import finalize, read_masks
 from learnprune.methods import GMP, METHODS, Dense, Magnitude, PruningMethod
 from learnprune.models import build_model, list_models
-from learnprune.run import run
+from learnprune.runner import run
 
 __all__ = [
     "GMP",

@@ -31,7 +31,7 @@ class _Parser(argparse.ArgumentParser):
     """argparse, but a usage error is one line and exit code 2."""
 
     def error(self, message: str) -> NoReturn:
-        sys.stderr.write(f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+        sys.stderr.write(f"learnprune: error: {message} (see {self.prog} --help)\n")
         raise SystemExit(EXIT_USAGE)
 
 
@@ -143,7 +143,7 @@ def _dispatch(args: argparse.Namespace) -> int:
 def _train(args: argparse.Namespace) -> int:
     from learnprune.config import RunConfig, apply_overrides, parse_override, read_recipe
     from learnprune.report import summary
-    from learnprune.run import default_run_dir, read_run_config, run
+    from learnprune.runner import default_run_dir, read_run_config, run
 
     if args.resume:
         given = [
@@ -226,7 +226,7 @@ def _eval(args: argparse.Namespace) -> int:
     from learnprune.accounting import count, format_table
     from learnprune.engine import configure_torch, evaluate
     from learnprune.models import build_model
-    from learnprune.run import WEIGHTS, load_data, load_init, read_run_config
+    from learnprune.runner import WEIGHTS, load_data, load_init, read_run_config
 
     configure_torch()
     config = read_run_config(args.run_dir)

@@ -77,6 +77,8 @@ class TrainConfig:
             raise ConfigError(f"momentum must be < 1, got {self.momentum}")
         self.weight_decay = validation.non_negative("weight_decay", self.weight_decay)
         self.lr_schedule = validation.choice("lr_schedule", self.lr_schedule, LR_SCHEDULES)
+        if not isinstance(self.milestones, (list, tuple)):
+            raise ConfigError(f"milestones must be a list of epochs, got {self.milestones!r}")
         self.milestones = [validation.positive("milestones", m) for m in self.milestones]
         self.gamma = validation.positive("gamma", self.gamma)
         self.seed = validation.integer("seed", self.seed)
@@ -87,7 +89,9 @@ class TrainConfig:
         self.augment = validation.choice("augment", self.augment, AUGMENTATIONS)
         if not isinstance(self.nesterov, bool):
             raise ConfigError(f"nesterov must be true or false, got {self.nesterov!r}")
-        if self.device not in ("auto", "cpu") and not str(self.device).startswith("cuda"):
+        if not isinstance(self.device, str) or (
+            self.device not in ("auto", "cpu") and not self.device.startswith("cuda")
+        ):
             raise ConfigError(f"device must be auto, cpu or cuda[:N], got {self.device!r}")
         return self
 
@@ -114,8 +118,16 @@ class RunConfig:
     def from_dict(cls, raw: Mapping[str, Any]) -> RunConfig:
         """Inverse of :meth:`as_dict`, and the reader of recipe dictionaries."""
         raw = dict(raw)
+        for table in ("train", "method_options", "model_options", "data_options"):
+            if not isinstance(raw.get(table, {}), Mapping):
+                raise ConfigError(f"{table} must be a table of keys, got {raw[table]!r}")
+        for key in ("model", "data", "init", "description"):
+            if raw.get(key) is not None and not isinstance(raw[key], str):
+                raise ConfigError(f"{key} must be a string, got {raw[key]!r}")
         method = raw.pop("method", "dense")
         method_options = dict(raw.pop("method_options", {}) or {})
+        if not isinstance(method, (str, Mapping)):
+            raise ConfigError(f"method must be a name or a table, got {method!r}")
         if isinstance(method, Mapping):
             method_options = {**{k: v for k, v in method.items() if k != "name"}, **method_options}
             method = method.get("name")

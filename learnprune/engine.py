@@ -86,14 +86,19 @@ class Schedule:
             total = min(total, config.max_steps)
         return cls(steps_per_epoch, total, config)
 
+    def epoch_at(self, step: int) -> float:
+        """Training progress in epochs. With ``max_steps`` the whole run is compressed into
+        ``total_steps``, so a smoke run still goes through the full schedule."""
+        return step / self.total_steps * self.config.epochs
+
     def lr(self, step: int) -> float:
         """Learning rate for ``step``: cosine to zero, step decay at milestones, or constant."""
         base = self.config.lr
         if self.config.lr_schedule == "cosine":
-            full = self.steps_per_epoch * self.config.epochs
-            return base * 0.5 * (1.0 + math.cos(math.pi * min(step, full) / full))
+            progress = min(step, self.total_steps) / self.total_steps
+            return base * 0.5 * (1.0 + math.cos(math.pi * progress))
         if self.config.lr_schedule == "step":
-            epoch = step / self.steps_per_epoch
+            epoch = self.epoch_at(step)
             return base * self.config.gamma ** sum(epoch >= m for m in self.config.milestones)
         return base
 
@@ -170,7 +175,8 @@ def train(
 
     Raises:
         TrainingDivergedError: the loss became NaN or infinite (the last checkpoint stays).
-        CheckpointError: ``resume`` with a missing, corrupt or foreign checkpoint.
+        CheckpointError: ``resume`` with a corrupt or foreign checkpoint (a run directory
+            without a checkpoint yet, interrupted in its first epoch, starts over).
     """
     configure_torch()
     config.validate()
@@ -192,9 +198,13 @@ def train(
     schedule = Schedule.of(len(x_train), config)
     optimizer = build_optimizer(method, config)
     start_epoch, step, elapsed = 0, 0, 0.0
+    if resume and out is None:
+        raise CheckpointError("resume needs the run directory")
+    if resume and not (out / CHECKPOINT).exists():
+        say(f"{out} has no checkpoint yet (interrupted in its first epoch): starting over")
+        _truncate_metrics(out / METRICS, 0)
+        resume = False
     if resume:
-        if out is None:
-            raise CheckpointError("resume needs the run directory")
         state = checkpoint.load_checkpoint(out / CHECKPOINT, expect=_identity(info))
         _restore(state, model, method, optimizer)
         start_epoch, step, elapsed = state["epoch"], state["step"], state["elapsed"]

@@ -9,7 +9,7 @@ from typing import Any
 
 from learnprune.accounting import DEFINITIONS, format_table, human
 from learnprune.errors import CheckpointError
-from learnprune.run import FINAL
+from learnprune.runner import FINAL
 
 
 def read_final(run_dir: str | Path) -> dict[str, Any]:

@@ -95,12 +95,7 @@ def _select_global(
         keep_flat[order[:dropped]] = False
         return {s.name: keep_flat[offsets[i] : offsets[i + 1]] for i, s in enumerate(sets)}
 
-    removable = removed_weights(sets, masks_for(candidates))
-    if budget > removable:
-        raise ConfigError(
-            f"target sparsity needs {budget:,} weights removed but only {removable:,} can be "
-            "(excluded layers and one group per layer stay); lower the target"
-        )
+    _check_budget(budget, removed_weights(sets, masks_for(candidates)))
     low, high = 0, candidates  # smallest number of dropped groups reaching the budget
     while low < high:
         middle = (low + high) // 2
@@ -116,11 +111,7 @@ def _select_elements(
 ) -> dict[str, Tensor]:
     """Element groups: the ``budget`` smallest scores overall, as torch's global pruning."""
     flat = torch.cat([scores[s.name].detach().reshape(-1) for s in sets])
-    if budget > flat.numel():
-        raise ConfigError(
-            f"target sparsity needs {budget:,} weights removed but only {flat.numel():,} are "
-            "prunable (the rest are excluded); lower the target"
-        )
+    _check_budget(budget, flat.numel())
     keep_flat = torch.ones(flat.numel(), dtype=torch.bool, device=flat.device)
     if budget > 0:
         keep_flat[torch.topk(flat, budget, largest=False).indices] = False
@@ -129,6 +120,24 @@ def _select_elements(
         out[group_set.name] = keep_flat[start : start + group_set.num_groups]
         start += group_set.num_groups
     return out
+
+
+def check_target(plan: GroupPlan, target: float, total_weights: int, scope: str = "global") -> None:
+    """Raise :class:`ConfigError` now if ``target`` cannot be reached by ``plan``'s groups.
+
+    Call it when a method is built, so an impossible target fails before any training.
+    """
+    ones = {s.name: torch.ones(s.num_groups) for s in plan.sets}
+    select(plan, ones, target, total_weights, scope)
+
+
+def _check_budget(budget: int, removable: int) -> None:
+    if budget > removable:
+        raise ConfigError(
+            f"the target sparsity needs {budget:,} weights removed but only {removable:,} can "
+            "be (excluded layers, and one group in each structured layer, stay); lower the "
+            "target or exclude fewer layers"
+        )
 
 
 def removed_weights(sets: list[GroupSet], keep: Mapping[str, Tensor]) -> int:

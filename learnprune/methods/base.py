@@ -40,8 +40,9 @@ class TrainingContext:
     pretrained: bool = False
 
     def steps(self, epochs: float) -> int:
-        """The step count after ``epochs`` (fractional) epochs."""
-        return round(epochs * self.steps_per_epoch)
+        """The step reached after ``epochs`` (fractional) epochs; with ``max_steps`` the
+        run is compressed into ``total_steps`` and so are the method's schedules."""
+        return round(epochs / self.epochs * self.total_steps)
 
 
 class PruningMethod:

@@ -87,6 +87,7 @@ class _MagnitudePruning(PruningMethod):
         elif target is None:
             raise ConfigError(f"{self.name} needs a target sparsity in [0, 1)")
         self.target = validation.fraction("target", target)
+        selection.check_target(self.plan, self.target, self.total_weights, self.scope)
         self.current_target = 0.0
 
     def make_gate(self, group_set: GroupSet) -> FixedMask:

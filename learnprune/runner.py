@@ -31,7 +31,14 @@ from learnprune import __version__, checkpoint
 from learnprune.accounting import DEFINITIONS, count
 from learnprune.config import RunConfig
 from learnprune.data import Dataset, load_dataset
-from learnprune.engine import Schedule, configure_torch, evaluate, seed_everything, train
+from learnprune.engine import (
+    Schedule,
+    configure_torch,
+    evaluate,
+    resolve_device,
+    seed_everything,
+    train,
+)
 from learnprune.errors import CheckpointError, ConfigError
 from learnprune.methods import build_method
 from learnprune.methods.base import PruningMethod, TrainingContext
@@ -157,8 +164,14 @@ def run(
     configure_torch()
     config.validate()
     run_dir = prepare_run_dir(out, config, resume)
+    resolve_device(config.train.device)
     if data is None:
         data = load_data(config)
+    if config.train.train_subset is not None and config.train.train_subset > len(data.x_train):
+        raise ConfigError(
+            f"train_subset {config.train.train_subset} is larger than the training set of "
+            f"{config.data} ({len(data.x_train)} examples)"
+        )
     model, method = build(config, data)
     started = time.perf_counter()
     run_dir.mkdir(parents=True, exist_ok=True)
