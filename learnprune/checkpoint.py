@@ -127,16 +127,7 @@ def load_checkpoint(path: Path, *, expect: Mapping[str, Any] | None = None) -> d
     Raises:
         CheckpointError: missing, unreadable, truncated, foreign or mismatched.
     """
-    path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(f"no checkpoint at {path}")
-    try:
-        payload = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:
-        raise CheckpointError(
-            f"{path} is corrupt or not a learnprune checkpoint ({type(err).__name__}: "
-            f"{str(err).splitlines()[0] if str(err) else 'unreadable'})"
-        ) from err
+    payload = _load(Path(path), "checkpoint")
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
         raise CheckpointError(f"{path} is not a learnprune checkpoint")
     if payload.get("version") != VERSION:
@@ -152,19 +143,24 @@ def load_checkpoint(path: Path, *, expect: Mapping[str, Any] | None = None) -> d
     return payload
 
 
+def _load(path: Path, what: str) -> Any:
+    """``torch.load(weights_only=True)`` with one clear error for every way it can fail."""
+    if not path.is_file():
+        raise CheckpointError(f"no {what} at {path}")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:
+        first_line = str(err).splitlines()[0] if str(err) else "unreadable"
+        raise CheckpointError(
+            f"{path} is corrupt or not a learnprune {what} ({type(err).__name__}: {first_line})"
+        ) from err
+
+
 def load_state_dict_file(path: Path) -> dict[str, torch.Tensor]:
     """A plain ``state_dict`` file (``model.pt``), read with ``weights_only=True``."""
-    path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(f"no weights file at {path}")
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:
-        raise CheckpointError(
-            f"{path} is corrupt or not a weights file ({type(err).__name__})"
-        ) from err
+    state = _load(Path(path), "weights file")
     if isinstance(state, dict) and state.get("format") == FORMAT:
-        state = state.get("model", {})
+        state = state.get("model_state", {})
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise CheckpointError(f"{path} does not hold a state_dict of tensors")
     return state

@@ -221,28 +221,18 @@ def _train(args: argparse.Namespace) -> int:
 
 
 def _eval(args: argparse.Namespace) -> int:
-    import torch
-
     from learnprune.accounting import count, format_table
     from learnprune.engine import configure_torch, evaluate
-    from learnprune.models import build_model
-    from learnprune.runner import WEIGHTS, load_data, load_init, read_run_config
+    from learnprune.runner import WEIGHTS, load_data, load_init, model_for, read_run_config
 
     configure_torch()
     config = read_run_config(args.run_dir)
     if args.data_dir:
         config.data_options["root"] = args.data_dir
     data = load_data(config)
-    options = dict(config.model_options)
-    model = build_model(
-        config.model,
-        num_classes=options.pop("num_classes", data.num_classes),
-        in_channels=options.pop("in_channels", data.input_shape[0]),
-        **options,
-    )
+    model = model_for(config, data)
     load_init(model, Path(args.run_dir) / WEIGHTS)
-    with torch.no_grad():
-        loss, accuracy = evaluate(model, data.x_test, data.y_test)
+    loss, accuracy = evaluate(model, data.x_test, data.y_test)
     print(
         f"{config.model} from {args.run_dir} on {config.data} test set: "
         f"accuracy {accuracy:.2%} (error {1 - accuracy:.2%}), loss {loss:.4f}"

@@ -213,7 +213,10 @@ def train(
     else:
         seed_everything(config.seed)
 
+    # the first step whose loss was not finite, tracked on the device; read (a sync) every
+    # step on CPU, every 50 steps on a GPU
     check_every = 1 if device.type == "cpu" else 50
+    first_bad_step = torch.full((), -1, dtype=torch.long, device=device)
     last: dict[str, Any] = {}
     model.train()
     for epoch in range(start_epoch, config.epochs):
@@ -256,15 +259,18 @@ def train(
             reg_sum += reg.detach() * len(y)
             correct += (logits.detach().argmax(1) == y).sum()
             seen += len(y)
-            if step % check_every == 0 and not torch.isfinite(loss_sum + reg_sum):
+            first_bad_step = torch.where(
+                (first_bad_step < 0) & ~torch.isfinite(loss.detach()), step, first_bad_step
+            )
+            if step % check_every == 0 and int(first_bad_step) >= 0:
                 bar.close()
-                raise _diverged(epoch, step, out)
+                raise _diverged(epoch, int(first_bad_step), out)
             if show_bar and step % 20 == 0:
                 bar.set_postfix(loss=f"{float(loss_sum) / seen:.4f}", refresh=False)
             bar.update(1)
         bar.close()
-        if not torch.isfinite(loss_sum + reg_sum):
-            raise _diverged(epoch, step, out)
+        if int(first_bad_step) >= 0:
+            raise _diverged(epoch, int(first_bad_step), out)
 
         test_loss, test_accuracy = evaluate(model, x_test, y_test, config.eval_batch_size)
         seconds = time.perf_counter() - epoch_start

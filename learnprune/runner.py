@@ -67,9 +67,8 @@ def load_data(config: RunConfig) -> Dataset:
     return load_dataset(config.data, root, **options)
 
 
-def build(config: RunConfig, data: Dataset) -> tuple[nn.Module, PruningMethod]:
-    """The model (with ``init`` weights, if any) and the method attached to it."""
-    seed_everything(config.train.seed)
+def model_for(config: RunConfig, data: Dataset) -> nn.Module:
+    """The config's model, sized for the data (classes, input channels), input checked."""
     options = dict(config.model_options)
     model = build_model(
         config.model,
@@ -78,6 +77,13 @@ def build(config: RunConfig, data: Dataset) -> tuple[nn.Module, PruningMethod]:
         **options,
     )
     _check_input(model, config, data)
+    return model
+
+
+def build(config: RunConfig, data: Dataset) -> tuple[nn.Module, PruningMethod]:
+    """The model (with ``init`` weights, if any) and the method attached to it."""
+    seed_everything(config.train.seed)
+    model = model_for(config, data)
     if config.init:
         load_init(model, config.init)
     train_size = config.train.train_subset or len(data.x_train)

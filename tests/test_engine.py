@@ -405,6 +405,19 @@ def test_run_stops_after_max_steps(tmp_path, synthetic):
     assert [row["step"] for row in read_metrics(out)] == [5]
 
 
+def test_max_steps_compresses_the_whole_schedule(tmp_path, synthetic):
+    """A smoke run with --max-steps goes through the full lr and pruning schedules."""
+    schedule = Schedule.of(N_TRAIN, TrainConfig(epochs=3, batch_size=BATCH, max_steps=6))
+    assert schedule.lr(0) == pytest.approx(0.1)
+    assert schedule.lr(3) == pytest.approx(0.05)  # half of the capped run: half the cosine
+    assert schedule.lr(6) == pytest.approx(0.0, abs=1e-12)
+    assert schedule.epoch_at(4) == pytest.approx(2.0)
+    out = tmp_path / "run"
+    # gmp reaches its target at end_epoch 2 of 3, i.e. step 4 of the 6
+    result = run(make_config("gmp", epochs=3, max_steps=6), out, quiet=True, data=synthetic)
+    assert result["sparsity"] == pytest.approx(0.9, abs=1e-3)
+
+
 def test_engine_sets_the_scheduled_learning_rate(tmp_path, synthetic):
     """The lr of each epoch's metrics line is the step schedule's lr of its last step."""
     out = tmp_path / "run"

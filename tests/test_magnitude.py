@@ -180,3 +180,20 @@ def test_finalize_leaves_a_plain_model_with_the_zeros() -> None:
     assert list(plain.state_dict()) == list(build_model("lenet300").state_dict())
     assert torch.equal(plain(x), before)
     assert abs(count(plain).sparsity - 0.95) < 1e-6
+
+
+@pytest.mark.parametrize("groups", ["out_channel", "coupled"])
+def test_gmp_at_channel_granularity_reaches_its_target(groups: str) -> None:
+    model = _model("lenet5-caffe")
+    method = GMP(model, target=0.6, groups=groups, begin_step=0, end_step=20, frequency=5)
+    for _ in range(20):
+        method.after_step()
+    assert 0.6 <= method.sparsity() < 0.65
+    masks = method.masks()
+    filters = masks["conv2.weight"].flatten(1)
+    assert torch.equal(filters.all(1), filters.any(1))  # whole filters only
+    if groups == "coupled":
+        dropped = (~filters.any(1)).nonzero().flatten()
+        # a dropped conv2 filter takes fc1's 16 inputs of that map with it (50 maps x 4x4)
+        fc1_columns = masks["fc1.weight"].reshape(500, 50, 16)
+        assert not fc1_columns[:, dropped].any()
