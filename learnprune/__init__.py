@@ -29,13 +29,14 @@ from learnprune.errors import (
 )
 from learnprune.groups import GroupSet, build_groups, custom_group_set
 from learnprune.masking import finalize, read_masks
-from learnprune.methods import GMP, METHODS, Dense, Magnitude, PruningMethod
+from learnprune.methods import GMP, METHODS, SCL, Dense, Magnitude, PruningMethod
 from learnprune.models import build_model, list_models
 from learnprune.runner import run
 
 __all__ = [
     "GMP",
     "METHODS",
+    "SCL",
     "CheckpointError",
     "ConfigError",
     "Counts",

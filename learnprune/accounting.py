@@ -116,7 +116,7 @@ def count(model: nn.Module, input_shape: Sequence[int] | None = None) -> Counts:
     positions: dict[str, int] = {}
     total_flops = 0
     if shape is not None:
-        total_flops = _trace_positions(model, tuple(shape), positions)
+        positions, total_flops = trace_layers(model, tuple(shape))
 
     layers = []
     for name, module in prunable_modules(model):
@@ -146,8 +146,11 @@ def count(model: nn.Module, input_shape: Sequence[int] | None = None) -> Counts:
     )
 
 
-def _trace_positions(model: nn.Module, shape: tuple[int, ...], positions: dict[str, int]) -> int:
-    """Run one example; fill ``positions`` per Conv/Linear; return FlopCounterMode's total."""
+@torch.no_grad()
+def trace_layers(model: nn.Module, shape: Sequence[int]) -> tuple[dict[str, int], int]:
+    """Run one example: output positions of every Conv/Linear layer, and the total FLOPs
+    FlopCounterMode counts."""
+    positions: dict[str, int] = {}
 
     def record(name: str):
         def hook(module: nn.Module, _inputs: object, output: Tensor) -> None:
@@ -162,12 +165,12 @@ def _trace_positions(model: nn.Module, shape: tuple[int, ...], positions: dict[s
     counter = FlopCounterMode(display=False)
     try:
         with counter:
-            model(example_input(model, shape))
+            model(example_input(model, tuple(shape)))
     finally:
         for hook in hooks:
             hook.remove()
         model.train(was_training)
-    return int(counter.get_total_flops())
+    return positions, int(counter.get_total_flops())
 
 
 def format_table(counts: Counts | Mapping[str, Any]) -> str:

@@ -105,11 +105,11 @@ class Schedule:
 
 def build_optimizer(method: PruningMethod, config: TrainConfig) -> torch.optim.Optimizer:
     """SGD (momentum, optional Nesterov) or Adam over the model's weights and the method's
-    own tensors (the latter without weight decay)."""
+    own tensors (in the method's :meth:`~PruningMethod.optimizer_groups`)."""
     groups = [{"params": method.model_parameters(), "weight_decay": config.weight_decay}]
-    own = method.parameters()
-    if own:
-        groups.append({"params": own, "weight_decay": 0.0})
+    groups += method.optimizer_groups()
+    for group in groups:
+        group.setdefault("base_lr", config.lr)
     if config.optimizer == "adam":
         return torch.optim.Adam(groups, lr=config.lr)
     return torch.optim.SGD(groups, lr=config.lr, momentum=config.momentum, nesterov=config.nesterov)
@@ -244,8 +244,8 @@ def train(
             x, y = x_train[index], y_train[index]
             if augment:
                 x = crop_flip(x, augment_rng)
-            for group in optimizer.param_groups:
-                group["lr"] = schedule.lr(step)
+            for group in optimizer.param_groups:  # every group follows the one schedule
+                group["lr"] = schedule.lr(step) * group["base_lr"] / config.lr
             logits = model(x)
             task_loss = F.cross_entropy(logits, y)
             reg = method.regularizer()

@@ -163,6 +163,7 @@ def finalize(model: nn.Module) -> nn.Module:
         gated.eval()
     with torch.no_grad():
         for _name, module, attr, _gated in list(gated_tensors(model)):
+            _own_class(module)
             parametrize.remove_parametrizations(module, attr, leave_parametrized=True)
     for module in model.modules():
         order = module.__dict__.pop("_learnprune_order", None)
@@ -171,6 +172,15 @@ def finalize(model: nn.Module) -> nn.Module:
             items = sorted(module._parameters.items(), key=lambda kv: rank.get(kv[0], len(rank)))
             module._parameters = dict(items)
     return model
+
+
+def _own_class(module: nn.Module) -> None:
+    """Give a parametrized module a private copy of its class before a parametrization is
+    removed. ``copy.deepcopy`` of a parametrized module shares parametrize's generated class
+    (``ParametrizedLinear``) between original and copy, and removal deletes the tensor's
+    property from that class: finalizing one would break the other."""
+    cls = module.__class__
+    module.__class__ = type(cls.__name__, cls.__bases__, dict(cls.__dict__))
 
 
 def effective_parameters(model: nn.Module) -> Iterator[tuple[str, Tensor]]:

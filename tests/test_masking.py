@@ -89,6 +89,22 @@ def test_deepcopy_copies_weights_and_masks_independently() -> None:
     assert not torch.equal(twin(x), model(x))
 
 
+@pytest.mark.parametrize("finalized", ["original", "copy"])
+def test_finalizing_one_of_two_deep_copies_leaves_the_other_working(finalized: str) -> None:
+    model = _tiny()
+    gates = _fixed_masks(model)
+    gates["0.weight"].set(torch.tensor([True, False, True, False, False, True]))
+    twin = copy.deepcopy(model)
+    x = torch.randn(4, 3)
+    expected = model(x)
+    first, second = (model, twin) if finalized == "original" else (twin, model)
+    finalize(first)
+    assert torch.equal(second(x), expected)
+    assert read_masks(second)["0.weight"].sum() == 3
+    finalize(second)
+    assert torch.equal(second(x), expected) and torch.equal(first(x), expected)
+
+
 def test_finalize_bakes_masks_and_removes_parametrizations() -> None:
     model = _tiny()
     gates = _fixed_masks(model)

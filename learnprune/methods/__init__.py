@@ -14,11 +14,13 @@ from torch import nn
 from learnprune.errors import ConfigError
 from learnprune.methods.base import Dense, PruningMethod, TrainingContext
 from learnprune.methods.magnitude import GMP, Magnitude
+from learnprune.methods.scl import SCL
 
 METHODS: dict[str, type[PruningMethod]] = {
     "dense": Dense,
     "magnitude": Magnitude,
     "gmp": GMP,
+    "scl": SCL,
 }
 
 
@@ -43,6 +45,7 @@ def build_method(
 __all__ = [
     "GMP",
     "METHODS",
+    "SCL",
     "Dense",
     "Magnitude",
     "PruningMethod",

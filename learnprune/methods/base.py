@@ -25,7 +25,7 @@ from torch import Tensor, nn
 
 from learnprune import masking
 from learnprune.accounting import prunable_modules
-from learnprune.errors import CheckpointError
+from learnprune.errors import CheckpointError, ConfigError
 from learnprune.groups import GroupPlan, GroupSet, build_groups
 
 
@@ -53,6 +53,7 @@ class PruningMethod:
 
     name: ClassVar[str] = "method"
     has_masks: ClassVar[bool] = True
+    supports_n_of_m: ClassVar[bool] = False
     recipe_options: ClassVar[tuple[str, ...]] = ()
     """Option names a recipe may give (what :meth:`from_options` accepts)."""
 
@@ -69,6 +70,9 @@ class PruningMethod:
         self.total_weights = sum(m.weight.numel() for _n, m in prunable_modules(model))
         if self.has_masks:
             self.plan = build_groups(model, groups, exclude=exclude, input_shape=input_shape)
+            if not self.supports_n_of_m and any(s.n_of_m for s in self.plan.sets):
+                raise ConfigError(f"{self.name} does not support n:m groups")
+            self.validate_plan(self.plan)  # before the model is touched
             self.gates: dict[str, masking.GroupGate] = masking.attach(
                 model, self.plan, self.make_gate
             )
@@ -77,6 +81,10 @@ class PruningMethod:
             self.gates = {}
 
     # --- what subclasses provide -------------------------------------------------------
+    def validate_plan(self, plan: GroupPlan) -> None:
+        """Refuse (with a ConfigError) a plan the method cannot work with, before any gate
+        is attached, so a refused method leaves the model as it was."""
+
     def make_gate(self, group_set: GroupSet) -> masking.GroupGate:
         """The gate for one group set (default: a fixed keep mask, all kept)."""
         return masking.FixedMask(group_set)
@@ -100,6 +108,12 @@ class PruningMethod:
     def model_parameters(self) -> list[nn.Parameter]:
         """The model's own trainable tensors (the raw weights under the gates)."""
         return masking.model_weights(self.model, self.parameters())
+
+    def optimizer_groups(self) -> list[dict[str, Any]]:
+        """Parameter groups for the method's own tensors (no weight decay by default). A
+        group may carry ``base_lr``, its own rate, which follows the run's schedule."""
+        own = self.parameters()
+        return [{"params": own, "weight_decay": 0.0}] if own else []
 
     def regularizer(self) -> Tensor:
         """A scalar added to the task loss (zero for methods without one)."""

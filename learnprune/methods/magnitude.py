@@ -30,7 +30,7 @@ from torch import Tensor, nn
 
 from learnprune import selection, validation
 from learnprune.errors import ConfigError
-from learnprune.groups import GroupSet, parse_kind
+from learnprune.groups import GroupPlan, GroupSet
 from learnprune.masking import FixedMask, effective_parameters
 from learnprune.methods.base import PruningMethod, TrainingContext
 
@@ -75,20 +75,22 @@ class _MagnitudePruning(PruningMethod):
     ) -> None:
         self.scope = validation.choice("scope", scope, SCOPES)
         self.score = validation.choice("score", score, SCORES)
+        self.target = None if target is None else validation.fraction("target", target)
+        self.current_target = 0.0
         super().__init__(model, groups, exclude=exclude, input_shape=input_shape)
-        n_of_m = [s.n_of_m for s in self.plan.sets if s.n_of_m is not None]
+
+    def validate_plan(self, plan: GroupPlan) -> None:
+        n_of_m = [s.n_of_m for s in plan.sets if s.n_of_m is not None]
         if n_of_m:
             n, m = n_of_m[0]
-            if target is not None:
+            if self.target is not None:
                 raise ConfigError(
                     f"n:m groups fix the sparsity at {1 - n / m:g}; do not pass a target"
                 )
-            target = 0.0
-        elif target is None:
+            self.target = 0.0
+        elif self.target is None:
             raise ConfigError(f"{self.name} needs a target sparsity in [0, 1)")
-        self.target = validation.fraction("target", target)
-        selection.check_target(self.plan, self.target, self.total_weights, self.scope)
-        self.current_target = 0.0
+        selection.check_target(plan, self.target, self.total_weights, self.scope)
 
     def make_gate(self, group_set: GroupSet) -> FixedMask:
         return FixedMask(group_set)
@@ -126,6 +128,7 @@ class Magnitude(_MagnitudePruning):
     """
 
     name = "magnitude"
+    supports_n_of_m = True
     recipe_options = ("target", "groups", "scope", "score", "exclude", "prune_epoch")
 
     def __init__(
@@ -216,8 +219,6 @@ class GMP(_MagnitudePruning):
         exclude: Sequence[str] = (),
         input_shape: Sequence[int] | None = None,
     ) -> None:
-        if isinstance(groups, str) and parse_kind(groups)[0] == "n:m":
-            raise ConfigError("gmp does not schedule n:m groups; use method magnitude for n:m")
         super().__init__(
             model,
             target,

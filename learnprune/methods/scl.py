@@ -1,0 +1,322 @@
+"""SCL — Sparse Connectivity Learning (Tang et al., IEEE TNNLS 2022, arXiv 2201.05020).
+
+Every prunable weight is re-parameterised with a binary mask of a trainable real mask
+variable ``S`` (one per group):
+
+    W̃ = W ⊙ M,        M = H(S) = 1[S > 0]
+
+The forward pass, in training and in eval, uses exactly ``W ⊙ H(S)``: there is no soft
+mask anywhere. ``H`` has zero derivative almost everywhere, so the backward pass uses a
+straight-through estimator with a proxy derivative ``h``: ``∂M/∂S := h(S)``. The paper
+proves ``h`` must be *positive* for the mask variables to converge, and adopts the
+identity STE (``h ≡ 1``); ``leaky_relu`` (``h = 1`` for ``s > 0``, ``a`` below) and
+``softplus`` (``h = σ(s)``) also satisfy it. ``relu`` (``h = 1[s > 0]``) breaks the principle
+— a closed mask gets no gradient and can never re-open — and is here for the ablation only.
+
+Objective, one global ``λ``, no per-layer knob:
+
+    J = L(W ⊙ M) + λ · Σ_l Σ_i M_{l,i}            (λ per kept connection)
+
+so with the identity STE and element groups
+
+    ∂J/∂S = W ⊙ ∂L/∂W̃ + λ                         (``normalize="none"``)
+
+Per-feature normalisation (the paper: mask gradients of different features are very
+unbalanced). The task part ``g = W ⊙ ∂L/∂W̃`` of a *feature* ``j`` is rescaled before the λ
+term is added, so λ keeps one global meaning (a gradient of ``λ`` per connection against
+task gradients of unit size):
+
+    g_j ← g_j / (‖g_j‖ + ε),   then   ∂J/∂S = g + λ · h(S)
+
+with ``‖·‖`` the L2 norm (``"l2"``), the root mean square (``"rms"``, the default: each
+entry is then of size ~1 whatever the layer's width) or the largest entry (``"max"``). A
+feature is one output unit: a row of a Linear weight, one output filter of a conv. For
+structured groups (channels, coupled, custom) the mask variable ``S_g`` stands for the
+``n_g`` connections of group ``g``: the exact gradient is ``Σ_{i∈g} W_i ∂L/∂W̃_i +
+λ n_g h(S_g)``; normalised, the per-connection task gradient ``g_g / n_g`` of the whole group
+set (one layer, or one coupled channel set) is one feature and ``λ h(S_g)`` is added.
+
+The normalisation and the λ term are applied in a hook that runs once the task gradient
+has been accumulated into ``S.grad``; :meth:`SCL.regularizer` therefore only *reports*
+``λ · Σ M`` (it carries no gradient), and SCL trains correctly in any loop that calls
+``backward()`` once per optimizer step.
+
+Beyond the paper: ``target=`` a sparsity (``0.95``) or a FLOPs budget
+(``{"flops": 0.3}``, the fraction of dense FLOPs kept) to which ``λ`` is adapted in log
+space (:mod:`learnprune.budget`); with a FLOPs budget each connection's λ term is weighted
+by its FLOPs. ``groups="out_channel"`` or ``"coupled"`` gives structured SCL.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from learnprune import budget, validation
+from learnprune.accounting import prunable_modules, trace_layers
+from learnprune.errors import ConfigError
+from learnprune.groups import GroupSet, model_input_shape
+from learnprune.masking import GroupGate, effective_parameters
+from learnprune.methods.base import PruningMethod, TrainingContext
+
+ProxyDerivative = Callable[[Tensor, float], Tensor]
+
+STE_PROXIES: dict[str, ProxyDerivative] = {
+    "identity": lambda s, _a: torch.ones_like(s),
+    "leaky_relu": lambda s, a: torch.where(s > 0, torch.ones_like(s), torch.full_like(s, a)),
+    "softplus": lambda s, _a: torch.sigmoid(s),
+    "relu": lambda s, _a: (s > 0).to(s.dtype),  # zero region: breaks the principle (ablation)
+}
+"""``h(s)``, the proxy derivative ``∂M/∂S`` of each straight-through estimator."""
+
+POSITIVE_STES = ("identity", "leaky_relu", "softplus")
+NORMALIZATIONS = ("none", "l2", "rms", "max")
+
+
+class _StepWithSTE(torch.autograd.Function):
+    """``M = 1[S > 0]`` forward; ``∂L/∂S = ∂L/∂M · h(S)`` backward."""
+
+    @staticmethod
+    def forward(ctx: Any, mask_variable: Tensor, ste: str, slope: float) -> Tensor:
+        ctx.save_for_backward(mask_variable)
+        ctx.ste, ctx.slope = ste, slope
+        return (mask_variable > 0).to(mask_variable.dtype)
+
+    @staticmethod
+    def backward(ctx: Any, grad_mask: Tensor) -> tuple[Tensor, None, None]:
+        (mask_variable,) = ctx.saved_tensors
+        return grad_mask * STE_PROXIES[ctx.ste](mask_variable, ctx.slope), None, None
+
+
+def binary_step(mask_variable: Tensor, ste: str = "identity", slope: float = 0.1) -> Tensor:
+    """``H(S) = 1[S > 0]`` with the straight-through estimator ``ste`` in the backward pass."""
+    return _StepWithSTE.apply(mask_variable, ste, slope)
+
+
+class SCLMask(GroupGate):
+    """The mask variables ``S`` of one group set; ``forward()`` gives ``M = H(S)``."""
+
+    def __init__(self, group_set: GroupSet, init: float, ste: str, slope: float) -> None:
+        super().__init__(group_set)
+        self.mask_variable = nn.Parameter(torch.full((group_set.num_groups,), float(init)))
+        self.ste = ste
+        self.slope = slope
+
+    def forward(self) -> Tensor:
+        return binary_step(self.mask_variable, self.ste, self.slope)
+
+    def keep(self) -> Tensor:
+        return self.mask_variable.detach() > 0
+
+
+def normalize_per_feature(grad: Tensor, features: int, norm: str, eps: float = 1e-12) -> Tensor:
+    """``g_j / (‖g_j‖ + ε)`` for the ``features`` equal slices of a flat gradient."""
+    if norm == "none":
+        return grad
+    rows = grad.reshape(features, -1)
+    if norm == "l2":
+        scale = rows.norm(dim=1, keepdim=True)
+    elif norm == "rms":
+        scale = rows.square().mean(dim=1, keepdim=True).sqrt()
+    else:
+        scale = rows.abs().amax(dim=1, keepdim=True)
+    return (rows / (scale + eps)).reshape(grad.shape)
+
+
+class SCL(PruningMethod):
+    """Sparse Connectivity Learning: binary masks of learned mask variables, identity STE,
+    per-feature normalised mask gradients, one global penalty on kept connections.
+
+    Args:
+        model: the model; its Conv/Linear weights get masks.
+        groups: ``"element"`` (the paper), or ``"out_channel"``, ``"in_channel"``,
+            ``"coupled"``, custom group sets (structured SCL).
+        lam: ``λ``, the penalty per kept connection (the starting value with ``target``).
+        ste: ``"identity"`` (the paper's choice), ``"leaky_relu"``, ``"softplus"``, or
+            ``"relu"`` (zero-region STE, for the ablation only).
+        ste_slope: ``a``, the slope below zero of ``leaky_relu``.
+        normalize: ``"rms"``, ``"l2"``, ``"max"`` or ``"none"`` (see the module docstring).
+        init: starting value ``c > 0`` of every mask variable (all connections on).
+        mask_lr: learning rate of the mask variables (default: the weights' rate; it follows
+            the same schedule).
+        mask_momentum: SGD momentum of the mask variables (default: the weights').
+        target: a sparsity in ``[0, 1)`` or ``{"sparsity": s}`` / ``{"flops": f}`` (the
+            fraction of dense FLOPs to keep); ``λ`` is then adapted to reach it.
+        lam_rate: ``η`` of the λ adaptation (change of ``log λ`` per step per percentage
+            point of budget gap).
+        exclude: layers left dense (``fnmatch`` patterns).
+        input_shape: one example's shape (for coupled groups and FLOPs budgets).
+    """
+
+    name = "scl"
+    recipe_options = (
+        "lam",
+        "groups",
+        "ste",
+        "ste_slope",
+        "normalize",
+        "init",
+        "mask_lr",
+        "mask_momentum",
+        "target",
+        "lam_rate",
+        "exclude",
+    )
+
+    def __init__(
+        self,
+        model: nn.Module,
+        groups: str | Sequence[GroupSet] = "element",
+        *,
+        lam: float = 1e-4,
+        ste: str = "identity",
+        ste_slope: float = 0.1,
+        normalize: str = "rms",
+        init: float = 1.0,
+        mask_lr: float | None = None,
+        mask_momentum: float | None = None,
+        target: float | Mapping[str, float] | None = None,
+        lam_rate: float = 1e-3,
+        exclude: Sequence[str] = (),
+        input_shape: Sequence[int] | None = None,
+    ) -> None:
+        self.ste = validation.choice("ste", ste, tuple(STE_PROXIES))
+        self.ste_slope = validation.positive("ste_slope", ste_slope)
+        self.normalize = validation.choice("normalize", normalize, NORMALIZATIONS)
+        self.init = validation.positive("init", init)
+        self.lam = validation.non_negative("lam", lam)
+        self.mask_lr = None if mask_lr is None else validation.positive("mask_lr", mask_lr)
+        self.mask_momentum = (
+            None
+            if mask_momentum is None
+            else validation.non_negative("mask_momentum", mask_momentum)
+        )
+        self.budget = budget.parse_target(target)
+        super().__init__(model, groups, exclude=exclude, input_shape=input_shape)
+        self.controller = (
+            budget.LambdaController(max(self.lam, 1e-8), self.budget[1], lam_rate)
+            if self.budget
+            else None
+        )
+        self._costs = self._connection_costs(model_input_shape(model, input_shape))
+        self._features = {s.name: _feature_count(s) for s in self.plan.sets}
+        self._hooks = [
+            gate.mask_variable.register_post_accumulate_grad_hook(self._make_hook(name))
+            for name, gate in self.gates.items()
+        ]
+
+    # --- gates ------------------------------------------------------------------------
+    def make_gate(self, group_set: GroupSet) -> SCLMask:
+        return SCLMask(group_set, self.init, self.ste, self.ste_slope)
+
+    @property
+    def current_lam(self) -> float:
+        """``λ`` now (adapted, with a target)."""
+        return self.controller.lam if self.controller else self.lam
+
+    def _connection_costs(self, input_shape: tuple[int, ...] | None) -> dict[str, Tensor]:
+        """Per group, what one kept group costs in the λ term: its connections ``n_g``, or for
+        a FLOPs budget its connections weighted by output positions (mean weight 1)."""
+        per_weight: dict[str, Tensor] = {}
+        if self.budget and self.budget[0] == "flops":
+            if input_shape is None:
+                raise ConfigError("a flops target needs input_shape=(C, H, W)")
+            positions, _flops = trace_layers(self.model, input_shape)
+            total = sum(positions[n] * m.weight.numel() for n, m in prunable_modules(self.model))
+            mean = total / self.total_weights
+            for name, tensor in effective_parameters(self.model):
+                layer = name.rpartition(".")[0]
+                if layer in positions and name.endswith("weight"):
+                    per_weight[name] = torch.full(tensor.shape, positions[layer] / mean)
+        else:
+            for name, tensor in effective_parameters(self.model):
+                per_weight[name] = torch.ones(tensor.shape)
+        return {s.name: s.gather(per_weight, weights_only=True) for s in self.plan.sets}
+
+    def _make_hook(self, set_name: str) -> Callable[[Tensor], None]:
+        group_set = next(s for s in self.plan.sets if s.name == set_name)
+        structured = group_set.kind != "element"
+
+        def hook(mask_variable: Tensor) -> None:
+            grad = mask_variable.grad
+            if grad is None:
+                return
+            cost = self._costs[set_name].to(grad.device, grad.dtype)
+            proxy = STE_PROXIES[self.ste](mask_variable.detach(), self.ste_slope)
+            with torch.no_grad():
+                if self.normalize == "none":
+                    grad.add_(self.current_lam * cost * proxy)
+                    return
+                task = grad / cost.clamp(min=1) if structured else grad
+                task = normalize_per_feature(task, self._features[set_name], self.normalize)
+                per_connection = cost / cost.clamp(min=1) if structured else cost
+                grad.copy_(task + self.current_lam * per_connection * proxy)
+
+        return hook
+
+    # --- the common interface -------------------------------------------------------
+    def optimizer_groups(self) -> list[dict[str, Any]]:
+        group: dict[str, Any] = {"params": self.parameters(), "weight_decay": 0.0}
+        if self.mask_lr is not None:
+            group["base_lr"] = self.mask_lr
+        if self.mask_momentum is not None:
+            group["momentum"] = self.mask_momentum
+        return [group]
+
+    def regularizer(self) -> Tensor:
+        """``λ · Σ_g cost_g · M_g`` (reported only; its gradient is applied by the hook)."""
+        with torch.no_grad():
+            total = sum(
+                float((self._costs[name].to(gate.mask_variable.device) * gate.keep()).sum())
+                for name, gate in self.gates.items()
+            )
+        device = next(iter(self.gates.values())).mask_variable.device
+        return torch.tensor(self.current_lam * total, device=device)
+
+    def after_step(self) -> None:
+        super().after_step()
+        if self.controller is not None:
+            self.controller.update(self.budget_achieved())
+
+    def budget_achieved(self) -> float:
+        """Sparsity, or for a FLOPs budget the fraction of prunable-layer FLOPs removed."""
+        with torch.no_grad():
+            removed = sum(
+                float((self._costs[name].to(gate.mask_variable.device) * ~gate.keep()).sum())
+                for name, gate in self.gates.items()
+            )
+        if self.budget and self.budget[0] == "flops":
+            total = float(sum(c.sum() for c in self._costs.values()))
+            return removed / total if total else 0.0
+        return removed / self.total_weights if self.total_weights else 0.0
+
+    def describe(self) -> str:
+        budget_text = f", target {self.budget[0]} {self.budget[1]:g}" if self.budget else ""
+        return (
+            f"scl (λ {self.lam:g}{budget_text}, ste {self.ste}, normalize {self.normalize}): "
+            f"{self.plan.describe()}"
+        )
+
+    def extra_state(self) -> dict[str, Any]:
+        return {"controller": self.controller.state_dict() if self.controller else None}
+
+    def load_extra_state(self, state: Mapping[str, Any]) -> None:
+        if self.controller is not None and state.get("controller"):
+            self.controller.load_state_dict(state["controller"])
+
+    @classmethod
+    def from_options(
+        cls, model: nn.Module, options: Mapping[str, Any], context: TrainingContext
+    ) -> SCL:
+        return cls(model, input_shape=context.input_shape, **options)
+
+
+def _feature_count(group_set: GroupSet) -> int:
+    """Number of features the normalisation treats separately: output units for element
+    sets, the whole set for structured ones."""
+    if group_set.kind == "element":
+        return group_set.slices[0].shape[0]
+    return 1

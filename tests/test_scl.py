@@ -1,0 +1,256 @@
+"""SCL: the forward pass, the STE gradient by hand, per-feature normalisation, re-opening
+masks, budgets, and resuming from a state_dict."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from learnprune.errors import ConfigError
+from learnprune.masking import raw_tensor
+from learnprune.methods import SCL
+from learnprune.methods.scl import binary_step, normalize_per_feature
+from learnprune.models import build_model
+
+
+def _tiny(seed: int = 0) -> nn.Sequential:
+    torch.manual_seed(seed)
+    return nn.Sequential(nn.Linear(3, 2), nn.ReLU(), nn.Linear(2, 1))
+
+
+def _set_mask_variables(method: SCL, name: str, values: torch.Tensor) -> None:
+    with torch.no_grad():
+        method.gates[name].mask_variable.copy_(values)
+
+
+def test_forward_is_exactly_w_times_step_of_s_in_train_and_eval() -> None:
+    model = _tiny()
+    method = SCL(model, lam=0.0)
+    s = torch.tensor([0.3, -0.2, 0.0, 1e-6, -5.0, 2.0])
+    _set_mask_variables(method, "0.weight", s)
+    w = raw_tensor(model[0], "weight").detach()
+    expected = w * (s > 0).float().view(2, 3)  # the tie s = 0 is "off"
+    for mode in (model.train, model.eval):
+        mode()
+        assert torch.equal(model[0].weight, expected)
+    x = torch.randn(4, 3)
+    reference = copy.deepcopy(model)
+    method.finalize()
+    assert torch.equal(model[0].weight, expected)
+    assert torch.equal(model(x), reference(x))
+
+
+def test_identity_ste_gradient_by_hand() -> None:
+    """normalize="none": ∂J/∂S = W ⊙ ∂L/∂W̃ + λ for every element."""
+    layer = nn.Linear(2, 1, bias=False)
+    model = nn.Sequential(layer)
+    with torch.no_grad():
+        layer.weight.copy_(torch.tensor([[2.0, -3.0]]))
+    lam = 0.25
+    method = SCL(model, lam=lam, normalize="none")
+    _set_mask_variables(method, "0.weight", torch.tensor([0.5, -0.5]))  # second mask closed
+    x = torch.tensor([[1.0, 4.0]])
+    # forward: W̃ = [2, 0]; y = 2; L = y² / 2 = 2; ∂L/∂y = 2; ∂L/∂W̃ = ∂L/∂y · x = [2, 8]
+    loss = 0.5 * model(x).pow(2).sum()
+    loss.backward()
+    grad_s = method.gates["0.weight"].mask_variable.grad
+    # W ⊙ ∂L/∂W̃ = [4, -24]; + λ each
+    assert torch.allclose(grad_s, torch.tensor([4.0 + lam, -24.0 + lam]))
+    # the weight gets the task gradient only where the mask is on
+    assert torch.allclose(raw_tensor(layer, "weight").grad, torch.tensor([[2.0, 0.0]]))
+
+
+def test_ste_proxies_by_hand() -> None:
+    s = torch.tensor([-1.0, 2.0], requires_grad=True)
+    for ste, expected in [
+        ("identity", [1.0, 1.0]),
+        ("leaky_relu", [0.1, 1.0]),
+        ("softplus", torch.sigmoid(torch.tensor([-1.0, 2.0])).tolist()),
+        ("relu", [0.0, 1.0]),
+    ]:
+        s.grad = None
+        out = binary_step(s, ste, 0.1)
+        assert out.tolist() == [0.0, 1.0]
+        out.sum().backward()
+        assert torch.allclose(s.grad, torch.tensor(expected)), ste
+
+
+@pytest.mark.parametrize("norm", ["l2", "rms", "max"])
+def test_per_feature_normalisation_gives_each_feature_its_norm(norm: str) -> None:
+    grad = torch.tensor([[3.0, 4.0, 0.0], [0.0, 0.0, -0.5]]).reshape(-1)
+    rows = normalize_per_feature(grad, 2, norm).reshape(2, 3)
+    if norm == "l2":
+        assert torch.allclose(rows.norm(dim=1), torch.ones(2))
+    elif norm == "rms":
+        assert torch.allclose(rows.square().mean(1).sqrt(), torch.ones(2))
+    else:
+        assert torch.allclose(rows.abs().amax(1), torch.ones(2))
+    assert torch.allclose(rows[0] / rows[0].norm(), torch.tensor([0.6, 0.8, 0.0]))
+
+
+def test_normalisation_applies_to_the_task_part_and_lambda_is_added_after() -> None:
+    model = _tiny()
+    lam = 0.01
+    method = SCL(model, lam=lam, normalize="rms")
+    x = torch.randn(8, 3)
+    F.mse_loss(model(x), torch.zeros(8, 1)).backward()
+    grad = method.gates["0.weight"].mask_variable.grad.reshape(2, 3) - lam
+    assert torch.allclose(grad.square().mean(1).sqrt(), torch.ones(2), atol=1e-5)
+
+
+def _toy_problem(ste: str) -> tuple[nn.Linear, SCL]:
+    torch.manual_seed(0)
+    layer = nn.Linear(4, 1, bias=False)
+    with torch.no_grad():
+        layer.weight.fill_(0.5)  # every connection is useful: the target is x·[1, 1, 1, 1]
+    method = SCL(nn.Sequential(layer), lam=0.0, ste=ste, normalize="none")
+    _set_mask_variables(method, "0.weight", torch.tensor([0.5, -0.1, -0.1, 0.5]))
+    return layer, method
+
+
+@pytest.mark.parametrize(
+    ("ste", "reopens"),
+    [("identity", True), ("leaky_relu", True), ("softplus", True), ("relu", False)],
+)
+def test_closed_masks_reopen_only_with_a_positive_proxy(ste: str, reopens: bool) -> None:
+    layer, method = _toy_problem(ste)
+    model = nn.Sequential(layer)
+    optimizer = torch.optim.SGD(method.model_parameters() + method.parameters(), lr=0.05)
+    x = torch.randn(64, 4)
+    y = x.sum(1, keepdim=True)
+    for _ in range(50):
+        loss = F.mse_loss(model(x), y)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        method.after_step()
+    mask = method.masks()["0.weight"]
+    if reopens:
+        assert mask.all(), "the useful connections came back"
+    else:
+        assert mask.tolist() == [[True, False, False, True]]
+        s = method.gates["0.weight"].mask_variable.detach()
+        assert torch.allclose(s[1:3], torch.tensor([-0.1, -0.1])), "stuck: no gradient at all"
+
+
+def test_lambda_closes_useless_connections() -> None:
+    torch.manual_seed(0)
+    layer = nn.Linear(4, 1, bias=False)
+    model = nn.Sequential(layer)
+    method = SCL(model, lam=0.05, normalize="none", init=0.2)
+    optimizer = torch.optim.SGD(method.model_parameters() + method.parameters(), lr=0.1)
+    x = torch.randn(256, 4)
+    y = 2.0 * x[:, :1]  # only the first input matters
+    for _ in range(300):
+        loss = F.mse_loss(model(x), y)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        method.after_step()
+    assert method.masks()["0.weight"].tolist() == [[True, False, False, False]]
+
+
+def test_target_adapts_lambda_to_the_budget() -> None:
+    torch.manual_seed(0)
+    model = build_model("lenet300")
+    method = SCL(model, lam=1e-3, target=0.9, lam_rate=0.01, init=0.05)
+    optimizer = torch.optim.SGD(method.model_parameters() + method.parameters(), lr=0.05)
+    x = torch.randn(64, 1, 28, 28)
+    y = torch.randint(0, 10, (64,))
+    start = method.current_lam
+    for _ in range(150):
+        loss = F.cross_entropy(model(x), y)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        method.after_step()
+    assert method.current_lam > start  # too dense at first: λ grew
+    assert method.sparsity() > 0.5
+
+
+def test_flops_budget_weights_connections_by_their_flops() -> None:
+    model = build_model("lenet5-caffe")
+    method = SCL(model, target={"flops": 0.3})
+    costs = method._costs
+    # conv1 weights act on 24x24 positions, fc weights on one: the cost is in that ratio
+    assert costs["conv1.weight"][0] / costs["fc1.weight"][0] == pytest.approx(576.0)
+    assert method.budget == ("flops", pytest.approx(0.7))
+    assert method.budget_achieved() == 0.0
+
+
+def test_structured_scl_masks_whole_rows() -> None:
+    torch.manual_seed(0)
+    model = build_model("lenet300")
+    method = SCL(model, groups="out_channel", lam=0.0)
+    gate = method.gates["fc1.weight"]
+    with torch.no_grad():
+        gate.mask_variable[:150] = -1.0
+    masks = method.masks()
+    assert not masks["fc1.weight"][:150].any() and masks["fc1.weight"][150:].all()
+    assert not masks["fc1.bias"][:150].any()
+    x = torch.randn(2, 1, 28, 28)
+    F.cross_entropy(model(x), torch.tensor([1, 2])).backward()
+    assert gate.mask_variable.grad.shape == (300,)
+
+
+def test_state_dict_round_trip_resumes_identically() -> None:
+    def make() -> tuple[nn.Module, SCL, torch.optim.Optimizer]:
+        torch.manual_seed(0)
+        model = build_model("lenet300")
+        method = SCL(model, lam=1e-3, target=0.8, init=0.05)
+        optimizer = torch.optim.SGD(
+            [{"params": method.model_parameters()}, {"params": method.parameters()}],
+            lr=0.05,
+            momentum=0.9,
+        )
+        return model, method, optimizer
+
+    def train(model, method, optimizer, steps: int, seed: int) -> None:
+        generator = torch.Generator().manual_seed(seed)
+        for _ in range(steps):
+            x = torch.randn(32, 1, 28, 28, generator=generator)
+            y = torch.randint(0, 10, (32,), generator=generator)
+            loss = F.cross_entropy(model(x), y) + method.regularizer()
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+            method.after_step()
+
+    model, method, optimizer = make()
+    train(model, method, optimizer, 20, seed=1)
+    saved = (
+        copy.deepcopy(model.state_dict()),
+        copy.deepcopy(method.state_dict()),
+        copy.deepcopy(optimizer.state_dict()),
+    )
+    train(model, method, optimizer, 20, seed=2)
+
+    resumed_model, resumed_method, resumed_optimizer = make()
+    resumed_model.load_state_dict(saved[0])
+    resumed_method.load_state_dict(saved[1])
+    resumed_optimizer.load_state_dict(saved[2])
+    train(resumed_model, resumed_method, resumed_optimizer, 20, seed=2)
+    for key, value in model.state_dict().items():
+        assert torch.equal(value, resumed_model.state_dict()[key]), key
+    assert resumed_method.current_lam == method.current_lam
+
+
+def test_bad_options_are_refused_before_the_model_is_touched() -> None:
+    model = build_model("lenet300")
+    for kwargs in (
+        {"ste": "sign"},
+        {"normalize": "l3"},
+        {"init": -1.0},
+        {"lam": -1.0},
+        {"lam": float("nan")},
+        {"target": 1.5},
+        {"target": {"flops": 0.0}},
+        {"groups": "2:4"},
+    ):
+        with pytest.raises(ConfigError):
+            SCL(model, **kwargs)
+    assert list(model.state_dict()) == list(build_model("lenet300").state_dict())
