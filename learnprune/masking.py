@@ -20,6 +20,7 @@ Keys of every mask dictionary are the parameter names of the *unmasked* model
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -35,6 +36,9 @@ class GroupGate(nn.Module):
     Subclasses hold the method's state for the set (a fixed keep mask, mask variables,
     gate logits) and define ``forward`` and ``keep``.
     """
+
+    stores_zeros: bool = False
+    """Whether the gate's zeros may be written into the weights (see :func:`store_zeros`)."""
 
     def __init__(self, group_set: GroupSet) -> None:
         super().__init__()
@@ -54,12 +58,17 @@ class FixedMask(GroupGate):
     """A keep mask set from outside (magnitude pruning, a lottery ticket): ``z_g ∈ {0, 1}``.
 
     The mask is held as 0/1 in the weights' floating dtype: multiplying a float tensor by
-    a bool one promotes element by element and is about 30 times slower on CPU.
+    a bool one promotes element by element and is about 30 times slower on CPU. Its zeros
+    may be stored in the weights (:func:`store_zeros`), which lets training skip the
+    product.
     """
+
+    stores_zeros = True
 
     def __init__(self, group_set: GroupSet) -> None:
         super().__init__(group_set)
         self.register_buffer("keep_mask", torch.ones(group_set.num_groups))
+        self.all_kept = True
 
     def forward(self) -> Tensor:
         return self.keep_mask
@@ -70,10 +79,23 @@ class FixedMask(GroupGate):
     def set(self, keep_mask: Tensor) -> None:
         """Replace the keep mask (bool or 0/1, shape ``(G,)``)."""
         self.keep_mask.copy_(keep_mask.reshape(-1).to(self.keep_mask.device, torch.bool))
+        self.all_kept = bool(self.keep_mask.all())
+
+    def _load_from_state_dict(self, *args: Any, **kwargs: Any) -> None:
+        super()._load_from_state_dict(*args, **kwargs)
+        self.all_kept = bool(self.keep_mask.all())
 
 
 class GatedTensor(nn.Module):
-    """Parametrization ``W ↦ W ⊙ scatter(z)`` for one member tensor of a group set."""
+    """Parametrization ``W ↦ W ⊙ scatter(z)`` for one member tensor of a group set.
+
+    Fast path for fixed masks: once :func:`store_zeros` has written the mask's zeros into
+    ``W`` it records ``W``'s version counter; while that counter is unchanged, ``W`` already
+    equals ``W ⊙ scatter(z)`` and is returned as it is, saving the product (and its memory
+    traffic) in every forward and backward pass. Any other change to ``W`` (an optimizer
+    step, ``load_state_dict``, an in-place init) bumps the counter and the product is
+    computed again, so the forward pass always sees exactly ``W ⊙ scatter(z)``.
+    """
 
     def __init__(self, gate: GroupGate, piece: TensorSlices) -> None:
         super().__init__()
@@ -82,8 +104,11 @@ class GatedTensor(nn.Module):
         self.shape = piece.shape
         self.role = piece.role
         self.register_buffer("index", piece.index, persistent=False)
+        self.zeros_stored_at: int | None = None  # version of W when its zeros were stored
 
     def forward(self, weight: Tensor) -> Tensor:
+        if self.zeros_stored_at is not None and weight._version == self.zeros_stored_at:
+            return weight
         return weight * self.multiplier()
 
     def multiplier(self) -> Tensor:
@@ -131,6 +156,39 @@ def gated_tensors(model: nn.Module) -> Iterator[tuple[str, nn.Module, str, list[
             if gated:
                 name = f"{module_name}.{attr}" if module_name else attr
                 yield name, module, attr, gated
+
+
+ZeroTargets = list[tuple[Tensor, list["GatedTensor"]]]
+
+
+def zero_targets(model: nn.Module) -> ZeroTargets:
+    """The weights whose gates all store their zeros, with those gates (for
+    :func:`store_zeros`; compute once, after the gates are attached)."""
+    return [
+        (raw_tensor(module, attr), gated)
+        for _name, module, attr, gated in gated_tensors(model)
+        if all(g.gate.stores_zeros for g in gated)
+    ]
+
+
+@torch.no_grad()
+def store_zeros(targets: ZeroTargets, *, force: bool = False) -> None:
+    """Write the zeros of fixed masks into the weights, ``W ← W ⊙ scatter(z)``, in place.
+
+    Methods with fixed masks call it after every optimizer step: the product then costs
+    one in-place multiply per step instead of one in each forward and backward pass. The
+    gradient of a stored zero is not masked (it is overwritten by the next call), which
+    changes nothing for per-element optimizers (SGD, Adam, weight decay) but counts
+    towards a gradient-norm clip. Pass ``force=True`` after a mask changed.
+    """
+    for weight, gated in targets:
+        if not force and all(g.zeros_stored_at == weight._version for g in gated):
+            continue
+        for g in gated:
+            if not g.gate.all_kept:
+                weight.mul_(g.multiplier())
+        for g in gated:
+            g.zeros_stored_at = weight._version
 
 
 def read_masks(model: nn.Module) -> dict[str, Tensor]:

@@ -147,3 +147,49 @@ def test_effective_parameters_give_gated_values_under_plain_names() -> None:
     assert list(named) == [n for n, _ in build_model("lenet300").named_parameters()]
     total_zeros = sum(int((t == 0).sum()) for n, t in named.items() if n.endswith("weight"))
     assert total_zeros == round(0.5 * (784 * 300 + 300 * 100 + 100 * 10))
+
+
+def test_stored_zeros_fast_path_is_exact_even_when_weights_change_behind_its_back() -> None:
+    from learnprune.masking import store_zeros, zero_targets
+
+    model = _tiny()
+    gates = _fixed_masks(model)
+    keep = torch.tensor([True, False, True, False, False, True])
+    gates["0.weight"].set(keep)
+    targets = zero_targets(model)
+    store_zeros(targets, force=True)
+    raw = raw_tensor(model[0], "weight")
+    assert torch.equal(raw[~keep.view(2, 3)], torch.zeros(3))  # zeros written into W
+    assert model[0].weight is raw  # fast path: W itself, no product
+    # an in-place change the gates did not make: the product is computed again
+    with torch.no_grad():
+        torch.nn.init.normal_(raw)
+    assert model[0].weight is not raw
+    assert torch.equal(model[0].weight, raw * keep.view(2, 3).float())
+    # loading weights whose pruned entries are not zero: still masked in the forward pass
+    state = {k: torch.ones_like(v) if k.endswith("original") else v
+             for k, v in model.state_dict().items()}
+    model.load_state_dict(state)
+    assert torch.equal(model[0].weight, keep.view(2, 3).float())
+    store_zeros(targets)
+    assert model[0].weight is raw_tensor(model[0], "weight")
+    assert torch.equal(model[0].weight, keep.view(2, 3).float())
+
+
+def test_training_with_fixed_masks_keeps_pruned_weights_at_zero() -> None:
+    model = build_model("lenet300")
+    method = Magnitude(model, target=0.9)
+    optimizer = torch.optim.SGD(method.model_parameters(), lr=0.1, momentum=0.9, weight_decay=1e-3)
+    x = torch.randn(32, 1, 28, 28)
+    y = torch.randint(0, 10, (32,))
+    masks = method.masks()
+    for _ in range(5):
+        loss = torch.nn.functional.cross_entropy(model(x), y)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        method.after_step()
+        for name, mask in masks.items():
+            module = model.get_submodule(name.rpartition(".")[0])
+            assert torch.all(raw_tensor(module, "weight")[~mask] == 0)
+            assert torch.all(module.weight[~mask] == 0)

@@ -31,7 +31,7 @@ from torch import Tensor, nn
 from learnprune import selection, validation
 from learnprune.errors import ConfigError
 from learnprune.groups import GroupPlan, GroupSet
-from learnprune.masking import FixedMask, effective_parameters
+from learnprune.masking import FixedMask, effective_parameters, store_zeros, zero_targets
 from learnprune.methods.base import PruningMethod, TrainingContext
 
 SCORES = ("rms", "l1", "l2")
@@ -78,6 +78,7 @@ class _MagnitudePruning(PruningMethod):
         self.target = None if target is None else validation.fraction("target", target)
         self.current_target = 0.0
         super().__init__(model, groups, exclude=exclude, input_shape=input_shape)
+        self._zero_targets = zero_targets(model)
 
     def validate_plan(self, plan: GroupPlan) -> None:
         n_of_m = [s.n_of_m for s in plan.sets if s.n_of_m is not None]
@@ -103,6 +104,13 @@ class _MagnitudePruning(PruningMethod):
         for name, gate in self.gates.items():
             gate.set(keep[name])
         self.current_target = sparsity
+        store_zeros(self._zero_targets, force=True)
+
+    def after_step(self) -> None:
+        """Count the step; keep the masks' zeros stored in the weights (see
+        :func:`~learnprune.masking.store_zeros`)."""
+        super().after_step()
+        store_zeros(self._zero_targets)
 
     def extra_state(self) -> dict[str, Any]:
         return {"current_target": self.current_target}

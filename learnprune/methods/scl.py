@@ -202,7 +202,7 @@ class SCL(PruningMethod):
             else None
         )
         self._costs = self._connection_costs(model_input_shape(model, input_shape))
-        self._features = {s.name: _feature_count(s) for s in self.plan.sets}
+        self.features = {s.name: _feature_count(s) for s in self.plan.sets}
         self._hooks = [
             gate.mask_variable.register_post_accumulate_grad_hook(self._make_hook(name))
             for name, gate in self.gates.items()
@@ -251,7 +251,7 @@ class SCL(PruningMethod):
                     grad.add_(self.current_lam * cost * proxy)
                     return
                 task = grad / cost.clamp(min=1) if structured else grad
-                task = normalize_per_feature(task, self._features[set_name], self.normalize)
+                task = normalize_per_feature(task, self.features[set_name], self.normalize)
                 per_connection = cost / cost.clamp(min=1) if structured else cost
                 grad.copy_(task + self.current_lam * per_connection * proxy)
 
