@@ -46,7 +46,9 @@ def _parser() -> argparse.ArgumentParser:
     train.add_argument(
         "--recipe", help="a recipe file (TOML or YAML), e.g. recipes/lenet300-gmp.toml"
     )
-    train.add_argument("--method", help="dense, magnitude, gmp")
+    from learnprune.methods import METHODS
+
+    train.add_argument("--method", help=", ".join(METHODS))
     train.add_argument(
         "--model", help="lenet300, lenet5-caffe, lenet5, vgg16, resnet20, resnet56, ..."
     )

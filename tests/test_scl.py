@@ -102,6 +102,25 @@ def test_normalisation_applies_to_the_task_part_and_lambda_is_added_after() -> N
     assert torch.allclose(grad.square().mean(1).sqrt(), torch.ones(2), atol=1e-5)
 
 
+def _fit(
+    model: nn.Module,
+    method: SCL,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    steps: int,
+    lr: float,
+    loss_fn=F.mse_loss,
+) -> None:
+    """Plain SGD on the weights and the mask variables, the method's hook after each step."""
+    optimizer = torch.optim.SGD(method.model_parameters() + method.parameters(), lr=lr)
+    for _ in range(steps):
+        loss = loss_fn(model(x), y)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        method.after_step()
+
+
 def _toy_problem(ste: str) -> tuple[nn.Linear, SCL]:
     torch.manual_seed(0)
     layer = nn.Linear(4, 1, bias=False)
@@ -119,15 +138,8 @@ def _toy_problem(ste: str) -> tuple[nn.Linear, SCL]:
 def test_closed_masks_reopen_only_with_a_positive_proxy(ste: str, reopens: bool) -> None:
     layer, method = _toy_problem(ste)
     model = nn.Sequential(layer)
-    optimizer = torch.optim.SGD(method.model_parameters() + method.parameters(), lr=0.05)
     x = torch.randn(64, 4)
-    y = x.sum(1, keepdim=True)
-    for _ in range(50):
-        loss = F.mse_loss(model(x), y)
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-        method.after_step()
+    _fit(model, method, x, x.sum(1, keepdim=True), steps=50, lr=0.05)
     mask = method.masks()["0.weight"]
     if reopens:
         assert mask.all(), "the useful connections came back"
@@ -142,15 +154,8 @@ def test_lambda_closes_useless_connections() -> None:
     layer = nn.Linear(4, 1, bias=False)
     model = nn.Sequential(layer)
     method = SCL(model, lam=0.05, normalize="none", init=0.2)
-    optimizer = torch.optim.SGD(method.model_parameters() + method.parameters(), lr=0.1)
     x = torch.randn(256, 4)
-    y = 2.0 * x[:, :1]  # only the first input matters
-    for _ in range(300):
-        loss = F.mse_loss(model(x), y)
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-        method.after_step()
+    _fit(model, method, x, 2.0 * x[:, :1], steps=300, lr=0.1)  # only the first input matters
     assert method.masks()["0.weight"].tolist() == [[True, False, False, False]]
 
 
@@ -158,16 +163,10 @@ def test_target_adapts_lambda_to_the_budget() -> None:
     torch.manual_seed(0)
     model = build_model("lenet300")
     method = SCL(model, lam=1e-3, target=0.9, lam_rate=0.01, init=0.05)
-    optimizer = torch.optim.SGD(method.model_parameters() + method.parameters(), lr=0.05)
     x = torch.randn(64, 1, 28, 28)
     y = torch.randint(0, 10, (64,))
     start = method.current_lam
-    for _ in range(150):
-        loss = F.cross_entropy(model(x), y)
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-        method.after_step()
+    _fit(model, method, x, y, steps=150, lr=0.05, loss_fn=F.cross_entropy)
     assert method.current_lam > start  # too dense at first: λ grew
     assert method.sparsity() > 0.5
 
