@@ -174,8 +174,9 @@ class RunConfig:
             build_model(self.model)  # raises a ConfigError that lists the models
         self.data = canonical_name(self.data)  # raises a ConfigError listing the data sets
         for key in ("target", "initial"):
-            if key in self.method_options:
-                validation.fraction(key, self.method_options[key])
+            value = self.method_options.get(key)
+            if value is not None and not isinstance(value, Mapping):  # budgets are tables
+                validation.fraction(key, value)
         for key, value in self.method_options.items():
             if isinstance(value, float):
                 validation.real(key, value)
