@@ -42,9 +42,33 @@ METRICS = "metrics.jsonl"
 def configure_torch() -> None:
     """Process-wide settings every CPU training entry point needs.
 
-    Without flushing denormals to zero, small MLPs train about ten times slower on CPU.
+    * Denormals flushed to zero: without it small MLPs train about ten times slower on CPU.
+    * glibc's allocator told to keep freed memory (allocations below 64 MiB from the heap,
+      trimmed back to the system only above 512 MiB free): by default every tensor above
+      128 KiB is a fresh ``mmap`` whose pages fault on first touch, which cost 167 page
+      faults and about 8% of an SCL training step on LeNet-300-100.
     """
     torch.set_flush_denormal(True)
+    _keep_freed_memory()
+
+
+_MALLOC_TUNED = False
+
+
+def _keep_freed_memory() -> None:
+    global _MALLOC_TUNED
+    if _MALLOC_TUNED or sys.platform != "linux":
+        return
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL("libc.so.6")
+        m_trim_threshold, m_mmap_threshold = -1, -3
+        libc.mallopt(m_mmap_threshold, 64 << 20)
+        libc.mallopt(m_trim_threshold, 512 << 20)
+    except (OSError, AttributeError):  # not glibc: nothing to tune
+        pass
+    _MALLOC_TUNED = True
 
 
 def seed_everything(seed: int) -> None:

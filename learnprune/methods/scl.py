@@ -76,6 +76,12 @@ POSITIVE_STES = ("identity", "leaky_relu", "softplus")
 NORMALIZATIONS = ("none", "l2", "rms", "max")
 
 
+def positive(x: Tensor) -> Tensor:
+    """``1[x > 0]`` in ``x``'s dtype. Written straight into a float tensor: building a bool
+    tensor and converting it is about 8 times slower on CPU."""
+    return torch.gt(x, 0, out=torch.empty_like(x))
+
+
 class _StepWithSTE(torch.autograd.Function):
     """``M = 1[S > 0]`` forward; ``∂L/∂S = ∂L/∂M · h(S)`` backward."""
 
@@ -83,10 +89,12 @@ class _StepWithSTE(torch.autograd.Function):
     def forward(ctx: Any, mask_variable: Tensor, ste: str, slope: float) -> Tensor:
         ctx.save_for_backward(mask_variable)
         ctx.ste, ctx.slope = ste, slope
-        return (mask_variable > 0).to(mask_variable.dtype)
+        return positive(mask_variable)
 
     @staticmethod
     def backward(ctx: Any, grad_mask: Tensor) -> tuple[Tensor, None, None]:
+        if ctx.ste == "identity":  # h ≡ 1: the gradient passes straight through
+            return grad_mask, None, None
         (mask_variable,) = ctx.saved_tensors
         return grad_mask * STE_PROXIES[ctx.ste](mask_variable, ctx.slope), None, None
 
@@ -104,26 +112,43 @@ class SCLMask(GroupGate):
         self.mask_variable = nn.Parameter(torch.full((group_set.num_groups,), float(init)))
         self.ste = ste
         self.slope = slope
+        self.last_mask: Tensor | None = None  # M of the last forward pass, for the regularizer
+        self._mask_version = -1
 
     def forward(self) -> Tensor:
-        return binary_step(self.mask_variable, self.ste, self.slope)
+        mask = binary_step(self.mask_variable, self.ste, self.slope)
+        self.last_mask, self._mask_version = mask.detach(), self.mask_variable._version
+        return mask
+
+    def current_mask(self) -> Tensor:
+        """``M = 1[S > 0]`` now (0/1 floats), reusing the last forward pass's when S has not
+        changed since."""
+        last = self.last_mask
+        if last is not None and last.device == self.mask_variable.device and (
+            self._mask_version == self.mask_variable._version
+        ):
+            return last
+        return positive(self.mask_variable.detach())
 
     def keep(self) -> Tensor:
         return self.mask_variable.detach() > 0
 
 
-def normalize_per_feature(grad: Tensor, features: int, norm: str, eps: float = 1e-12) -> Tensor:
+def normalize_per_feature(
+    grad: Tensor, features: int, norm: str, eps: float = 1e-12, *, in_place: bool = False
+) -> Tensor:
     """``g_j / (‖g_j‖ + ε)`` for the ``features`` equal slices of a flat gradient."""
     if norm == "none":
         return grad
-    rows = grad.reshape(features, -1)
-    if norm == "l2":
-        scale = rows.norm(dim=1, keepdim=True)
-    elif norm == "rms":
-        scale = rows.square().mean(dim=1, keepdim=True).sqrt()
-    else:
+    rows = grad.view(features, -1)
+    if norm == "max":
         scale = rows.abs().amax(dim=1, keepdim=True)
-    return (rows / (scale + eps)).reshape(grad.shape)
+    else:
+        scale = torch.linalg.vector_norm(rows, dim=1, keepdim=True)
+        if norm == "rms":
+            scale = scale / rows.shape[1] ** 0.5
+    scale = scale.add_(eps).reciprocal_()
+    return rows.mul_(scale).view(grad.shape) if in_place else (rows * scale).view(grad.shape)
 
 
 class SCL(PruningMethod):
@@ -202,6 +227,10 @@ class SCL(PruningMethod):
             else None
         )
         self._costs = self._connection_costs(model_input_shape(model, input_shape))
+        self._total_cost = sum(
+            float(c.sum()) if isinstance(c, Tensor) else c * s.num_groups
+            for s, c in zip(self.plan.sets, self._costs.values(), strict=True)
+        )
         self.features = {s.name: _feature_count(s) for s in self.plan.sets}
         self._hooks = [
             gate.mask_variable.register_post_accumulate_grad_hook(self._make_hook(name))
@@ -217,9 +246,10 @@ class SCL(PruningMethod):
         """``λ`` now (adapted, with a target)."""
         return self.controller.lam if self.controller else self.lam
 
-    def _connection_costs(self, input_shape: tuple[int, ...] | None) -> dict[str, Tensor]:
+    def _connection_costs(self, input_shape: tuple[int, ...] | None) -> dict[str, Tensor | float]:
         """Per group, what one kept group costs in the λ term: its connections ``n_g``, or for
-        a FLOPs budget its connections weighted by output positions (mean weight 1)."""
+        a FLOPs budget its connections weighted by output positions (mean weight 1). A set
+        whose groups all cost the same (element groups) gets one number."""
         per_weight: dict[str, Tensor] = {}
         if self.budget and self.budget[0] == "flops":
             if input_shape is None:
@@ -234,28 +264,59 @@ class SCL(PruningMethod):
         else:
             for name, tensor in effective_parameters(self.model):
                 per_weight[name] = torch.ones(tensor.shape)
-        return {s.name: s.gather(per_weight, weights_only=True) for s in self.plan.sets}
+        costs: dict[str, Tensor | float] = {}
+        for group_set in self.plan.sets:
+            cost = group_set.gather(per_weight, weights_only=True)
+            uniform = cost.numel() > 0 and bool((cost == cost[0]).all())
+            costs[group_set.name] = float(cost[0]) if uniform else cost
+        return costs
 
     def _make_hook(self, set_name: str) -> Callable[[Tensor], None]:
         group_set = next(s for s in self.plan.sets if s.name == set_name)
         structured = group_set.kind != "element"
 
+        cost = self._costs[set_name]
+        sizes = group_set.sizes().clamp(min=1)
+        if self.normalize == "none":
+            lam_weight: Tensor | float = cost  # λ · cost_g, the exact gradient
+            task_scale: Tensor | float = 1.0
+        elif structured:  # per connection: g_g / n_g normalised, λ · cost_g / n_g
+            lam_weight = cost / sizes
+            task_scale = 1.0 / sizes
+        else:
+            lam_weight, task_scale = cost, 1.0
+        features = self.features[set_name]
+
+        @torch.no_grad()
         def hook(mask_variable: Tensor) -> None:
             grad = mask_variable.grad
             if grad is None:
                 return
-            cost = self._costs[set_name].to(grad.device, grad.dtype)
-            proxy = STE_PROXIES[self.ste](mask_variable.detach(), self.ste_slope)
-            with torch.no_grad():
-                if self.normalize == "none":
-                    grad.add_(self.current_lam * cost * proxy)
-                    return
-                task = grad / cost.clamp(min=1) if structured else grad
-                task = normalize_per_feature(task, self.features[set_name], self.normalize)
-                per_connection = cost / cost.clamp(min=1) if structured else cost
-                grad.copy_(task + self.current_lam * per_connection * proxy)
+            if not isinstance(task_scale, float):
+                grad.mul_(task_scale.to(grad.device, grad.dtype))
+            normalize_per_feature(grad, features, self.normalize, in_place=True)
+            weight = (
+                lam_weight
+                if isinstance(lam_weight, float)
+                else lam_weight.to(grad.device, grad.dtype)
+            )
+            if self.ste == "identity":
+                grad.add_(self.current_lam * weight)
+            else:
+                proxy = STE_PROXIES[self.ste](mask_variable.detach(), self.ste_slope)
+                grad.add_(proxy.mul_(self.current_lam * weight))
 
         return hook
+
+    def _kept_cost(self, name: str, gate: SCLMask, kept: bool = True) -> Tensor:
+        """``Σ_g cost_g · M_g`` of one set (or of its dropped groups), as a 0-dim tensor."""
+        keep = gate.current_mask()
+        if not kept:
+            keep = 1.0 - keep
+        cost = self._costs[name]
+        if isinstance(cost, float):
+            return keep.sum() * cost
+        return torch.dot(cost.to(keep.device, keep.dtype), keep)
 
     # --- the common interface -------------------------------------------------------
     def optimizer_groups(self) -> list[dict[str, Any]]:
@@ -269,12 +330,8 @@ class SCL(PruningMethod):
     def regularizer(self) -> Tensor:
         """``λ · Σ_g cost_g · M_g`` (reported only; its gradient is applied by the hook)."""
         with torch.no_grad():
-            total = sum(
-                float((self._costs[name].to(gate.mask_variable.device) * gate.keep()).sum())
-                for name, gate in self.gates.items()
-            )
-        device = next(iter(self.gates.values())).mask_variable.device
-        return torch.tensor(self.current_lam * total, device=device)
+            total = sum(self._kept_cost(name, gate) for name, gate in self.gates.items())
+        return total * self.current_lam
 
     def after_step(self) -> None:
         super().after_step()
@@ -284,13 +341,11 @@ class SCL(PruningMethod):
     def budget_achieved(self) -> float:
         """Sparsity, or for a FLOPs budget the fraction of prunable-layer FLOPs removed."""
         with torch.no_grad():
-            removed = sum(
-                float((self._costs[name].to(gate.mask_variable.device) * ~gate.keep()).sum())
-                for name, gate in self.gates.items()
+            removed = float(
+                sum(self._kept_cost(name, gate, kept=False) for name, gate in self.gates.items())
             )
         if self.budget and self.budget[0] == "flops":
-            total = float(sum(c.sum() for c in self._costs.values()))
-            return removed / total if total else 0.0
+            return removed / self._total_cost if self._total_cost else 0.0
         return removed / self.total_weights if self.total_weights else 0.0
 
     def describe(self) -> str:
