@@ -1,12 +1,13 @@
-"""Training step time of a gated (masked) model over the plain model, measured in one run.
+"""Training step time of each method over the plain model, measured in one run.
 
-A step is forward, cross-entropy, backward and an SGD-momentum update, on a fixed batch,
-as the engine does it (the method's ``regularizer()`` and ``after_step()`` included). The
-plain and the masked model are timed in alternating rounds in the same process, so drift
-of the machine hits both alike; the ratio of the medians is reported.
+A step is forward, cross-entropy, backward and an SGD-momentum update (of the weights and
+the method's own tensors), on a fixed batch, as the engine does it (the method's
+``regularizer()`` and ``after_step()`` included). The plain model and every method are
+timed in alternating rounds in the same process, so drift of the machine hits all alike;
+the ratio of the medians is reported.
 
     python benchmarks/step_time.py                        # lenet300 and lenet5-caffe
-    python benchmarks/step_time.py --models lenet300 --rounds 30 --steps 50
+    python benchmarks/step_time.py --models lenet300 --methods masked scl --rounds 31
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ import torch
 import torch.nn.functional as F
 
 from learnprune.engine import configure_torch
-from learnprune.methods import Dense, Magnitude, PruningMethod
+from learnprune.methods import SCL, Dense, Magnitude, PruningMethod
 from learnprune.models import build_model
 
 
@@ -33,7 +34,9 @@ def make_step(
     torch.manual_seed(0)
     model = build_model(name)
     method = attach(model)
-    optimizer = torch.optim.SGD(method.model_parameters(), lr=0.01, momentum=0.9)
+    optimizer = torch.optim.SGD(
+        method.model_parameters() + method.parameters(), lr=0.01, momentum=0.9
+    )
     x = torch.randn(batch, *model.input_shape)
     y = torch.randint(0, 10, (batch,))
 
@@ -50,11 +53,15 @@ def make_step(
     return run
 
 
-def measure(name: str, batch: int, rounds: int, steps: int) -> dict[str, float]:
-    variants = {
-        "plain": make_step(name, Dense, batch),
-        "masked": make_step(name, lambda m: Magnitude(m, target=0.9), batch),
-    }
+METHODS: dict[str, Callable[[torch.nn.Module], PruningMethod]] = {
+    "masked": lambda m: Magnitude(m, target=0.9),  # fixed element masks (magnitude, GMP)
+    "scl": lambda m: SCL(m, lam=0.01),
+}
+
+
+def measure(name: str, methods: list[str], batch: int, rounds: int, steps: int) -> list[dict]:
+    variants = {"plain": make_step(name, Dense, batch)}
+    variants.update({key: make_step(name, METHODS[key], batch) for key in methods})
     times: dict[str, list[float]] = {key: [] for key in variants}
     for run in variants.values():
         run(steps)  # warm-up
@@ -62,31 +69,39 @@ def measure(name: str, batch: int, rounds: int, steps: int) -> dict[str, float]:
         for key, run in variants.items():
             times[key].append(run(steps))
     plain = statistics.median(times["plain"])
-    masked = statistics.median(times["masked"])
-    return {
-        "model": name,
-        "batch": batch,
-        "plain_ms": plain * 1e3,
-        "masked_ms": masked * 1e3,
-        "ratio": masked / plain,
-    }
+    return [
+        {
+            "model": name,
+            "method": key,
+            "batch": batch,
+            "plain_ms": plain * 1e3,
+            "method_ms": statistics.median(times[key]) * 1e3,
+            "ratio": statistics.median(times[key]) / plain,
+        }
+        for key in methods
+    ]
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--models", nargs="+", default=["lenet300", "lenet5-caffe"])
+    parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=list(METHODS))
     parser.add_argument("--batch", type=int, default=100)
     parser.add_argument("--rounds", type=int, default=21)
     parser.add_argument("--steps", type=int, default=20)
     args = parser.parse_args()
     configure_torch()
-    rows = [measure(name, args.batch, args.rounds, args.steps) for name in args.models]
-    print("| model | batch | plain step (ms) | masked step (ms) | ratio |")
-    print("|---|---|---|---|---|")
+    rows = [
+        row
+        for name in args.models
+        for row in measure(name, args.methods, args.batch, args.rounds, args.steps)
+    ]
+    print("| model | method | batch | plain step (ms) | method step (ms) | ratio |")
+    print("|---|---|---|---|---|---|")
     for row in rows:
         print(
-            f"| {row['model']} | {row['batch']} | {row['plain_ms']:.3f} | "
-            f"{row['masked_ms']:.3f} | {row['ratio']:.3f} |"
+            f"| {row['model']} | {row['method']} | {row['batch']} | {row['plain_ms']:.3f} | "
+            f"{row['method_ms']:.3f} | {row['ratio']:.3f} |"
         )
     print(
         json.dumps(

@@ -49,10 +49,19 @@ class LayerCount:
     nonzero_weights: int
     flops: int
     effective_flops: int
+    kept_out: int = 0
+    kept_in: int = 0
 
     @property
     def sparsity(self) -> float:
         return 1.0 - self.nonzero_weights / self.weights if self.weights else 0.0
+
+    @property
+    def units(self) -> int:
+        """The layer's width in the usual notation of structured pruning results
+        (``20-25-45-462`` for LeNet-5-Caffe): kept output maps of a conv, kept input units
+        of a Linear layer."""
+        return self.kept_out if self.kind.startswith("Conv") else self.kept_in
 
 
 @dataclass
@@ -75,6 +84,11 @@ class Counts:
     def compression(self) -> float:
         return self.weights / self.nonzero_weights if self.nonzero_weights else float("inf")
 
+    @property
+    def architecture(self) -> str:
+        """Kept units per layer, ``"20-25-45-462"`` style (see :attr:`LayerCount.units`)."""
+        return "-".join(str(layer.units) for layer in self.layers)
+
     def __getitem__(self, key: str) -> object:
         return getattr(self, key)
 
@@ -84,7 +98,10 @@ class Counts:
         out["sparsity"] = self.sparsity
         out["compression"] = self.compression
         out["sparsity_scope"] = SPARSITY_SCOPE
-        out["layers"] = [dict(asdict(layer), sparsity=layer.sparsity) for layer in self.layers]
+        out["architecture"] = self.architecture
+        out["layers"] = [
+            dict(asdict(layer), sparsity=layer.sparsity, units=layer.units) for layer in self.layers
+        ]
         return out
 
 
@@ -123,6 +140,7 @@ def count(model: nn.Module, input_shape: Sequence[int] | None = None) -> Counts:
         weight: Tensor = module.weight
         nonzero = int(torch.count_nonzero(weight))
         layer_positions = positions.get(name, 0)
+        alive = weight.detach() != 0
         layers.append(
             LayerCount(
                 name=name,
@@ -132,6 +150,8 @@ def count(model: nn.Module, input_shape: Sequence[int] | None = None) -> Counts:
                 nonzero_weights=nonzero,
                 flops=2 * weight.numel() * layer_positions,
                 effective_flops=2 * nonzero * layer_positions,
+                kept_out=int(alive.flatten(1).any(1).sum()),
+                kept_in=int(alive.transpose(0, 1).flatten(1).any(1).sum()),
             )
         )
     saved = sum(layer.flops - layer.effective_flops for layer in layers)
@@ -192,6 +212,10 @@ def format_table(counts: Counts | Mapping[str, Any]) -> str:
         f"{'total':<28} {'':<16} {row['weights']:>10,} {row['nonzero_weights']:>10,} "
         f"{row['sparsity']:>9.2%} {human(row['flops']):>11} {human(row['effective_flops']):>11}"
     )
+    if "architecture" in row:
+        lines.append(
+            f"kept units per layer (conv: output maps, linear: inputs): {row['architecture']}"
+        )
     lines.append(
         f"params {row['params']:,} (nonzero {row['nonzero_params']:,}); "
         f"compression {row['compression']:.1f}x; "

@@ -72,3 +72,17 @@ def test_table_states_what_sparsity_counts() -> None:
     row = count(build_model("lenet300")).as_dict()
     assert row["sparsity_scope"] == SPARSITY_SCOPE
     assert {"params", "nonzero_params", "flops", "effective_flops", "sparsity"} <= set(row)
+
+
+def test_kept_units_per_layer_in_the_usual_notation() -> None:
+    model = build_model("lenet5-caffe")
+    with torch.no_grad():
+        model.conv1.weight[:5] = 0  # 15 of 20 maps left
+        model.conv2.weight[:10] = 0  # 40 of 50
+        model.fc1.weight[:, :300] = 0  # 500 of 800 inputs
+        model.fc2.weight[:, 400:] = 0  # 400 of 500 inputs
+    counts = count(model)
+    assert counts.architecture == "15-40-500-400"
+    assert [layer.kept_out for layer in counts.layers] == [15, 40, 500, 10]
+    assert counts.as_dict()["architecture"] == "15-40-500-400"
+    assert "15-40-500-400" in format_table(counts)

@@ -28,9 +28,12 @@ task gradients of unit size):
 
     g_j ← g_j / (‖g_j‖ + ε),   then   ∂J/∂S = g + λ · h(S)
 
-with ``‖·‖`` the L2 norm (``"l2"``), the root mean square (``"rms"``, the default: each
+with ``‖·‖`` the L2 norm (``"l2"``, the default), the root mean square (``"rms"``: each
 entry is then of size ~1 whatever the layer's width) or the largest entry (``"max"``). A
-feature is one output unit: a row of a Linear weight, one output filter of a conv. For
+feature is one output unit: a row of a Linear weight, one output filter of a conv. With
+``"l2"`` an entry of a feature with ``n`` connections is of size ``~1/√n``, so the same λ
+prunes wide-fan-in layers harder; on LeNet-300-100 it gave the best error at equal
+sparsity of the four (BENCHMARKS.md, SCL ablations), hence the default. For
 structured groups (channels, coupled, custom) the mask variable ``S_g`` stands for the
 ``n_g`` connections of group ``g``: the exact gradient is ``Σ_{i∈g} W_i ∂L/∂W̃_i +
 λ n_g h(S_g)``; normalised, the per-connection task gradient ``g_g / n_g`` of the whole group
@@ -163,7 +166,7 @@ class SCL(PruningMethod):
         ste: ``"identity"`` (the paper's choice), ``"leaky_relu"``, ``"softplus"``, or
             ``"relu"`` (zero-region STE, for the ablation only).
         ste_slope: ``a``, the slope below zero of ``leaky_relu``.
-        normalize: ``"rms"``, ``"l2"``, ``"max"`` or ``"none"`` (see the module docstring).
+        normalize: ``"l2"``, ``"rms"``, ``"max"`` or ``"none"`` (see the module docstring).
         init: starting value ``c > 0`` of every mask variable (all connections on).
         mask_lr: learning rate of the mask variables (default: the weights' rate; it follows
             the same schedule).
@@ -196,10 +199,10 @@ class SCL(PruningMethod):
         model: nn.Module,
         groups: str | Sequence[GroupSet] = "element",
         *,
-        lam: float = 1e-4,
+        lam: float = 0.005,
         ste: str = "identity",
         ste_slope: float = 0.1,
-        normalize: str = "rms",
+        normalize: str = "l2",
         init: float = 1.0,
         mask_lr: float | None = None,
         mask_momentum: float | None = None,
