@@ -1,5 +1,5 @@
 # learnprune: two commands on a fresh machine.
-#   make demo   set up .venv, fetch MNIST, train LeNet-300-100 with GMP to 95% sparsity
+#   make demo   set up .venv, fetch MNIST, train LeNet-300-100 with SCL (learned masks)
 #   make test   set up .venv, fetch the data, run ruff and the tests (under 15 minutes, 2 cores)
 PYTHON ?= python3
 VENV ?= .venv
@@ -12,7 +12,7 @@ TORCH ?= torch==2.13.0
 .PHONY: demo test test-slow install data lint bench clean
 
 demo: data
-	$(LEARNPRUNE) train --recipe recipes/lenet300-gmp.toml
+	$(LEARNPRUNE) train --recipe recipes/lenet300-scl.toml
 
 test: data lint
 	$(PY) -m pytest -q
