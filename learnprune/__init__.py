@@ -29,7 +29,16 @@ from learnprune.errors import (
 )
 from learnprune.groups import GroupSet, build_groups, custom_group_set
 from learnprune.masking import finalize, read_masks
-from learnprune.methods import GMP, METHODS, SCL, Dense, Magnitude, PruningMethod
+from learnprune.methods import (
+    GMP,
+    METHODS,
+    SCL,
+    Dense,
+    DessiLBI,
+    DessiLBIMethod,
+    Magnitude,
+    PruningMethod,
+)
 from learnprune.models import build_model, list_models
 from learnprune.runner import run
 
@@ -43,6 +52,8 @@ __all__ = [
     "DataError",
     "Dataset",
     "Dense",
+    "DessiLBI",
+    "DessiLBIMethod",
     "GroupSet",
     "LearnpruneError",
     "Magnitude",

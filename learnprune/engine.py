@@ -220,7 +220,9 @@ def train(
     )
 
     schedule = Schedule.of(len(x_train), config)
-    optimizer = build_optimizer(method, config)
+    optimizer = method.build_optimizer(config) or build_optimizer(method, config)
+    for group in optimizer.param_groups:
+        group.setdefault("base_lr", config.lr)
     start_epoch, step, elapsed = 0, 0, 0.0
     if resume and out is None:
         raise CheckpointError("resume needs the run directory")
@@ -296,7 +298,11 @@ def train(
         if int(first_bad_step) >= 0:
             raise _diverged(epoch, int(first_bad_step), out)
 
-        test_loss, test_accuracy = evaluate(model, x_test, y_test, config.eval_batch_size)
+        def evaluate_now() -> tuple[float, float]:
+            return evaluate(model, x_test, y_test, config.eval_batch_size)
+
+        test_loss, test_accuracy = evaluate_now()
+        extra = method.epoch_end(epoch + 1, evaluate_now)
         seconds = time.perf_counter() - epoch_start
         elapsed += seconds
         last = {
@@ -311,11 +317,17 @@ def train(
             "sparsity": method.sparsity(),
             "seconds": seconds,
             "elapsed": elapsed,
+            **extra,
         }
         say(
             f"epoch {epoch + 1:>3}/{config.epochs}  loss {last['train_loss']:.4f}  "
             f"train {last['train_accuracy']:.2%}  test {test_accuracy:.2%}  "
             f"sparsity {last['sparsity']:.2%}  lr {last['lr']:.3g}  {seconds:.1f}s"
+            + (
+                f"  sparse test {extra['test_accuracy_sparse']:.2%}"
+                if "test_accuracy_sparse" in extra
+                else ""
+            )
         )
         if out is not None:
             _append_metrics(out / METRICS, last)

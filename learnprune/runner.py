@@ -8,6 +8,7 @@ The flow is the one of the design: recipe -> data + model -> method attaches -> 
 ``metrics.jsonl``   one line per epoch
 ``checkpoint.pt``   the last epoch's model, method, optimizer and RNG states
 ``model.pt``        the final weights, masks baked in (a plain ``state_dict``)
+``init.pt``         the starting weights, for methods that find lottery tickets
 ``final.json``      the results (written last: its presence means the run is done)
 ==================  ==========================================================
 
@@ -47,6 +48,7 @@ from learnprune.models import build_model
 CONFIG = "config.json"
 FINAL = "final.json"
 WEIGHTS = "model.pt"
+INITIAL_WEIGHTS = "init.pt"
 
 
 def default_run_dir(config: RunConfig, root: str | Path = "runs") -> Path:
@@ -183,6 +185,8 @@ def run(
     run_dir.mkdir(parents=True, exist_ok=True)
     if not resume:
         checkpoint.atomic_write_json(run_dir / CONFIG, config.as_dict())
+        if method.saves_initial_weights:  # the starting point of lottery tickets
+            checkpoint.save_torch(run_dir / INITIAL_WEIGHTS, model.state_dict())
     if not quiet:
         print(f"run {run_dir}: {config.model} on {config.data}, {method.describe()}")
     last = train(
@@ -196,13 +200,17 @@ def run(
         quiet=quiet,
         progress=progress,
     )
+    device = next(model.parameters()).device
+    x_test, y_test = data.x_test.to(device), data.y_test.to(device)
+
+    def evaluate_now() -> tuple[float, float]:
+        return evaluate(model, x_test, y_test, config.train.eval_batch_size)
+
     masks = method.masks()
+    before_finalize = method.final_metrics(evaluate_now)
     method.finalize()
     model.eval()
-    device = next(model.parameters()).device
-    test_loss, test_accuracy = evaluate(
-        model, data.x_test.to(device), data.y_test.to(device), config.train.eval_batch_size
-    )
+    test_loss, test_accuracy = evaluate_now()
     counts = count(model.cpu(), data.input_shape)
     checkpoint.save_torch(run_dir / WEIGHTS, model.state_dict())
     result = {
@@ -214,6 +222,7 @@ def run(
         "test_accuracy": test_accuracy,
         "test_error": 1.0 - test_accuracy,
         "test_loss": test_loss,
+        **before_finalize,
         **counts.as_dict(),
         "masked_tensors": sorted(masks),
         "seconds": last.get("elapsed", 0.0),

@@ -167,8 +167,10 @@ def test_stored_zeros_fast_path_is_exact_even_when_weights_change_behind_its_bac
     assert model[0].weight is not raw
     assert torch.equal(model[0].weight, raw * keep.view(2, 3).float())
     # loading weights whose pruned entries are not zero: still masked in the forward pass
-    state = {k: torch.ones_like(v) if k.endswith("original") else v
-             for k, v in model.state_dict().items()}
+    state = {
+        k: torch.ones_like(v) if k.endswith("original") else v
+        for k, v in model.state_dict().items()
+    }
     model.load_state_dict(state)
     assert torch.equal(model[0].weight, keep.view(2, 3).float())
     store_zeros(targets)

@@ -13,6 +13,7 @@ from torch import nn
 
 from learnprune.errors import ConfigError
 from learnprune.methods.base import Dense, PruningMethod, TrainingContext
+from learnprune.methods.dessilbi import DessiLBI, DessiLBIMethod
 from learnprune.methods.magnitude import GMP, Magnitude
 from learnprune.methods.scl import SCL
 
@@ -21,6 +22,7 @@ METHODS: dict[str, type[PruningMethod]] = {
     "magnitude": Magnitude,
     "gmp": GMP,
     "scl": SCL,
+    "dessilbi": DessiLBIMethod,
 }
 
 
@@ -47,6 +49,8 @@ __all__ = [
     "METHODS",
     "SCL",
     "Dense",
+    "DessiLBI",
+    "DessiLBIMethod",
     "Magnitude",
     "PruningMethod",
     "TrainingContext",

@@ -16,7 +16,7 @@ so ``model(x)`` runs the gated network from then on. Its schedule counts the cal
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -53,6 +53,8 @@ class PruningMethod:
 
     name: ClassVar[str] = "method"
     has_masks: ClassVar[bool] = True
+    saves_initial_weights: ClassVar[bool] = False
+    """Whether a run keeps the model's starting weights (``init.pt``, for lottery tickets)."""
     supports_n_of_m: ClassVar[bool] = False
     recipe_options: ClassVar[tuple[str, ...]] = ()
     """Option names a recipe may give (what :meth:`from_options` accepts)."""
@@ -114,6 +116,20 @@ class PruningMethod:
         group may carry ``base_lr``, its own rate, which follows the run's schedule."""
         own = self.parameters()
         return [{"params": own, "weight_decay": 0.0}] if own else []
+
+    def build_optimizer(self, config: Any) -> torch.optim.Optimizer | None:
+        """The optimizer to train with, for methods that are one (DessiLBI); ``None``: the
+        engine builds SGD or Adam over :meth:`model_parameters` and :meth:`optimizer_groups`."""
+        return None
+
+    def epoch_end(self, epoch: int, evaluate: Callable[[], tuple[float, float]]) -> dict[str, Any]:
+        """Called after each epoch's evaluation with a function that evaluates the model on
+        the test set as it is; returns extra metrics for that epoch's line."""
+        return {}
+
+    def final_metrics(self, evaluate: Callable[[], tuple[float, float]]) -> dict[str, Any]:
+        """Extra results measured before :meth:`finalize` (for ``final.json``)."""
+        return {}
 
     def regularizer(self) -> Tensor:
         """A scalar added to the task loss (zero for methods without one)."""

@@ -127,8 +127,10 @@ class SCLMask(GroupGate):
         """``M = 1[S > 0]`` now (0/1 floats), reusing the last forward pass's when S has not
         changed since."""
         last = self.last_mask
-        if last is not None and last.device == self.mask_variable.device and (
-            self._mask_version == self.mask_variable._version
+        if (
+            last is not None
+            and last.device == self.mask_variable.device
+            and (self._mask_version == self.mask_variable._version)
         ):
             return last
         return positive(self.mask_variable.detach())

@@ -1,0 +1,467 @@
+"""DessiLBI — Deep structurally splitted Linearized Bregman Iteration (Fu et al., ICML 2020,
+TPAMI 2022; official code DessiLBI2020/DessiLBI, snapshot d9d7e24).
+
+An optimizer on the *inverse scale space*: every prunable weight ``W`` is coupled to a
+sparse copy ``Γ`` through the augmented loss
+
+    L̄(W, Γ) = L(W) + (1 / 2ν) · ‖W − Γ‖²
+
+and ``Γ`` follows a Linearized Bregman Iteration on a sub-gradient variable ``z`` (the
+code's name; ``V`` in the paper). Starting from ``Γ = 0`` (the empty model) the support of
+``Γ`` grows along the iterations, from simple to complex models; stopping early gives a
+sparse structure ("winning tickets"), read out as ``W* = W ⊙ 1[Γ ≠ 0]``.
+
+The reference update (``variant="reference"``, ``code/slbi_opt.py``), per coupled tensor
+with gradient ``g`` (learning rate ``α``, momentum ``m``):
+
+    buf ← m · buf + g                         (heavy ball; ``d = buf``, or ``g + m·buf`` Nesterov)
+    d   ← d + wd · W                          (weight decay, tensors of ndim > 1 only)
+    W   ← W − α κ d − (α κ / ν) (W − Γ)        (the coupling term outside the momentum)
+    z   ← z + (α / ν) (W_old − Γ)             (from the *old* W and Γ)
+    Γ   ← κ · prox(z)
+
+with ``prox`` the soft threshold ``sign(z) · max(|z| − λ, 0)`` element-wise (``"lasso"``, the
+default for Linear weights) or the group soft threshold per output filter
+``max(0, 1 − λ/‖z_g‖₂) · z_g`` (``"group"``, the default for conv weights); ``λ = 1``
+in the reference code. Tensors that are not coupled (biases, norm layers) take
+``p ← p − α κ d``.
+
+Variants found in the official examples, as named options:
+
+* ``"lottery"`` (``example/lottery/slbi.py``): weight decay added to the gradient
+  *before* momentum for every tensor but biases; conv filters use the **rescaled group**
+  prox ``max(0, 1 − λ_conv / (‖z_g‖₂ / √d_g)) · z_g`` (``prox="rescaled_group"``).
+* ``"normalize"`` (``example/cifar_prune/slbi_noconv_with_normalize.py``): the W step uses
+  ``α`` (not ``ακ``), the z step ``α/(νκ)``; the z increment ``(W_old − Γ)`` is multiplied by
+  ``p = min(1 − frac_nonzero(Γ), 0.01)`` and divided element-wise by ``s = max(|W_new|, 1)``;
+  ``Γ = κ · s · soft_threshold(z, λ)`` element-wise for conv and Linear weights.
+
+The path: :meth:`DessiLBI.record_epoch` stores, after every epoch, each weight's first
+epoch in ``supp(Γ)`` and the support itself; :meth:`ticket` returns the masks at an epoch,
+:meth:`prune_order_scores` / :meth:`prune_by_order` the reference's prune order
+(``‖W_filter‖₂ − first_epoch`` for conv filters, ``|W_ij| − first_epoch_ij`` for Linear).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fnmatch
+import math
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from learnprune import validation
+from learnprune.errors import ConfigError
+from learnprune.methods.base import PruningMethod, TrainingContext
+
+VARIANTS = ("reference", "lottery", "normalize")
+PROXES = ("auto", "lasso", "group", "rescaled_group")
+NEVER = 2000
+"""The reference code's sentinel ``first_epoch`` of a weight never in ``supp(Γ)``."""
+
+
+def soft_threshold(z: Tensor, lam: float) -> Tensor:
+    """``sign(z) · max(|z| − λ, 0)``, the proximal map of ``λ‖·‖₁``."""
+    return torch.sign(z) * torch.clamp(z.abs() - lam, min=0)
+
+
+def group_soft_threshold(z: Tensor, lam: float, rescaled: bool = False) -> Tensor:
+    """``max(0, 1 − λ / ‖z_g‖₂) · z_g`` for every output filter ``g`` (``z[g]``); with
+    ``rescaled`` the norm is divided by ``√d_g`` (the lottery code's prox)."""
+    flat = z.reshape(z.shape[0], -1)
+    norms = flat.norm(dim=1, keepdim=True)
+    if rescaled:
+        norms = norms / math.sqrt(flat.shape[1])
+    scale = torch.clamp(1 - lam / norms.clamp(min=1e-30), min=0)
+    return (flat * scale).reshape(z.shape)
+
+
+def default_coupled(name: str, param: Tensor) -> bool:
+    """The reference code couples every 2-D (Linear) and 4-D (conv) weight."""
+    return param.ndim in (2, 4) and name.endswith("weight")
+
+
+class DessiLBI(torch.optim.Optimizer):
+    """The DessiLBI optimizer (see the module docstring for the update of each variant).
+
+    Args:
+        params: ``model.named_parameters()`` (names make the masks readable), or param
+            groups ``{"params": [...], "names": [...], "coupled": bool}``.
+        lr: ``α``.
+        kappa: ``κ``, the damping factor of the inverse scale space (1 in every recipe).
+        nu: ``ν`` (``mu`` in the code): the coupling strength ``1/ν`` between W and Γ.
+        momentum: heavy-ball momentum of the W step.
+        nesterov: Nesterov momentum.
+        weight_decay: L2 weight decay (applied as each variant does).
+        prox: ``"auto"`` (lasso for Linear, group for conv), ``"lasso"``, ``"group"``,
+            ``"rescaled_group"`` (conv; Linear stays lasso).
+        lam: ``λ``, the threshold of the prox (1 in the reference code).
+        conv_lam: threshold of the rescaled group prox (the lottery code's ``conv_lambda``;
+            default ``lam``).
+        variant: ``"reference"``, ``"lottery"`` or ``"normalize"``.
+        coupled: which named tensors get ``z`` and ``Γ`` (default: 2-D and 4-D weights).
+    """
+
+    def __init__(
+        self,
+        params: Iterable[tuple[str, Tensor]] | Iterable[Tensor] | Iterable[dict[str, Any]],
+        lr: float,
+        kappa: float = 1.0,
+        nu: float = 100.0,
+        momentum: float = 0.9,
+        nesterov: bool = False,
+        weight_decay: float = 0.0,
+        prox: str = "auto",
+        lam: float = 1.0,
+        conv_lam: float | None = None,
+        variant: str = "reference",
+        coupled: Any = default_coupled,
+    ) -> None:
+        lr = validation.positive("lr", lr)
+        kappa = validation.positive("kappa", kappa)
+        nu = validation.positive("nu", nu)
+        momentum = validation.non_negative("momentum", momentum)
+        if momentum >= 1:
+            raise ConfigError(f"momentum must be < 1, got {momentum}")
+        if nesterov and momentum == 0:
+            raise ConfigError("nesterov momentum needs momentum > 0")
+        weight_decay = validation.non_negative("weight_decay", weight_decay)
+        prox = validation.choice("prox", prox, PROXES)
+        lam = validation.positive("lam", lam)
+        conv_lam = lam if conv_lam is None else validation.positive("conv_lam", conv_lam)
+        variant = validation.choice("variant", variant, VARIANTS)
+        groups = _param_groups(params, coupled)
+        defaults = {
+            "lr": lr,
+            "kappa": kappa,
+            "nu": nu,
+            "momentum": momentum,
+            "nesterov": nesterov,
+            "weight_decay": weight_decay,
+            "prox": prox,
+            "lam": lam,
+            "conv_lam": conv_lam,
+            "variant": variant,
+        }
+        super().__init__(groups, defaults)
+        self.epoch = 0
+        for group in self.param_groups:
+            if group["coupled"]:
+                for param in group["params"]:
+                    state = self.state[param]
+                    state["z"] = torch.zeros_like(param)
+                    state["gamma"] = torch.zeros_like(param)
+                    state["first_epoch"] = torch.full_like(param, NEVER, dtype=torch.int32)
+        self.support_history: list[dict[str, int]] = []
+
+    # --- the update -------------------------------------------------------------------
+    @torch.no_grad()
+    def step(self, closure: Any = None) -> Any:  # type: ignore[override]
+        """One DessiLBI step (see the module docstring)."""
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        for group in self.param_groups:
+            for name, param in zip(group["names"], group["params"], strict=True):
+                if param.grad is None:
+                    continue
+                self._step_one(name, param, group)
+        return loss
+
+    def _step_one(self, name: str, param: Tensor, group: Mapping[str, Any]) -> None:
+        lr, kappa, nu = group["lr"], group["kappa"], group["nu"]
+        momentum, variant = group["momentum"], group["variant"]
+        state = self.state[param]
+        grad = param.grad
+        # reference: decay tensors of ndim > 1 (not biases, not norm layers); lottery: all
+        # but biases, before the momentum
+        decays = group["weight_decay"] > 0 and (
+            not name.endswith("bias") if variant == "lottery" else param.ndim > 1
+        )
+        if variant == "lottery" and decays:
+            grad = grad.add(param, alpha=group["weight_decay"])
+        if momentum > 0:
+            buffer = state.get("momentum_buffer")
+            if buffer is None:
+                buffer = state["momentum_buffer"] = grad.clone()
+            else:
+                buffer.mul_(momentum).add_(grad)
+            direction = grad.add(buffer, alpha=momentum) if group["nesterov"] else buffer
+        else:
+            direction = grad
+        if variant != "lottery" and decays:
+            direction = direction.add(param, alpha=group["weight_decay"])
+
+        if not group["coupled"]:
+            param.add_(direction, alpha=-lr * kappa)
+            return
+        z, gamma = state["z"], state["gamma"]
+        coupling = param - gamma  # W_old − Γ_old
+        if variant == "normalize":
+            param.add_(direction, alpha=-lr).add_(coupling, alpha=-lr / nu)
+            share = min(1.0 - float(torch.count_nonzero(gamma)) / gamma.numel(), 0.01)
+            scale = param.abs().clamp(min=1.0)
+            z.add_(coupling * share / scale, alpha=lr / (nu * kappa))
+            gamma.copy_(kappa * scale * soft_threshold(z, group["lam"]))
+            return
+        param.add_(direction, alpha=-lr * kappa).add_(coupling, alpha=-lr * kappa / nu)
+        z.add_(coupling, alpha=lr / nu)
+        gamma.copy_(kappa * self._prox(z, group))
+
+    @staticmethod
+    def _prox(z: Tensor, group: Mapping[str, Any]) -> Tensor:
+        prox = group["prox"]
+        if z.ndim == 4 and group["variant"] == "lottery" and prox == "auto":
+            prox = "rescaled_group"
+        if z.ndim == 4 and prox in ("auto", "group"):
+            return group_soft_threshold(z, group["lam"])
+        if z.ndim == 4 and prox == "rescaled_group":
+            return group_soft_threshold(z, group["conv_lam"], rescaled=True)
+        return soft_threshold(z, group["lam"])
+
+    # --- reading the path ---------------------------------------------------------------
+    def coupled(self) -> Iterator[tuple[str, Tensor]]:
+        """``(name, W)`` of every coupled tensor."""
+        for group in self.param_groups:
+            if group["coupled"]:
+                yield from zip(group["names"], group["params"], strict=True)
+
+    def masks(self) -> dict[str, Tensor]:
+        """``{name: 1[Γ ≠ 0]}`` for every coupled tensor (bool)."""
+        return {name: self.state[param]["gamma"] != 0 for name, param in self.coupled()}
+
+    def support(self) -> dict[str, int]:
+        """Size of ``supp(Γ)`` per coupled tensor."""
+        return {
+            name: int(torch.count_nonzero(self.state[p]["gamma"])) for name, p in self.coupled()
+        }
+
+    @contextlib.contextmanager
+    def sparse_view(self) -> Iterator[None]:
+        """Inside the block every coupled ``W`` is ``W* = W ⊙ 1[Γ ≠ 0]``; restored bit for
+        bit on exit."""
+        saved = []
+        with torch.no_grad():
+            for _name, param in self.coupled():
+                saved.append((param, param.detach().clone()))
+                param.mul_(self.state[param]["gamma"] != 0)
+        try:
+            yield
+        finally:
+            with torch.no_grad():
+                for param, original in saved:
+                    param.copy_(original)
+
+    @torch.no_grad()
+    def record_epoch(self, epoch: int | None = None) -> dict[str, int]:
+        """Record the path after an epoch: each weight's first epoch in ``supp(Γ)`` (the
+        reference's ``update_prune_order``) and the support; return the support sizes."""
+        self.epoch = self.epoch + 1 if epoch is None else int(epoch)
+        for _name, param in self.coupled():
+            state = self.state[param]
+            entered = (state["gamma"] != 0) & (state["first_epoch"] == NEVER)
+            state["first_epoch"][entered] = self.epoch
+        support = self.support()
+        self.support_history.append(support)
+        return support
+
+    def ticket(self, epoch: int) -> dict[str, Tensor]:
+        """The masks of the weights that had entered ``supp(Γ)`` by ``epoch`` (the support at
+        that epoch, where the support only grew)."""
+        return {name: self.state[p]["first_epoch"] <= epoch for name, p in self.coupled()}
+
+    def prune_order_scores(self) -> dict[str, Tensor]:
+        """The reference's prune order: conv ``‖W_filter‖₂ − min first_epoch(filter)`` (one
+        per filter), Linear ``|W_ij| − first_epoch_ij``; higher = keep."""
+        scores = {}
+        for name, param in self.coupled():
+            first = self.state[param]["first_epoch"].to(param.dtype)
+            if param.ndim == 4:
+                norms = param.detach().reshape(param.shape[0], -1).norm(dim=1)
+                scores[name] = norms - first.reshape(param.shape[0], -1).amin(dim=1)
+            else:
+                scores[name] = param.detach().abs() - first
+        return scores
+
+    def prune_by_order(
+        self, percent: float, names: Sequence[str] | None = None
+    ) -> dict[str, Tensor]:
+        """Keep masks that drop, in each named tensor, the ``percent`` % lowest scores
+        (conv: whole filters); the reference's ``prune_layer_by_order_by_list``."""
+        percent = validation.real("percent", percent)
+        if not 0 <= percent <= 100:
+            raise ConfigError(f"percent must lie in [0, 100], got {percent}")
+        masks = {}
+        params = dict(self.coupled())
+        for name, score in self.prune_order_scores().items():
+            param = params[name]
+            keep = torch.ones_like(score, dtype=torch.bool)
+            if percent > 0 and (names is None or name in names):
+                # numpy.percentile (linear interpolation), as the reference code
+                threshold = torch.quantile(score.flatten().double(), percent / 100)
+                keep = score.double() >= threshold
+            if param.ndim == 4:  # one score per filter
+                keep = keep.view(-1, 1, 1, 1).expand_as(param).clone()
+            masks[name] = keep
+        return masks
+
+    # --- state ------------------------------------------------------------------------
+    def state_dict(self) -> dict[str, Any]:
+        state = super().state_dict()
+        state["path"] = {"epoch": self.epoch, "support_history": list(self.support_history)}
+        return state
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        state_dict = dict(state_dict)
+        path = state_dict.pop("path", {"epoch": 0, "support_history": []})
+        super().load_state_dict(state_dict)
+        self.epoch = int(path["epoch"])
+        self.support_history = [dict(s) for s in path["support_history"]]
+
+
+def _param_groups(params: Iterable[Any], coupled: Any) -> list[dict[str, Any]]:
+    """Normalise the ``params`` argument into a coupled and a plain group (or keep the
+    user's groups, each needing ``names`` and ``coupled``)."""
+    items = list(params)
+    if not items:
+        raise ConfigError("DessiLBI got no parameters")
+    if isinstance(items[0], dict):
+        groups = []
+        for group in items:
+            group = dict(group)
+            group["params"] = list(group["params"])
+            group.setdefault("names", [f"param{i}" for i in range(len(group["params"]))])
+            group.setdefault("coupled", False)
+            groups.append(group)
+        return groups
+    if isinstance(items[0], Tensor):
+        items = [(f"param{i}", p) for i, p in enumerate(items)]
+    named = [(n, p) for n, p in items if p.requires_grad]
+    coupled_pairs = [(n, p) for n, p in named if coupled(n, p)]
+    plain_pairs = [(n, p) for n, p in named if not coupled(n, p)]
+    groups = []
+    for pairs, is_coupled in ((coupled_pairs, True), (plain_pairs, False)):
+        if pairs:
+            groups.append(
+                {
+                    "params": [p for _n, p in pairs],
+                    "names": [n for n, _p in pairs],
+                    "coupled": is_coupled,
+                }
+            )
+    if not coupled_pairs:
+        raise ConfigError("DessiLBI found no Linear or conv weight to couple")
+    return groups
+
+
+def named_parameters_for(model: nn.Module) -> list[tuple[str, Tensor]]:
+    """``model.named_parameters()`` as a list (the natural ``params`` argument)."""
+    return list(model.named_parameters())
+
+
+class DessiLBIMethod(PruningMethod):
+    """DessiLBI as a learnprune method: the engine trains with the :class:`DessiLBI`
+    optimizer, records the path after every epoch, evaluates ``W`` and ``W*``, and the
+    final model is ``W*`` (``finalize``).
+
+    The model keeps its plain weights (no gates): sparsity comes from the support of ``Γ``,
+    which the iteration count controls. ``masks()`` and ``sparsity()`` read ``supp(Γ)``.
+    Recipe options: ``kappa``, ``nu``, ``prox``, ``lam``, ``conv_lam``, ``variant`` and
+    ``exclude`` (weights left uncoupled, ``fnmatch`` patterns); ``lr``, momentum, Nesterov
+    and weight decay come from ``[train]``.
+    """
+
+    name = "dessilbi"
+    has_masks = False
+    saves_initial_weights = True
+    recipe_options = ("kappa", "nu", "prox", "lam", "conv_lam", "variant", "exclude")
+
+    def __init__(
+        self,
+        model: nn.Module,
+        *,
+        kappa: float = 1.0,
+        nu: float = 100.0,
+        prox: str = "auto",
+        lam: float = 1.0,
+        conv_lam: float | None = None,
+        variant: str = "reference",
+        exclude: Sequence[str] = (),
+    ) -> None:
+        super().__init__(model)
+        self.options = {
+            "kappa": kappa,
+            "nu": nu,
+            "prox": prox,
+            "lam": lam,
+            "conv_lam": conv_lam,
+            "variant": variant,
+        }
+        self.exclude = [exclude] if isinstance(exclude, str) else list(exclude)
+        # build once to validate the options now, before any training
+        self.optimizer: DessiLBI = self._make(
+            lr=0.1, momentum=0.9, nesterov=False, weight_decay=0.0
+        )
+
+    def _make(self, **train: Any) -> DessiLBI:
+        def coupled(name: str, param: Tensor) -> bool:
+            layer = name.rpartition(".")[0]
+            excluded = any(fnmatch.fnmatchcase(n, p) for p in self.exclude for n in (name, layer))
+            return default_coupled(name, param) and not excluded
+
+        return DessiLBI(
+            list(self.model.named_parameters()), coupled=coupled, **train, **self.options
+        )
+
+    def build_optimizer(self, config: Any) -> DessiLBI:
+        """The optimizer the engine trains with (``lr``, momentum, Nesterov, weight decay
+        from the run's training config)."""
+        if getattr(config, "optimizer", "sgd") != "sgd":
+            raise ConfigError('dessilbi is its own optimizer; set train.optimizer = "sgd"')
+        self.optimizer = self._make(
+            lr=config.lr,
+            momentum=config.momentum,
+            nesterov=config.nesterov,
+            weight_decay=config.weight_decay,
+        )
+        return self.optimizer
+
+    def masks(self) -> dict[str, Tensor]:
+        return self.optimizer.masks()
+
+    def sparsity(self) -> float:
+        zeros = sum(int((~mask).sum()) for mask in self.masks().values())
+        return zeros / self.total_weights if self.total_weights else 0.0
+
+    def epoch_end(self, epoch: int, evaluate: Any) -> dict[str, Any]:
+        """Record the path; evaluate the sparse model ``W*``."""
+        support = self.optimizer.record_epoch(epoch)
+        with self.optimizer.sparse_view():
+            loss, accuracy = evaluate()
+        return {"test_accuracy_sparse": accuracy, "test_loss_sparse": loss, "support": support}
+
+    def final_metrics(self, evaluate: Any) -> dict[str, Any]:
+        loss, accuracy = evaluate()
+        return {"test_accuracy_dense_w": accuracy, "test_loss_dense_w": loss}
+
+    @torch.no_grad()
+    def finalize(self) -> nn.Module:
+        """``W ← W* = W ⊙ 1[Γ ≠ 0]``: the sparse model of the path's last point."""
+        for _name, param in self.optimizer.coupled():
+            param.mul_(self.optimizer.state[param]["gamma"] != 0)
+        return self.model
+
+    def describe(self) -> str:
+        options = ", ".join(f"{k} {v}" for k, v in self.options.items() if v is not None)
+        coupled = sum(1 for _ in self.optimizer.coupled())
+        return f"dessilbi ({options}): {coupled} coupled weight tensors"
+
+    @classmethod
+    def from_options(
+        cls, model: nn.Module, options: Mapping[str, Any], context: TrainingContext
+    ) -> DessiLBIMethod:
+        return cls(model, **options)
