@@ -93,6 +93,19 @@ def _parser() -> argparse.ArgumentParser:
     train.add_argument("--quiet", action="store_true", help="print nothing but errors")
     train.add_argument("--no-progress", action="store_true", help="no progress bar")
 
+    ticket = commands.add_parser(
+        "ticket", help="retrain a DessiLBI run's lottery ticket from its starting weights"
+    )
+    ticket.add_argument("run_dir", help="a finished or interrupted dessilbi run")
+    ticket.add_argument("--epoch", type=int, required=True, help="take the support at this epoch")
+    ticket.add_argument("--layers", default="all", help="all (every coupled weight) or conv")
+    ticket.add_argument("--epochs", type=int, help="training epochs (default: the source run's)")
+    ticket.add_argument("--lr", type=float)
+    ticket.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+    ticket.add_argument("--out", help="run directory to create")
+    ticket.add_argument("--quiet", action="store_true")
+    ticket.add_argument("--no-progress", action="store_true")
+
     evaluate = commands.add_parser("eval", help="evaluate a finished run's final model")
     evaluate.add_argument("run_dir")
     evaluate.add_argument("--data-dir", help="directory holding the data set's files")
@@ -135,6 +148,8 @@ def _dispatch(args: argparse.Namespace) -> int:
         return _train(args)
     if args.command == "eval":
         return _eval(args)
+    if args.command == "ticket":
+        return _ticket(args)
     if args.command == "report":
         return _report(args)
     if args.command == "data":
@@ -219,6 +234,43 @@ def _train(args: argparse.Namespace) -> int:
         print()
         print(summary(result))
         print(f"\nresults in {result['run_dir']} (final.json, metrics.jsonl, model.pt)")
+    return 0
+
+
+def _ticket(args: argparse.Namespace) -> int:
+    from learnprune.config import RunConfig, apply_overrides, parse_override
+    from learnprune.report import summary
+    from learnprune.runner import INITIAL_WEIGHTS, default_run_dir, read_run_config, run
+
+    source = Path(args.run_dir)
+    found = read_run_config(source)
+    if found.method != "dessilbi":
+        raise ConfigError(f"{source} is a {found.method} run; tickets come from dessilbi runs")
+    raw = found.as_dict()
+    raw.pop("method_options")
+    raw["method"] = {
+        "name": "ticket",
+        "source": str(source),
+        "epoch": args.epoch,
+        "layers": args.layers,
+    }
+    raw["init"] = str(source / INITIAL_WEIGHTS)
+    raw["description"] = f"lottery ticket of {source} at epoch {args.epoch}"
+    overrides: dict[tuple[str, ...], Any] = {
+        ("train", "epochs"): args.epochs,
+        ("train", "lr"): args.lr,
+    }
+    for text in args.set:
+        path, value = parse_override(text)
+        overrides[tuple(path)] = value
+    config = RunConfig.from_dict(apply_overrides(raw, overrides)).validate()
+    out = Path(args.out) if args.out else default_run_dir(config)
+    args._run_dir = out
+    result = run(config, out, quiet=args.quiet, progress=False if args.no_progress else None)
+    if not args.quiet:
+        print()
+        print(summary(result))
+        print(f"\nresults in {result['run_dir']}")
     return 0
 
 

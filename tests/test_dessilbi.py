@@ -309,3 +309,52 @@ def test_method_refuses_other_optimizers() -> None:
     method = DessiLBIMethod(build_model("lenet5"))
     with pytest.raises(ConfigError, match="own optimizer"):
         method.build_optimizer(TrainConfig(optimizer="adam"))
+
+
+def test_ticket_flow_retrains_the_early_support_from_the_starting_weights(tmp_path) -> None:
+    """learnprune train --method dessilbi, then learnprune ticket RUN --epoch 1."""
+    from learnprune.cli import main
+    from learnprune.methods.ticket import ticket_masks
+
+    source, ticket = tmp_path / "lbi", tmp_path / "ticket"
+    common = ["--no-progress", "--quiet"]
+    code = main(
+        [
+            "train",
+            "--model",
+            "lenet300",
+            "--data",
+            "mnist",
+            "--method",
+            "dessilbi",
+            "--set",
+            "method.nu=1.0",
+            "--set",
+            "method.lam=0.02",
+            "--epochs",
+            "2",
+            "--train-subset",
+            "2000",
+            "--lr",
+            "0.1",
+            "--out",
+            str(source),
+            *common,
+        ]
+    )
+    assert code == 0
+    masks = ticket_masks(source, 1)
+    assert set(masks) == {"fc1.weight", "fc2.weight", "fc3.weight"}
+    assert 0 < sum(int(m.sum()) for m in masks.values()) < 266_200
+    code = main(
+        ["ticket", str(source), "--epoch", "1", "--epochs", "1", "--out", str(ticket), *common]
+    )
+    assert code == 0
+    config = __import__("json").loads((ticket / "config.json").read_text())
+    assert config["method"] == "ticket" and config["init"].endswith("init.pt")
+    final = torch.load(ticket / "model.pt", weights_only=True)
+    for name, mask in masks.items():
+        assert torch.all(final[name][~mask] == 0)
+    # only conv layers: a LeNet-300-100 has none, so the ticket would be empty
+    assert main(["ticket", str(source), "--epoch", "1", "--layers", "conv", *common]) == 2
+    assert main(["ticket", str(source), "--epoch", "9", *common]) == 2  # beyond the path

@@ -16,6 +16,7 @@ from learnprune.methods.base import Dense, PruningMethod, TrainingContext
 from learnprune.methods.dessilbi import DessiLBI, DessiLBIMethod
 from learnprune.methods.magnitude import GMP, Magnitude
 from learnprune.methods.scl import SCL
+from learnprune.methods.ticket import Ticket
 
 METHODS: dict[str, type[PruningMethod]] = {
     "dense": Dense,
@@ -23,6 +24,7 @@ METHODS: dict[str, type[PruningMethod]] = {
     "gmp": GMP,
     "scl": SCL,
     "dessilbi": DessiLBIMethod,
+    "ticket": Ticket,
 }
 
 

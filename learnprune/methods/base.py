@@ -196,6 +196,32 @@ class PruningMethod:
         """Restore :meth:`extra_state`."""
 
 
+class FixedMaskMethod(PruningMethod):
+    """Base of methods whose masks are set from outside the gradient (magnitude, GMP,
+    lottery tickets): :class:`~learnprune.masking.FixedMask` gates whose zeros are stored in
+    the weights after every step, so training skips the product ``W ⊙ M``."""
+
+    def __init__(self, model: nn.Module, groups: Any = "element", **kwargs: Any) -> None:
+        super().__init__(model, groups, **kwargs)
+        self._zero_targets = masking.zero_targets(model)
+
+    def make_gate(self, group_set: GroupSet) -> masking.FixedMask:
+        return masking.FixedMask(group_set)
+
+    def set_masks(self, keep: Mapping[str, Tensor]) -> None:
+        """New keep masks ``{set name: bool (G,)}``; their zeros go into the weights."""
+        for name, gate in self.gates.items():
+            if name in keep:
+                gate.set(keep[name])
+        masking.store_zeros(self._zero_targets, force=True)
+
+    def after_step(self) -> None:
+        """Count the step; keep the masks' zeros stored in the weights (see
+        :func:`~learnprune.masking.store_zeros`)."""
+        super().after_step()
+        masking.store_zeros(self._zero_targets)
+
+
 class Dense(PruningMethod):
     """No pruning: the dense baseline, trained by the same engine."""
 

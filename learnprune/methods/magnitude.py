@@ -31,8 +31,8 @@ from torch import Tensor, nn
 from learnprune import selection, validation
 from learnprune.errors import ConfigError
 from learnprune.groups import GroupPlan, GroupSet
-from learnprune.masking import FixedMask, effective_parameters, store_zeros, zero_targets
-from learnprune.methods.base import PruningMethod, TrainingContext
+from learnprune.masking import effective_parameters
+from learnprune.methods.base import FixedMaskMethod, TrainingContext
 
 SCORES = ("rms", "l1", "l2")
 SCOPES = ("global", "layer")
@@ -59,7 +59,7 @@ def magnitude_scores(
     return scores
 
 
-class _MagnitudePruning(PruningMethod):
+class _MagnitudePruning(FixedMaskMethod):
     """Shared by :class:`Magnitude` and :class:`GMP`: fixed masks set from magnitudes."""
 
     def __init__(
@@ -78,7 +78,6 @@ class _MagnitudePruning(PruningMethod):
         self.target = None if target is None else validation.fraction("target", target)
         self.current_target = 0.0
         super().__init__(model, groups, exclude=exclude, input_shape=input_shape)
-        self._zero_targets = zero_targets(model)
 
     def validate_plan(self, plan: GroupPlan) -> None:
         n_of_m = [s.n_of_m for s in plan.sets if s.n_of_m is not None]
@@ -93,24 +92,13 @@ class _MagnitudePruning(PruningMethod):
             raise ConfigError(f"{self.name} needs a target sparsity in [0, 1)")
         selection.check_target(plan, self.target, self.total_weights, self.scope)
 
-    def make_gate(self, group_set: GroupSet) -> FixedMask:
-        return FixedMask(group_set)
-
     @torch.no_grad()
     def prune_to(self, sparsity: float) -> None:
         """Drop the lowest-magnitude groups so that ``sparsity`` of the weights are removed."""
         scores = magnitude_scores(self.model, self.plan.sets, self.score)
         keep = selection.select(self.plan, scores, sparsity, self.total_weights, self.scope)
-        for name, gate in self.gates.items():
-            gate.set(keep[name])
+        self.set_masks(keep)
         self.current_target = sparsity
-        store_zeros(self._zero_targets, force=True)
-
-    def after_step(self) -> None:
-        """Count the step; keep the masks' zeros stored in the weights (see
-        :func:`~learnprune.masking.store_zeros`)."""
-        super().after_step()
-        store_zeros(self._zero_targets)
 
     def extra_state(self) -> dict[str, Any]:
         return {"current_target": self.current_target}
