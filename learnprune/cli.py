@@ -106,6 +106,26 @@ def _parser() -> argparse.ArgumentParser:
     ticket.add_argument("--quiet", action="store_true")
     ticket.add_argument("--no-progress", action="store_true")
 
+    grow = commands.add_parser("grow", help="grow a narrow VGG-16 or ResNet with DessiLBI")
+    grow.add_argument("--model", required=True, help="vgg16 or resnet20/32/44/56/110")
+    grow.add_argument("--data", required=True)
+    grow.add_argument("--data-dir")
+    grow.add_argument("--pad-to-32", action="store_true")
+    grow.add_argument("--start-width", type=int, default=16)
+    grow.add_argument("--tau", type=float, default=0.8)
+    grow.add_argument("--local-epochs", type=int, default=10)
+    grow.add_argument("--max-rounds", type=int, default=10)
+    grow.add_argument("--finetune-epochs", type=int, default=40)
+    grow.add_argument("--nu", type=float, default=100.0)
+    grow.add_argument("--lam", type=float, default=1.0, help="threshold of the group prox")
+    grow.add_argument("--lr", type=float, default=0.05)
+    grow.add_argument("--batch-size", type=int, default=128)
+    grow.add_argument("--train-subset", type=int)
+    grow.add_argument("--device", default="auto")
+    grow.add_argument("--seed", type=int, default=0)
+    grow.add_argument("--out", required=True)
+    grow.add_argument("--quiet", action="store_true")
+
     evaluate = commands.add_parser("eval", help="evaluate a finished run's final model")
     evaluate.add_argument("run_dir")
     evaluate.add_argument("--data-dir", help="directory holding the data set's files")
@@ -150,6 +170,8 @@ def _dispatch(args: argparse.Namespace) -> int:
         return _eval(args)
     if args.command == "ticket":
         return _ticket(args)
+    if args.command == "grow":
+        return _grow(args)
     if args.command == "report":
         return _report(args)
     if args.command == "data":
@@ -271,6 +293,46 @@ def _ticket(args: argparse.Namespace) -> int:
         print()
         print(summary(result))
         print(f"\nresults in {result['run_dir']}")
+    return 0
+
+
+def _grow(args: argparse.Namespace) -> int:
+    from learnprune.config import TrainConfig
+    from learnprune.data import canonical_name, load_dataset
+    from learnprune.engine import configure_torch
+    from learnprune.growing import GrowConfig, grow_run
+
+    configure_torch()
+    train_config = TrainConfig(
+        epochs=1,
+        batch_size=args.batch_size,
+        lr=args.lr,
+        momentum=0.9,
+        weight_decay=0.0,
+        lr_schedule="constant",
+        seed=args.seed,
+        train_subset=args.train_subset,
+        device=args.device,
+    ).validate()
+    config = GrowConfig(
+        start_width=args.start_width,
+        tau=args.tau,
+        local_epochs=args.local_epochs,
+        max_rounds=args.max_rounds,
+        lam=args.lam,
+        finetune_epochs=args.finetune_epochs,
+        nu=args.nu,
+    ).validate()
+    name = canonical_name(args.data)
+    data = load_dataset(name, args.data_dir, pad_to_32=args.pad_to_32)
+    result = grow_run(
+        args.model, data, name, train_config, config, Path(args.out), quiet=args.quiet
+    )
+    if not args.quiet:
+        print(
+            f"grown {args.model}: widths {result['widths']} after {result['rounds']} rounds, "
+            f"test accuracy {result['test_accuracy']:.2%}, params {result['params']:,}"
+        )
     return 0
 
 

@@ -380,29 +380,33 @@ class CifarResNet(nn.Module):
         num_classes: int = 10,
         in_channels: int = 3,
         shortcut: str = "B",
+        widths: Sequence[int] = (16, 32, 64),
     ) -> None:
         super().__init__()
         if not isinstance(depth, int) or depth < 8 or (depth - 2) % 6 != 0:
             raise ConfigError(f"CIFAR ResNet depth must be 6n+2 with n >= 1, got {depth!r}")
         shortcut = _check_shortcut(shortcut)
+        widths = _check_widths(widths, 3, "ResNet stage")
         n = (depth - 2) // 6
         self.depth = depth
         self.shortcut_option = shortcut
+        self.widths = widths
+        first, second, third = widths
         self.stem = nn.Sequential(
             OrderedDict(
                 [
-                    ("conv", nn.Conv2d(in_channels, 16, kernel_size=3, padding=1, bias=False)),
-                    ("bn", nn.BatchNorm2d(16)),
+                    ("conv", nn.Conv2d(in_channels, first, kernel_size=3, padding=1, bias=False)),
+                    ("bn", nn.BatchNorm2d(first)),
                     ("relu", nn.ReLU()),
                 ]
             )
         )
-        self.layer1 = self._make_stage(16, 16, n, stride=1, shortcut=shortcut)
-        self.layer2 = self._make_stage(16, 32, n, stride=2, shortcut=shortcut)
-        self.layer3 = self._make_stage(32, 64, n, stride=2, shortcut=shortcut)
+        self.layer1 = self._make_stage(first, first, n, stride=1, shortcut=shortcut)
+        self.layer2 = self._make_stage(first, second, n, stride=2, shortcut=shortcut)
+        self.layer3 = self._make_stage(second, third, n, stride=2, shortcut=shortcut)
         self.pool = nn.AdaptiveAvgPool2d(1)
         self.flatten = nn.Flatten()
-        self.fc = nn.Linear(64, num_classes)
+        self.fc = nn.Linear(third, num_classes)
         self.input_shape: tuple[int, int, int] = (in_channels, 32, 32)
         _init_conv_bn(self)
 
@@ -419,6 +423,16 @@ class CifarResNet(nn.Module):
         x = self.stem(x)
         x = self.layer3(self.layer2(self.layer1(x)))
         return self.fc(self.flatten(self.pool(x)))
+
+
+def _check_widths(widths: object, count: int, what: str) -> tuple[int, ...]:
+    if (
+        not isinstance(widths, (list, tuple))
+        or len(widths) != count
+        or not all(isinstance(w, int) and not isinstance(w, bool) and w >= 1 for w in widths)
+    ):
+        raise ConfigError(f"{what} widths must be {count} positive ints, got {widths!r}")
+    return tuple(widths)
 
 
 def _check_shortcut(shortcut: object) -> str:
@@ -458,14 +472,29 @@ def _lenet5(num_classes: int, in_channels: int) -> nn.Module:
     return LeNet5(num_classes=num_classes, in_channels=in_channels)
 
 
-def _vgg16(num_classes: int, in_channels: int) -> nn.Module:
-    return CifarVGG(VGG16_CFG, num_classes=num_classes, in_channels=in_channels)
+def _vgg16(num_classes: int, in_channels: int, widths: Sequence[int] | None = None) -> nn.Module:
+    """``widths``: the 13 conv widths (default 64, 64, 128, ..., 512)."""
+    cfg: list[int | str] = list(VGG16_CFG)
+    if widths is not None:
+        convs = [i for i, v in enumerate(cfg) if v != "M"]
+        for i, width in zip(convs, _check_widths(widths, len(convs), "VGG-16 conv"), strict=True):
+            cfg[i] = width
+    return CifarVGG(cfg, num_classes=num_classes, in_channels=in_channels)
 
 
 def _resnet_builder(depth: int) -> Callable[..., nn.Module]:
-    def build(num_classes: int, in_channels: int, shortcut: str = "B") -> nn.Module:
+    def build(
+        num_classes: int,
+        in_channels: int,
+        shortcut: str = "B",
+        widths: Sequence[int] = (16, 32, 64),
+    ) -> nn.Module:
         return CifarResNet(
-            depth, num_classes=num_classes, in_channels=in_channels, shortcut=shortcut
+            depth,
+            num_classes=num_classes,
+            in_channels=in_channels,
+            shortcut=shortcut,
+            widths=widths,
         )
 
     build.__name__ = f"_resnet{depth}"

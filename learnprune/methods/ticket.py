@@ -69,9 +69,16 @@ class Ticket(FixedMaskMethod):
             if tuple(mask.shape) != tuple(params[name].shape):
                 raise ConfigError(f"ticket mask for {name} has shape {tuple(mask.shape)}")
         sets = [
-            GroupSet(name, "element", params[name].numel(),
-                     (TensorSlices(name.rpartition(".")[0], name.rpartition(".")[2],
-                                   tuple(params[name].shape)),))
+            GroupSet(
+                name,
+                "element",
+                params[name].numel(),
+                (
+                    TensorSlices(
+                        name.rpartition(".")[0], name.rpartition(".")[2], tuple(params[name].shape)
+                    ),
+                ),
+            )
             for name in masks
         ]
         if not sets:
@@ -89,4 +96,3 @@ class Ticket(FixedMaskMethod):
         epoch = validation.integer("epoch", options["epoch"], minimum=1)
         layers = validation.choice("layers", options.get("layers", "all"), LAYERS)
         return cls(model, ticket_masks(options["source"], epoch, layers))
-
