@@ -8,7 +8,8 @@ Parts (``--part``):
 * ``ste``: the STE ablation at the recipe's λ: identity, leaky_relu, softplus and the
   zero-region relu that breaks the paper's principle;
 * ``normalize``: the normalisation ablation: none, l2, rms, max;
-* ``structured``: structured SCL (coupled channel groups) at several λ.
+* ``structured``: structured SCL (coupled channel groups) at several λ, or with λ adapted
+  to FLOPs budgets (``--flops``).
 
 Each run's ``final.json`` goes to ``benchmarks/results/scl/<run name>/``; finished runs
 are skipped, so an interrupted sweep resumes.
@@ -40,6 +41,14 @@ def main() -> int:
         "--part", choices=("sweep", "ste", "normalize", "structured"), required=True
     )
     parser.add_argument("--lams", type=float, nargs="*", default=[])
+    parser.add_argument(
+        "--flops",
+        type=float,
+        nargs="*",
+        default=[],
+        help="structured: FLOPs budgets (fraction of dense kept) that λ is adapted to",
+    )
+    parser.add_argument("--lam-rate", type=float, default=1e-4)
     parser.add_argument("--results", default=str(ROOT / "results" / "scl"))
     args = parser.parse_args()
     results = Path(args.results)
@@ -70,6 +79,13 @@ def main() -> int:
         configurations = [
             (f"{args.model}-scl-coupled-lam{lam:g}", recipe(f"{scl}-structured", lam=lam))
             for lam in args.lams
+        ]
+        configurations += [
+            (
+                f"{args.model}-scl-coupled-flops{keep:g}",
+                recipe(f"{scl}-structured", target={"flops": keep}, lam_rate=args.lam_rate),
+            )
+            for keep in args.flops
         ]
         run_all(configurations, results)
     print(json.dumps({"command": " ".join(sys.argv)}))

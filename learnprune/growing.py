@@ -148,6 +148,7 @@ def grow(
     *,
     log: Callable[[str], None] = print,
     quiet: bool = False,
+    on_round: Callable[[list[dict[str, Any]]], None] | None = None,
     **model_options: Any,
 ) -> tuple[nn.Module, GrowConfig]:
     """Grow ``model_name`` from ``config.start_width``; return the fine-tuned model and the
@@ -199,6 +200,8 @@ def grow(
                 "grown_to": grown,
             }
         )
+        if on_round is not None:
+            on_round(config.history)
         if not quiet:
             log(
                 f"round {round_index + 1}: widths {widths}, selected "
@@ -236,7 +239,14 @@ def grow_run(
         raise ConfigError(f"{out} already holds files; choose another --out")
     out.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
-    model, config = grow(model_name, data, train_config, config, quiet=quiet)
+    model, config = grow(
+        model_name,
+        data,
+        train_config,
+        config,
+        quiet=quiet,
+        on_round=lambda history: atomic_write_json(out / "grow.json", history),
+    )
     device = _device(model)
     loss, accuracy = evaluate(model, data.x_test.to(device), data.y_test.to(device))
     counts = count(model.cpu(), data.input_shape)
