@@ -253,3 +253,23 @@ def test_bad_options_are_refused_before_the_model_is_touched() -> None:
         with pytest.raises(ConfigError):
             SCL(model, **kwargs)
     assert list(model.state_dict()) == list(build_model("lenet300").state_dict())
+
+
+def test_structured_sets_keep_their_best_group_open() -> None:
+    torch.manual_seed(0)
+    model = build_model("lenet300")
+    method = SCL(model, groups="out_channel", lam=0.0)
+    gate = method.gates["fc1.weight"]
+    with torch.no_grad():
+        gate.mask_variable.fill_(-1.0)
+        gate.mask_variable[7] = -0.5  # the largest S: the one that stays
+    masks = method.masks()
+    assert masks["fc1.weight"].all(1).nonzero().flatten().tolist() == [7]
+    out = model(torch.randn(4, 1, 28, 28))
+    loss = F.cross_entropy(out, torch.tensor([0, 1, 2, 3]))
+    loss.backward()
+    assert gate.mask_variable.grad.abs().sum() > 0  # the closed groups still get gradients
+    unguarded = SCL(build_model("lenet300"), groups="out_channel", keep_one=False)
+    with torch.no_grad():
+        unguarded.gates["fc1.weight"].mask_variable.fill_(-1.0)
+    assert not unguarded.masks()["fc1.weight"].any()
