@@ -180,9 +180,8 @@ def _dispatch(args: argparse.Namespace) -> int:
 
 
 def _train(args: argparse.Namespace) -> int:
-    from learnprune.config import RunConfig, apply_overrides, parse_override, read_recipe
-    from learnprune.report import summary
-    from learnprune.runner import default_run_dir, read_run_config, run
+    from learnprune.config import RunConfig, apply_overrides, read_recipe
+    from learnprune.runner import default_run_dir, read_run_config
 
     if args.resume:
         given = [
@@ -232,9 +231,7 @@ def _train(args: argparse.Namespace) -> int:
             ("method", "groups"): args.groups,
             ("method", "exclude"): args.exclude,
         }
-        for text in args.set:
-            path, value = parse_override(text)
-            overrides[tuple(path)] = value
+        overrides.update(_parsed_sets(args.set))
         config = RunConfig.from_dict(apply_overrides(raw, overrides))
         config.validate()
         if (config.method == "dense") and any(
@@ -244,11 +241,19 @@ def _train(args: argparse.Namespace) -> int:
                 "method dense prunes nothing; pass --method magnitude or gmp with --target"
             )
         out = Path(args.out) if args.out else default_run_dir(config)
-    args._run_dir = out
+    return _run_and_report(args, config, out, resume=bool(args.resume))
+
+
+def _run_and_report(args: argparse.Namespace, config: Any, out: Path, *, resume: bool) -> int:
+    """Run ``config`` into ``out`` and print the summary (unless quiet)."""
+    from learnprune.report import summary
+    from learnprune.runner import run
+
+    args._run_dir = out  # for the interrupt message
     result = run(
         config,
         out,
-        resume=bool(args.resume),
+        resume=resume,
         quiet=args.quiet,
         progress=False if args.no_progress else None,
     )
@@ -259,10 +264,20 @@ def _train(args: argparse.Namespace) -> int:
     return 0
 
 
+def _parsed_sets(texts: list[str]) -> dict[tuple[str, ...], Any]:
+    """``--set KEY=VALUE`` options as overrides."""
+    from learnprune.config import parse_override
+
+    overrides = {}
+    for text in texts:
+        path, value = parse_override(text)
+        overrides[tuple(path)] = value
+    return overrides
+
+
 def _ticket(args: argparse.Namespace) -> int:
-    from learnprune.config import RunConfig, apply_overrides, parse_override
-    from learnprune.report import summary
-    from learnprune.runner import INITIAL_WEIGHTS, default_run_dir, read_run_config, run
+    from learnprune.config import RunConfig, apply_overrides
+    from learnprune.runner import INITIAL_WEIGHTS, default_run_dir, read_run_config
 
     source = Path(args.run_dir)
     found = read_run_config(source)
@@ -282,18 +297,10 @@ def _ticket(args: argparse.Namespace) -> int:
         ("train", "epochs"): args.epochs,
         ("train", "lr"): args.lr,
     }
-    for text in args.set:
-        path, value = parse_override(text)
-        overrides[tuple(path)] = value
+    overrides.update(_parsed_sets(args.set))
     config = RunConfig.from_dict(apply_overrides(raw, overrides)).validate()
     out = Path(args.out) if args.out else default_run_dir(config)
-    args._run_dir = out
-    result = run(config, out, quiet=args.quiet, progress=False if args.no_progress else None)
-    if not args.quiet:
-        print()
-        print(summary(result))
-        print(f"\nresults in {result['run_dir']}")
-    return 0
+    return _run_and_report(args, config, out, resume=False)
 
 
 def _grow(args: argparse.Namespace) -> int:

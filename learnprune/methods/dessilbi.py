@@ -64,8 +64,9 @@ NEVER = 2000
 
 
 def soft_threshold(z: Tensor, lam: float) -> Tensor:
-    """``sign(z) · max(|z| − λ, 0)``, the proximal map of ``λ‖·‖₁``."""
-    return torch.sign(z) * torch.clamp(z.abs() - lam, min=0)
+    """``sign(z) · max(|z| − λ, 0)``, the proximal map of ``λ‖·‖₁`` (one fused kernel:
+    ``softshrink``)."""
+    return torch.nn.functional.softshrink(z, lam)
 
 
 def group_soft_threshold(z: Tensor, lam: float, rescaled: bool = False) -> Tensor:
@@ -208,9 +209,11 @@ class DessiLBI(torch.optim.Optimizer):
             z.add_(coupling * share / scale, alpha=lr / (nu * kappa))
             gamma.copy_(kappa * scale * soft_threshold(z, group["lam"]))
             return
-        param.add_(direction, alpha=-lr * kappa).add_(coupling, alpha=-lr * kappa / nu)
+        # z ← z + (α/ν)(W_old − Γ), then W ← W − ακ d − (ακ/ν)(W_old − Γ), in place
         z.add_(coupling, alpha=lr / nu)
-        gamma.copy_(kappa * self._prox(z, group))
+        param.add_(direction, alpha=-lr * kappa).add_(coupling, alpha=-lr * kappa / nu)
+        prox = self._prox(z, group)
+        state["gamma"] = prox.mul_(kappa) if kappa != 1.0 else prox
 
     @staticmethod
     def _prox(z: Tensor, group: Mapping[str, Any]) -> Tensor:
