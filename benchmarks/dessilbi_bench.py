@@ -66,6 +66,40 @@ def plot_path(run_dir: Path, title: str) -> Path:
     return target
 
 
+def path_source(path_name: str, prefix: str, epoch: int) -> Path:
+    """A run directory holding the path's checkpoint (with Γ's first-entry epochs) and its
+    starting weights. Results keep only the JSON files, so the path's first ``epoch``
+    epochs are run again: same seed, data order and learning rate (the recipe's milestones
+    lie later), hence the same path up to float rounding; its per-epoch lines are compared
+    with the stored ones and both supports printed.
+    """
+    stored = RESULTS / path_name
+    if (stored / "checkpoint.pt").exists():
+        return stored
+    prefix_dir = RESULTS / f".{path_name}-to-epoch{epoch}.running"
+    if not (prefix_dir / "final.json").exists():
+        config = recipe(f"{prefix}-dessilbi")
+        if any(m <= epoch for m in config.train.milestones):
+            raise SystemExit(f"a milestone lies before epoch {epoch}: the prefix would differ")
+        config.train.epochs = epoch
+        shutil.rmtree(prefix_dir, ignore_errors=True)
+        from learnprune.runner import run
+
+        run(config, prefix_dir, quiet=True)
+    again = path_rows(prefix_dir)
+    first = path_rows(stored)[:epoch]
+    same = all(
+        a[k] == b[k]
+        for a, b in zip(again, first, strict=True)
+        for k in ("test_accuracy", "test_accuracy_sparse", "support")
+    )
+    verdict = "identical to" if same else "NOT identical to (float order; the ticket uses it)"
+    print(f"path re-run to epoch {epoch}: {verdict} the stored path")
+    print(f"  support at epoch {epoch}: re-run {again[-1]['support']}")
+    print(f"  stored: {first[-1]['support']}")
+    return prefix_dir
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", choices=sorted(PREFIX), required=True)
@@ -98,10 +132,11 @@ def main() -> int:
         if not (ticket / "final.json").exists():
             scratch = RESULTS / f".{ticket.name}.running"
             shutil.rmtree(scratch, ignore_errors=True)
+            source = path_source(path_name, prefix, args.ticket_epoch)
             code = cli(
                 [
                     "ticket",
-                    str(path_dir),
+                    str(source),
                     "--epoch",
                     str(args.ticket_epoch),
                     "--epochs",

@@ -36,6 +36,8 @@ from learnprune.methods import (
     Dense,
     DessiLBI,
     DessiLBIMethod,
+    DiffPrune,
+    HardConcrete,
     Magnitude,
     PruningMethod,
 )
@@ -54,7 +56,9 @@ __all__ = [
     "Dense",
     "DessiLBI",
     "DessiLBIMethod",
+    "DiffPrune",
     "GroupSet",
+    "HardConcrete",
     "LearnpruneError",
     "Magnitude",
     "PruningMethod",

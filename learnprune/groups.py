@@ -15,6 +15,10 @@ Group kinds (``build_groups(model, kind)``):
 ``element``     one group per weight (unstructured)
 ``out_channel`` one group per output unit / filter: weight row ``W[o]`` and ``b[o]``
 ``in_channel``  one group per input unit / input map: weight column ``W[:, i]``
+``l0_units``    the hard-concrete L0 reference's gates: ``in_channel`` for Linear
+                layers (input neurons, the first layer's pixels included),
+                ``out_channel`` for convs (feature maps); LeNet-5-Caffe's kept
+                architecture ``20-25-45-462`` counts these groups
 ``n:m``         one group per weight, selected so that ``n`` of every ``m``
                 consecutive weights of an input row are kept (e.g. ``"2:4"``)
 ``coupled``     one group per channel of a Torch-Pruning dependency group: every
@@ -44,8 +48,8 @@ from learnprune.errors import ConfigError, UnsupportedModelError
 PRUNABLE_LAYERS: tuple[type[nn.Module], ...] = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
 """Layer types whose ``weight`` is a default pruning target (and counts toward sparsity)."""
 
-STRUCTURED_KINDS = ("out_channel", "in_channel", "coupled")
-KINDS = ("element", "out_channel", "in_channel", "n:m", "coupled")
+STRUCTURED_KINDS = ("out_channel", "in_channel", "coupled", "l0_units")
+KINDS = ("element", "out_channel", "in_channel", "n:m", "coupled", "l0_units")
 _N_OF_M = re.compile(r"^(\d+):(\d+)$")
 
 
@@ -239,6 +243,7 @@ def parse_kind(kind: str) -> tuple[str, tuple[int, int] | None]:
         "filter": "out_channel",
         "neuron": "out_channel",
         "input": "in_channel",
+        "units": "l0_units",
     }
     key = aliases.get(key, key)
     matched = _N_OF_M.match(key)
@@ -250,7 +255,7 @@ def parse_kind(kind: str) -> tuple[str, tuple[int, int] | None]:
     if key not in KINDS or key == "n:m":
         raise ConfigError(
             f"unknown group kind {kind!r}; choose one of element, out_channel, in_channel, "
-            "coupled, or 'n:m' such as '2:4'"
+            "coupled, l0_units, or 'n:m' such as '2:4'"
         )
     return key, None
 
@@ -386,6 +391,8 @@ def _layer_group_set(
     shape = tuple(weight.shape)
     weight_piece = TensorSlices(name, "weight", shape)
     label = f"{name}.weight"
+    if kind == "l0_units":
+        kind = "in_channel" if isinstance(module, nn.Linear) else "out_channel"
     if kind == "element":
         return GroupSet(label, kind, weight.numel(), (weight_piece,)), ""
     if kind == "n:m":

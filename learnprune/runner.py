@@ -96,6 +96,7 @@ def build(config: RunConfig, data: Dataset) -> tuple[nn.Module, PruningMethod]:
         total_steps=schedule.total_steps,
         input_shape=tuple(data.input_shape),
         pretrained=bool(config.init),
+        train_size=min(len(data.x_train), config.train.train_subset or len(data.x_train)),
     )
     method = build_method(config.method, model, config.method_options, context)
     return model, method

@@ -14,6 +14,8 @@ from torch import nn
 from learnprune.errors import ConfigError
 from learnprune.methods.base import Dense, PruningMethod, TrainingContext
 from learnprune.methods.dessilbi import DessiLBI, DessiLBIMethod
+from learnprune.methods.diffprune import DiffPrune
+from learnprune.methods.hardconcrete import HardConcrete
 from learnprune.methods.magnitude import GMP, Magnitude
 from learnprune.methods.scl import SCL
 from learnprune.methods.ticket import Ticket
@@ -24,6 +26,8 @@ METHODS: dict[str, type[PruningMethod]] = {
     "gmp": GMP,
     "scl": SCL,
     "dessilbi": DessiLBIMethod,
+    "diffprune": DiffPrune,
+    "hardconcrete": HardConcrete,
     "ticket": Ticket,
 }
 
@@ -53,6 +57,8 @@ __all__ = [
     "Dense",
     "DessiLBI",
     "DessiLBIMethod",
+    "DiffPrune",
+    "HardConcrete",
     "Magnitude",
     "PruningMethod",
     "TrainingContext",

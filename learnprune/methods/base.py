@@ -38,6 +38,8 @@ class TrainingContext:
     total_steps: int
     input_shape: tuple[int, ...] | None = None
     pretrained: bool = False
+    train_size: int | None = None
+    """Number of training examples (``N`` of the hard-concrete penalty)."""
 
     def steps(self, epochs: float) -> int:
         """The step reached after ``epochs`` (fractional) epochs; with ``max_steps`` the
@@ -75,9 +77,7 @@ class PruningMethod:
             if not self.supports_n_of_m and any(s.n_of_m for s in self.plan.sets):
                 raise ConfigError(f"{self.name} does not support n:m groups")
             self.validate_plan(self.plan)  # before the model is touched
-            self.gates: dict[str, masking.GroupGate] = masking.attach(
-                model, self.plan, self.make_gate
-            )
+            self.gates: dict[str, masking.GroupGate] = self.attach_gates(model, self.plan)
         else:
             self.plan = GroupPlan([])
             self.gates = {}
@@ -86,6 +86,11 @@ class PruningMethod:
     def validate_plan(self, plan: GroupPlan) -> None:
         """Refuse (with a ConfigError) a plan the method cannot work with, before any gate
         is attached, so a refused method leaves the model as it was."""
+
+    def attach_gates(self, model: nn.Module, plan: GroupPlan) -> dict[str, masking.GroupGate]:
+        """Build the gates and put them in the forward pass (default: parametrizations of
+        the member tensors, :func:`~learnprune.masking.attach`)."""
+        return masking.attach(model, plan, self.make_gate)
 
     def make_gate(self, group_set: GroupSet) -> masking.GroupGate:
         """The gate for one group set (default: a fixed keep mask, all kept)."""

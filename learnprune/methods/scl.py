@@ -58,11 +58,10 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from learnprune import budget, validation
-from learnprune.accounting import prunable_modules, trace_layers
+from learnprune import budget, costs, validation
 from learnprune.errors import ConfigError
 from learnprune.groups import GroupSet, model_input_shape
-from learnprune.masking import GroupGate, effective_parameters
+from learnprune.masking import GroupGate
 from learnprune.methods.base import PruningMethod, TrainingContext
 
 ProxyDerivative = Callable[[Tensor, float], Tensor]
@@ -257,11 +256,13 @@ class SCL(PruningMethod):
             if self.budget
             else None
         )
-        self._costs = self._connection_costs(model_input_shape(model, input_shape))
-        self._total_cost = sum(
-            float(c.sum()) if isinstance(c, Tensor) else c * s.num_groups
-            for s, c in zip(self.plan.sets, self._costs.values(), strict=True)
+        self._costs = costs.group_costs(
+            model,
+            self.plan,
+            flops=bool(self.budget and self.budget[0] == "flops"),
+            input_shape=model_input_shape(model, input_shape),
         )
+        self._total_cost = costs.total_cost(self.plan, self._costs)
         self.features = {s.name: _feature_count(s) for s in self.plan.sets}
         self._hooks = [
             gate.mask_variable.register_post_accumulate_grad_hook(self._make_hook(name))
@@ -277,31 +278,6 @@ class SCL(PruningMethod):
     def current_lam(self) -> float:
         """``λ`` now (adapted, with a target)."""
         return self.controller.lam if self.controller else self.lam
-
-    def _connection_costs(self, input_shape: tuple[int, ...] | None) -> dict[str, Tensor | float]:
-        """Per group, what one kept group costs in the λ term: its connections ``n_g``, or for
-        a FLOPs budget its connections weighted by output positions (mean weight 1). A set
-        whose groups all cost the same (element groups) gets one number."""
-        per_weight: dict[str, Tensor] = {}
-        if self.budget and self.budget[0] == "flops":
-            if input_shape is None:
-                raise ConfigError("a flops target needs input_shape=(C, H, W)")
-            positions, _flops = trace_layers(self.model, input_shape)
-            total = sum(positions[n] * m.weight.numel() for n, m in prunable_modules(self.model))
-            mean = total / self.total_weights
-            for name, tensor in effective_parameters(self.model):
-                layer = name.rpartition(".")[0]
-                if layer in positions and name.endswith("weight"):
-                    per_weight[name] = torch.full(tensor.shape, positions[layer] / mean)
-        else:
-            for name, tensor in effective_parameters(self.model):
-                per_weight[name] = torch.ones(tensor.shape)
-        costs: dict[str, Tensor | float] = {}
-        for group_set in self.plan.sets:
-            cost = group_set.gather(per_weight, weights_only=True)
-            uniform = cost.numel() > 0 and bool((cost == cost[0]).all())
-            costs[group_set.name] = float(cost[0]) if uniform else cost
-        return costs
 
     def _make_hook(self, set_name: str) -> Callable[[Tensor], None]:
         group_set = next(s for s in self.plan.sets if s.name == set_name)
@@ -343,12 +319,7 @@ class SCL(PruningMethod):
     def _kept_cost(self, name: str, gate: SCLMask, kept: bool = True) -> Tensor:
         """``Σ_g cost_g · M_g`` of one set (or of its dropped groups), as a 0-dim tensor."""
         keep = gate.current_mask()
-        if not kept:
-            keep = 1.0 - keep
-        cost = self._costs[name]
-        if isinstance(cost, float):
-            return keep.sum() * cost
-        return torch.dot(cost.to(keep.device, keep.dtype), keep)
+        return costs.weighted_sum(self._costs[name], keep if kept else 1.0 - keep)
 
     # --- the common interface -------------------------------------------------------
     def optimizer_groups(self) -> list[dict[str, Any]]:

@@ -1,0 +1,79 @@
+"""DiffPrune and the hard-concrete L0 baseline on MNIST.
+
+Parts (``--part``):
+
+* ``unstructured``: DiffPrune with one gate per weight (``recipes/<model>-diffprune.toml``)
+  at the sparsity targets ``--targets`` (the λ budget controller), to stand beside GMP at
+  the same sparsities and epochs (``benchmarks/baselines.py``) and SCL;
+* ``structured``: gates per Linear input neuron and per conv feature map (``l0_units``):
+  the hard-concrete reference recipe (``recipes/<model>-hardconcrete.toml``) for
+  ``--epochs`` epochs; DiffPrune with the same groups, optimizer, batch and epochs at the
+  sparsity ``--structured-target``; and both at each FLOPs budget ``--flops`` (fraction of
+  the dense FLOPs kept).
+
+Results go to ``benchmarks/results/l0/<run name>/``; finished runs are skipped.
+
+    python benchmarks/l0_bench.py --model lenet300 --part unstructured --targets 0.9 0.95 0.98
+    python benchmarks/l0_bench.py --model lenet5-caffe --part structured --flops 0.06
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from sweep import ROOT, recipe, run_all
+
+PREFIX = {"lenet300": "lenet300", "lenet5-caffe": "lenet5caffe"}
+RESULTS = ROOT / "results" / "l0"
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", choices=sorted(PREFIX), required=True)
+    parser.add_argument("--part", choices=("unstructured", "structured"), required=True)
+    parser.add_argument("--targets", type=float, nargs="*", default=[0.9, 0.95, 0.98])
+    parser.add_argument("--flops", type=float, nargs="*", default=[])
+    parser.add_argument("--structured-target", type=float, default=None)
+    parser.add_argument("--epochs", type=int, default=20)
+    parser.add_argument("--methods", nargs="*", default=["hardconcrete", "diffprune"])
+    args = parser.parse_args()
+    prefix = PREFIX[args.model]
+    configurations = []
+    if args.part == "unstructured":
+        for target in args.targets:
+            config = recipe(f"{prefix}-diffprune", target=target)
+            config.train.epochs = args.epochs
+            configurations.append((f"{args.model}-diffprune-{round(target * 100)}", config))
+    else:
+        for method in args.methods:
+            hard = method == "hardconcrete"
+            name = f"{prefix}-hardconcrete" if hard else f"{prefix}-diffprune-structured"
+            if hard or args.structured_target:
+                options = {} if hard else {"target": args.structured_target}
+                config = recipe(name, **options)
+                config.train.epochs = args.epochs
+                label = "reference" if hard else f"sparsity{args.structured_target:g}"
+                run_name = f"{args.model}-{method}-units-{label}-{args.epochs}ep"
+                configurations.append((run_name, config))
+            for keep in args.flops:
+                config = recipe(name, target={"flops": keep})
+                config.train.epochs = args.epochs
+                configurations.append(
+                    (f"{args.model}-{method}-units-flops{keep:g}-{args.epochs}ep", config)
+                )
+    run_all(configurations, RESULTS)
+    for name, _config in configurations:
+        final = json.loads((RESULTS / name / "final.json").read_text())
+        print(
+            f"{name}: {final['architecture']}, error {final['test_error']:.2%}, "
+            f"sparsity {final['sparsity']:.2%}, FLOPs {final['effective_flops']:,} "
+            f"({final['effective_flops'] / 2:,.0f} multiply-adds)"
+        )
+    print(json.dumps({"command": " ".join(sys.argv)}))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

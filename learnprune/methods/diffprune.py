@@ -1,0 +1,447 @@
+"""DiffPrune — deterministic approximate binary gates with L0 regularization (Shulman 2020).
+
+The paper's body was not available (../shared/METHODS.md section 3): what follows meets
+every claim of its abstract, and each detail it leaves open is a named option.
+
+**Gate.** One real parameter ``φ_g`` per group ``g``. The pre-gate variable is
+
+    x_g = φ_g                      (mode "deterministic", and every mode in eval)
+    x_g = φ_g + σ ε_g,  ε_g ~ Logistic(0, 1)           (mode "stochastic", training)
+
+and the gate an approximately binary, differentiable transform ``z_g = T(x_g)`` with exact
+plateaus: ``T(x) = 0`` for ``x ≤ a``, ``T(x) = 1`` for ``x ≥ b``, monotone in between
+(:data:`TRANSFORMS`):
+
+* ``"linear"``:  ``T(x) = clamp(½ + x / (2τ), 0, 1)``,  band ``[a, b] = [−τ, τ]``;
+* ``"sigmoid"``: ``T(x) = clamp(σ(x/τ)(ζ − γ) + γ, 0, 1)`` with ``γ = −0.1, ζ = 1.1`` (the
+  hard-concrete stretch, without its noise), band ``[τ log(−γ/ζ), τ log((1−γ)/(ζ−1))]``.
+
+As ``τ → 0`` the gate tends to ``1[x > 0]``: with noise, a Bernoulli variable with
+``P(z = 1) = P(x > 0)``, the abstract's deterministic transformation of a real random
+variable. The parameters seen by the network are ``θ̃ = θ ⊙ z`` (broadcast over each group),
+or for activation gates the outputs ``a ⊙ z``.
+
+**Re-opening.** ``T`` is flat on its plateaus, so a closed gate would get no gradient. The
+backward pass uses ``∂z/∂x = T'(x)`` inside the band and ``ℓ · T'(centre)`` on the plateaus
+(``leak = ℓ``, default 0.1): task gradient and penalty both flow, scaled alike, and a gate
+re-opens when the task gains more from it than the penalty costs. ``φ`` is clamped to
+``[2a, 2b]`` after every step so a closed gate stays within reach.
+
+**Surrogate L0**, one global ``λ``, each gate weighted by the parameters it removes::
+
+    R = Σ_g n_g z_g                          (deterministic: the exact count at the plateaus)
+    R = Σ_g n_g P(z_g ≠ 0) = Σ_g n_g σ((φ_g − a) / σ)          (stochastic)
+
+    loss = L_task + λ R / N                 (N = the model's prunable weights)
+
+so ``λ`` is the loss the whole dense network is worth (``λ R / N = λ`` × density). With a
+FLOPs budget ``n_g`` becomes the group's FLOPs cost (:mod:`learnprune.costs`).
+``target=`` adapts ``λ`` to a sparsity or FLOPs budget as for SCL.
+
+**Groups** over parameters (``element``, ``in_channel``, ``out_channel``, ``coupled``,
+``l0_units``, custom sets) or over activations (``"activation"``: a gate on every
+Conv/Linear layer's output units / feature maps but the classifier's; stochastic gates draw
+noise per example there, see :mod:`learnprune.activation_gates`).
+
+**Final model.** Gates at their deterministic value ``T(φ)``; groups with ``z = 0`` are
+removed from the masks and the open gates' values are folded into the weights.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from learnprune import activation_gates, budget, costs, masking, validation
+from learnprune.errors import ConfigError
+from learnprune.groups import GroupPlan, GroupSet, model_input_shape
+from learnprune.masking import GroupGate
+from learnprune.methods.base import PruningMethod, TrainingContext
+
+STRETCH_LOW, STRETCH_HIGH = -0.1, 1.1  # γ, ζ of the "sigmoid" transform
+
+
+@dataclass(frozen=True)
+class GateTransform:
+    """An approximately binary transform ``T(x) = clamp(value(x), 0, 1)``.
+
+    ``value`` is monotone increasing; ``slope`` its derivative; ``band(τ) = (a, b)`` the
+    interval where ``0 < T < 1``.
+    """
+
+    name: str
+    value: Callable[[Tensor, float], Tensor]
+    slope: Callable[[Tensor, float], Tensor]
+    band: Callable[[float], tuple[float, float]]
+
+
+def _sigmoid_slope(x: Tensor, tau: float) -> Tensor:
+    s = torch.sigmoid(x / tau)
+    return (STRETCH_HIGH - STRETCH_LOW) * s * (1 - s) / tau
+
+
+TRANSFORMS: dict[str, GateTransform] = {
+    "linear": GateTransform(
+        "linear",
+        value=lambda x, tau: 0.5 + x / (2 * tau),
+        slope=lambda x, tau: torch.full_like(x, 1 / (2 * tau)),
+        band=lambda tau: (-tau, tau),
+    ),
+    "sigmoid": GateTransform(
+        "sigmoid",
+        value=lambda x, tau: torch.sigmoid(x / tau) * (STRETCH_HIGH - STRETCH_LOW) + STRETCH_LOW,
+        slope=_sigmoid_slope,
+        band=lambda tau: (
+            tau * math.log(-STRETCH_LOW / STRETCH_HIGH),
+            tau * math.log((1 - STRETCH_LOW) / (STRETCH_HIGH - 1)),
+        ),
+    ),
+}
+MODES = ("deterministic", "stochastic")
+
+
+class _ApproxBinary(torch.autograd.Function):
+    """``z = clamp(value(x), 0, 1)``; backward ``T'(x)`` in the band, ``ℓ T'(0)`` outside."""
+
+    @staticmethod
+    def forward(ctx: Any, x: Tensor, transform: GateTransform, tau: float, leak: float) -> Tensor:
+        z = transform.value(x, tau).clamp_(0.0, 1.0)
+        ctx.transform, ctx.tau, ctx.leak = transform, tau, leak
+        if transform.name == "linear":  # T' is constant: the band is where 0 < z < 1
+            ctx.save_for_backward(z)
+        else:
+            ctx.save_for_backward(x)
+        return z
+
+    @staticmethod
+    def backward(ctx: Any, grad_z: Tensor) -> tuple[Tensor, None, None, None]:
+        (saved,) = ctx.saved_tensors
+        centre = float(ctx.transform.slope(torch.zeros(()), ctx.tau))
+        if ctx.transform.name == "linear":
+            inside = (saved > 0) & (saved < 1)
+            slope = torch.where(inside, centre, ctx.leak * centre)
+        else:
+            low, high = ctx.transform.band(ctx.tau)
+            inside = (saved > low) & (saved < high)
+            slope = torch.where(inside, ctx.transform.slope(saved, ctx.tau), ctx.leak * centre)
+        return grad_z * slope, None, None, None
+
+
+def approx_binary(x: Tensor, transform: GateTransform, tau: float, leak: float = 0.1) -> Tensor:
+    """``T(x)`` with exact zeros and ones, and the leaky gradient that lets gates re-open."""
+    return _ApproxBinary.apply(x, transform, tau, leak)
+
+
+def logistic_noise(shape: Sequence[int], like: Tensor) -> Tensor:
+    """``ε = log u − log(1 − u)``, ``u ~ U(0, 1)``: standard logistic noise."""
+    u = torch.empty(tuple(shape), device=like.device, dtype=like.dtype).uniform_(1e-6, 1 - 1e-6)
+    return torch.log(u) - torch.log1p(-u)
+
+
+class DiffPruneGate(GroupGate):
+    """The gate parameters ``φ`` of one group set; ``forward()`` gives ``z = T(x)``.
+
+    In stochastic mode the noise ``ε`` is drawn once per forward pass of the model
+    (:meth:`draw`, called by the method's pre-hook), so every member tensor of a set sees
+    the same ``z``.
+    """
+
+    def __init__(
+        self,
+        group_set: GroupSet,
+        *,
+        transform: GateTransform,
+        tau: float,
+        init: float,
+        mode: str,
+        sigma: float,
+        leak: float,
+    ) -> None:
+        super().__init__(group_set)
+        self.phi = nn.Parameter(torch.full((group_set.num_groups,), float(init)))
+        self.transform, self.tau, self.mode, self.sigma, self.leak = (
+            transform,
+            tau,
+            mode,
+            sigma,
+            leak,
+        )
+        self.register_buffer("noise", torch.zeros(group_set.num_groups), persistent=False)
+        self._last: tuple[Tensor, int] | None = None  # z of the last forward pass, φ's version
+
+    @property
+    def stochastic(self) -> bool:
+        return self.mode == "stochastic"
+
+    def draw(self) -> None:
+        """New noise ``ε`` for the next forward pass."""
+        self.noise = logistic_noise(self.noise.shape, self.phi.detach())
+
+    def forward(self) -> Tensor:
+        x = self.phi
+        if self.stochastic and self.training:
+            x = x + self.sigma * self.noise
+            return approx_binary(x, self.transform, self.tau, self.leak)
+        z = approx_binary(x, self.transform, self.tau, self.leak)
+        if torch.is_grad_enabled():
+            self._last = (z, self.phi._version)
+        return z
+
+    def per_example(self, batch: int) -> Tensor:
+        """``z`` of shape ``(B, G)``, one noise draw per example (activation gates)."""
+        x = self.phi + self.sigma * logistic_noise((batch, self.num_groups), self.phi.detach())
+        return approx_binary(x, self.transform, self.tau, self.leak)
+
+    @torch.no_grad()
+    def deterministic(self) -> Tensor:
+        """``T(φ)``: the gate values of the final model."""
+        return self.transform.value(self.phi, self.tau).clamp(0.0, 1.0)
+
+    def keep(self) -> Tensor:
+        return self.deterministic() != 0
+
+    def open_mass(self) -> Tensor:
+        """What the surrogate L0 counts per group: ``z_g`` (deterministic) or
+        ``P(z_g ≠ 0) = σ((φ_g − a)/σ)`` (stochastic); differentiable in ``φ``."""
+        if self.stochastic:
+            low, _high = self.transform.band(self.tau)
+            return torch.sigmoid((self.phi - low) / self.sigma)
+        last = self._last
+        if last is not None and last[1] == self.phi._version and torch.is_grad_enabled():
+            return last[0]  # the forward pass's z: one node, its gradient already on the graph
+        return approx_binary(self.phi, self.transform, self.tau, self.leak)
+
+
+class DiffPrune(PruningMethod):
+    """Deterministic approximate binary gates over any groups, surrogate L0, one global λ.
+
+    Args:
+        model: the model.
+        groups: a parameter group kind (``"element"``, ``"in_channel"``, ``"out_channel"``,
+            ``"coupled"``, ``"l0_units"``), custom group sets, or ``"activation"`` (gates on
+            the output units / feature maps of every Conv/Linear layer but the classifier).
+        lam: ``λ``, the loss the dense network's parameters are worth (see the module
+            docstring); the starting value with ``target``.
+        mode: ``"deterministic"`` (no noise; the default) or ``"stochastic"``.
+        transform: ``"linear"`` (default) or ``"sigmoid"`` (:data:`TRANSFORMS`).
+        tau: ``τ``, the half-width of the linear band (default 0.05: with Adam at 10⁻³ a
+            gate crosses the band in about 100 steps, so most gates sit exactly at 0 or 1;
+            at 0.5 LeNet-300-100 reached 21 % sparsity in 5 epochs at λ 1, at 0.05 86 %).
+        sigma: ``σ``, the scale of the logistic noise in stochastic mode (default ``τ``: a
+            smaller noise leaves ``P(z ≠ 0)`` saturated and the penalty without gradient).
+        leak: ``ℓ``, the plateau gradient relative to the band centre's.
+        init: starting ``φ`` (default ``b``, the band's upper edge: every gate exactly 1).
+        gate_lr: learning rate of the gates (default: the weights'; follows the schedule).
+        per_example: with activation gates in stochastic mode, one noise draw per example.
+        target: a sparsity or ``{"flops": f}`` budget that ``λ`` is adapted to reach.
+        lam_rate: ``η`` of the λ adaptation (:class:`~learnprune.budget.LambdaController`).
+        exclude: layers left dense (``fnmatch`` patterns).
+        input_shape: one example's shape (coupled groups, FLOPs budgets).
+    """
+
+    name = "diffprune"
+    recipe_options = (
+        "lam",
+        "groups",
+        "mode",
+        "transform",
+        "tau",
+        "sigma",
+        "leak",
+        "init",
+        "gate_lr",
+        "per_example",
+        "target",
+        "lam_rate",
+        "exclude",
+    )
+
+    def __init__(
+        self,
+        model: nn.Module,
+        groups: str | Sequence[GroupSet] = "element",
+        *,
+        lam: float = 1.0,
+        mode: str = "deterministic",
+        transform: str = "linear",
+        tau: float = 0.05,
+        sigma: float = 0.05,
+        leak: float = 0.1,
+        init: float | None = None,
+        gate_lr: float | None = None,
+        per_example: bool = True,
+        target: float | Mapping[str, float] | None = None,
+        lam_rate: float = 2e-5,
+        exclude: Sequence[str] = (),
+        input_shape: Sequence[int] | None = None,
+    ) -> None:
+        self.lam = validation.non_negative("lam", lam)
+        self.mode = validation.choice("mode", mode, MODES)
+        self.transform = TRANSFORMS[validation.choice("transform", transform, tuple(TRANSFORMS))]
+        self.tau = validation.positive("tau", tau)
+        self.sigma = validation.positive("sigma", sigma)
+        self.leak = validation.non_negative("leak", leak)
+        low, high = self.transform.band(self.tau)
+        self.phi_range = (2 * low, 2 * high)
+        self.init = high if init is None else validation.real("init", init)
+        self.gate_lr = None if gate_lr is None else validation.positive("gate_lr", gate_lr)
+        if not isinstance(per_example, bool):
+            raise ConfigError(f"per_example must be true or false, got {per_example!r}")
+        self.budget = budget.parse_target(target)
+        self.on_activations = isinstance(groups, str) and groups.strip().lower() in (
+            "activation",
+            "activations",
+        )
+        self.per_example = per_example and self.on_activations and self.mode == "stochastic"
+        self._handles: list = []
+        super().__init__(
+            model,
+            "out_channel" if self.on_activations else groups,
+            exclude=exclude,
+            input_shape=input_shape,
+        )
+        self.controller = (
+            budget.LambdaController(max(self.lam, 1e-8), self.budget[1], lam_rate)
+            if self.budget
+            else None
+        )
+        self._costs = costs.group_costs(
+            model,
+            self.plan,
+            flops=bool(self.budget and self.budget[0] == "flops"),
+            input_shape=model_input_shape(model, input_shape),
+        )
+        self._total_cost = costs.total_cost(self.plan, self._costs)
+        self._draw_handle = (
+            model.register_forward_pre_hook(self._draw) if self.mode == "stochastic" else None
+        )
+
+    # --- gates ------------------------------------------------------------------------
+    def validate_plan(self, plan: GroupPlan) -> None:
+        if self.on_activations:
+            activation_gates.check_model(self.model, plan)
+
+    def make_gate(self, group_set: GroupSet) -> DiffPruneGate:
+        return DiffPruneGate(
+            group_set,
+            transform=self.transform,
+            tau=self.tau,
+            init=self.init,
+            mode=self.mode,
+            sigma=self.sigma,
+            leak=self.leak,
+        )
+
+    def attach_gates(self, model: nn.Module, plan: GroupPlan) -> dict[str, GroupGate]:
+        if not self.on_activations:
+            return masking.attach(model, plan, self.make_gate)
+        gates = {s.name: self.make_gate(s) for s in plan.sets}
+        sampler = (lambda gate, batch: gate.per_example(batch)) if self.per_example else None
+        self._handles = activation_gates.attach(model, plan, gates, sampler)
+        return gates
+
+    def _draw(self, module: nn.Module, _inputs: object) -> None:
+        if module.training:
+            for gate in self.gates.values():
+                gate.draw()
+
+    @property
+    def current_lam(self) -> float:
+        """``λ`` now (adapted, with a target)."""
+        return self.controller.lam if self.controller else self.lam
+
+    # --- the common interface -------------------------------------------------------
+    def optimizer_groups(self) -> list[dict[str, Any]]:
+        group: dict[str, Any] = {"params": self.parameters(), "weight_decay": 0.0}
+        if self.gate_lr is not None:
+            group["base_lr"] = self.gate_lr
+        return [group]
+
+    def surrogate_l0(self) -> Tensor:
+        """``R = Σ_g n_g z_g`` (or ``Σ_g n_g P(z_g ≠ 0)``), differentiable in ``φ``."""
+        total = torch.zeros((), device=self._device())
+        for name, gate in self.gates.items():
+            total = total + costs.weighted_sum(self._costs[name], gate.open_mass())
+        return total
+
+    def regularizer(self) -> Tensor:
+        """``λ R / N``."""
+        return self.surrogate_l0() * (self.current_lam / max(self.total_weights, 1))
+
+    def after_step(self) -> None:
+        super().after_step()
+        low, high = self.phi_range
+        with torch.no_grad():
+            for gate in self.gates.values():
+                gate.phi.clamp_(low, high)
+        if self.controller is not None:
+            self.controller.update(self.budget_achieved())
+
+    def budget_achieved(self) -> float:
+        """Sparsity, or for a FLOPs budget the fraction of the gated FLOPs removed."""
+        with torch.no_grad():
+            removed = float(
+                sum(
+                    costs.weighted_sum(self._costs[name], (~gate.keep()).float())
+                    for name, gate in self.gates.items()
+                )
+            )
+        if self.budget and self.budget[0] == "flops":
+            return removed / self._total_cost if self._total_cost else 0.0
+        return removed / self.total_weights if self.total_weights else 0.0
+
+    def masks(self) -> dict[str, Tensor]:
+        if self.on_activations:
+            return activation_gates.read_masks(self.plan, self.gates)
+        return super().masks()
+
+    def finalize(self) -> nn.Module:
+        if self._draw_handle is not None:
+            self._draw_handle.remove()
+            self._draw_handle = None
+        if self.on_activations:
+            activation_gates.fold(self.model, self.plan, self.gates, self._handles)
+            self._handles = []
+            self.gates = {}
+            return self.model
+        return super().finalize()
+
+    def epoch_end(self, epoch: int, evaluate: Callable[[], tuple[float, float]]) -> dict[str, Any]:
+        out: dict[str, Any] = {"lam": self.current_lam}
+        with torch.no_grad():
+            values = torch.cat([g.deterministic() for g in self.gates.values()])
+        out["gates_open"] = int((values > 0).sum())
+        out["gates_between"] = int(((values > 0) & (values < 1)).sum())
+        return out
+
+    def describe(self) -> str:
+        budget_text = f", target {self.budget[0]} {self.budget[1]:g}" if self.budget else ""
+        where = "activations" if self.on_activations else "parameters"
+        return (
+            f"diffprune (λ {self.lam:g}{budget_text}, {self.mode}, {self.transform.name} "
+            f"τ {self.tau:g}, on {where}): {self.plan.describe()}"
+        )
+
+    def extra_state(self) -> dict[str, Any]:
+        return {"controller": self.controller.state_dict() if self.controller else None}
+
+    def load_extra_state(self, state: Mapping[str, Any]) -> None:
+        if self.controller is not None and state.get("controller"):
+            self.controller.load_state_dict(state["controller"])
+
+    def _device(self) -> torch.device:
+        return next(iter(self.gates.values())).phi.device
+
+    @classmethod
+    def from_options(
+        cls, model: nn.Module, options: Mapping[str, Any], context: TrainingContext
+    ) -> DiffPrune:
+        return cls(model, input_shape=context.input_shape, **options)
+
+
+__all__ = ["TRANSFORMS", "DiffPrune", "DiffPruneGate", "GateTransform", "approx_binary"]

@@ -1,0 +1,335 @@
+"""L0 regularization with hard-concrete gates (Louizos, Welling, Kingma, ICLR 2018).
+
+Reproduces the official code (AMLab-Amsterdam/L0_regularization, ``l0_layers.py``,
+../shared/METHODS.md section 3.4). One gate per group with parameter ``log α``; stretch
+limits ``γ = −0.1``, ``ζ = 1.1``, temperature ``β = 2/3``, ``ε = 10⁻⁶``.
+
+* Training (one sample per minibatch, shared by every tensor of the group set):
+  ``u ~ U(ε, 1 − ε)``, ``s = σ((log u − log(1 − u) + log α) / β)``,
+  ``z = clamp(s (ζ − γ) + γ, 0, 1)``.
+* Test time: ``z = clamp(σ(log α)(ζ − γ) + γ, 0, 1)``.
+* ``P(z ≠ 0) = 1 − Q(0) = σ(log α − β log(−γ/ζ))``, clamped to ``[ε, 1 − ε]``.
+* Penalty (the code's ``regularization``, divided by ``N``, the training-set size)::
+
+      R = (1/N) Σ_layers [ Σ_g P(z_g ≠ 0) Σ_{θ ∈ g} (λ_l + ½ w θ²) + Σ_{b ungated} ½ w b² ]
+
+  with ``w`` the weight decay (the prior precision; it is *not* also given to the
+  optimizer) and ``λ_l`` per layer (1 in the LeNet-5 recipe).
+* ``log α ~ N(log((1 − d)/d), 0.01)`` with ``d`` the initial drop rate (0.5; the reference
+  MLP uses 0.2 for its input layer), clamped to ``[log 10⁻², log 10²]`` after every step.
+* Gates: input units of Linear layers and output feature maps of convs (``l0_units``),
+  like the reference; any other group kind works too.
+
+Where we differ from the code, and why:
+
+* A conv's bias belongs to its feature map's group here. The code gates it at test time
+  (the gate multiplies the conv's output) but drops it altogether in training without
+  ``local_rep`` (``F.conv2d(input, weights, None, ...)``), and its penalty gives a conv bias
+  ``−(½ w b² − λ)`` inside the log-prior, i.e. a *reward* of ``λ`` for an open map (a sign
+  slip: weights get ``−½ w θ² − λ``). We train with the bias and charge it like a weight:
+  one parameter of the 26 (conv1) or 501 (conv2) in a LeNet-5-Caffe map.
+* ``local_rep`` (a gate sample per example) is not offered: the LeNet-5 recipe leaves it off.
+* Expected L0 and FLOPs are reported per epoch; FLOPs count 2 per multiply-add over the
+  gated weights (FlopCounterMode's convention), where the code counts ``2n − 1`` per output.
+  ``penalty="flops"`` charges each group its FLOPs (mean weight 1) instead of its size.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from learnprune import budget, costs, validation
+from learnprune.errors import ConfigError
+from learnprune.groups import GroupPlan, GroupSet, model_input_shape
+from learnprune.masking import GroupGate, raw_tensor
+from learnprune.methods.base import PruningMethod, TrainingContext
+
+GAMMA, ZETA, EPSILON = -0.1, 1.1, 1e-6
+LOG_ALPHA_RANGE = (math.log(1e-2), math.log(1e2))
+PENALTIES = ("l0", "flops")
+
+
+class HardConcreteGate(GroupGate):
+    """``log α`` of one group set; ``forward()`` gives the sampled (training) or test-time
+    gate values."""
+
+    def __init__(self, group_set: GroupSet, droprate_init: float, temperature: float) -> None:
+        super().__init__(group_set)
+        mean = math.log(1 - droprate_init) - math.log(droprate_init)
+        self.log_alpha = nn.Parameter(torch.empty(group_set.num_groups).normal_(mean, 1e-2))
+        self.temperature = temperature
+        self.register_buffer("u", torch.full((group_set.num_groups,), 0.5), persistent=False)
+
+    def draw(self) -> None:
+        """New uniform noise ``u ~ U(ε, 1 − ε)`` for the next forward pass."""
+        self.u = torch.empty_like(self.u).uniform_(EPSILON, 1 - EPSILON)
+
+    def forward(self) -> Tensor:
+        if self.training:
+            u = self.u
+            s = torch.sigmoid((torch.log(u) - torch.log(1 - u) + self.log_alpha) / self.temperature)
+        else:
+            s = torch.sigmoid(self.log_alpha)
+        return torch.clamp(s * (ZETA - GAMMA) + GAMMA, 0.0, 1.0)
+
+    @torch.no_grad()
+    def test_time(self) -> Tensor:
+        """``clamp(σ(log α)(ζ − γ) + γ, 0, 1)``."""
+        return torch.clamp(torch.sigmoid(self.log_alpha) * (ZETA - GAMMA) + GAMMA, 0.0, 1.0)
+
+    def keep(self) -> Tensor:
+        return self.test_time() > 0
+
+    def prob_open(self) -> Tensor:
+        """``P(z ≠ 0) = σ(log α − β log(−γ/ζ))`` (the code's ``1 − cdf_qz(0)``)."""
+        logit_q0 = math.log(-GAMMA / ZETA)
+        q0 = torch.sigmoid(logit_q0 * self.temperature - self.log_alpha).clamp(EPSILON, 1 - EPSILON)
+        return 1 - q0
+
+
+class HardConcrete(PruningMethod):
+    """The hard-concrete L0 baseline (see the module docstring for the formulas).
+
+    Args:
+        model: the model.
+        groups: ``"l0_units"`` (the reference: Linear input units, conv feature maps) or
+            another group kind.
+        lam: ``λ``, per parameter; one number, or one per group set (the reference's
+            ``--lambas``). The starting scale with ``target``.
+        weight_decay: ``w``, the L2 prior precision inside the penalty (5e-4 in the recipe).
+        n_train: ``N`` (default: the training-set size of the run).
+        droprate_init: ``d``, one number or one per group set.
+        temperature: ``β`` (2/3).
+        penalty: ``"l0"`` (expected number of parameters) or ``"flops"`` (each group's
+            FLOPs instead of its size, mean weight 1).
+        target: a sparsity or ``{"flops": f}`` budget that ``λ`` is scaled to reach.
+        lam_rate: ``η`` of the adaptation (:class:`~learnprune.budget.LambdaController`).
+        exclude: layers left dense; input_shape: one example's shape.
+    """
+
+    name = "hardconcrete"
+    recipe_options = (
+        "groups",
+        "lam",
+        "weight_decay",
+        "n_train",
+        "droprate_init",
+        "temperature",
+        "penalty",
+        "target",
+        "lam_rate",
+        "exclude",
+    )
+
+    def __init__(
+        self,
+        model: nn.Module,
+        groups: str | Sequence[GroupSet] = "l0_units",
+        *,
+        lam: float | Sequence[float] = 1.0,
+        weight_decay: float = 5e-4,
+        n_train: int = 60000,
+        droprate_init: float | Sequence[float] = 0.5,
+        temperature: float = 2.0 / 3.0,
+        penalty: str = "l0",
+        target: float | Mapping[str, float] | None = None,
+        lam_rate: float = 2e-5,
+        exclude: Sequence[str] = (),
+        input_shape: Sequence[int] | None = None,
+    ) -> None:
+        self.weight_decay = validation.non_negative("weight_decay", weight_decay)
+        self.n_train = validation.integer("n_train", n_train, minimum=1)
+        self.temperature = validation.positive("temperature", temperature)
+        self.penalty = validation.choice("penalty", penalty, PENALTIES)
+        self._lam_option, self._drop_option = lam, droprate_init
+        self.budget = budget.parse_target(target)
+        self._set_index = 0
+        super().__init__(model, groups, exclude=exclude, input_shape=input_shape)
+        self.lams = _per_set("lam", lam, self.plan, validation.non_negative)
+        self.controller = (
+            budget.LambdaController(1.0, self.budget[1], lam_rate) if self.budget else None
+        )
+        shape = model_input_shape(model, input_shape)
+        self._sizes = {s.name: s.sizes(weights_only=False) for s in self.plan.sets}
+        self._costs = (
+            costs.group_costs(model, self.plan, flops=True, input_shape=shape)
+            if self.penalty == "flops"
+            else dict(self._sizes)
+        )
+        self._budget_costs = costs.group_costs(
+            model,
+            self.plan,
+            flops=bool(self.budget and self.budget[0] == "flops"),
+            input_shape=shape,
+        )
+        self._budget_total = costs.total_cost(self.plan, self._budget_costs)
+        self._flop_costs = (
+            costs.group_costs(model, self.plan, flops=True, input_shape=shape, normalise=False)
+            if shape is not None
+            else None
+        )
+        self._ungated_biases = self._find_ungated_biases()
+        self._draw_handle = model.register_forward_pre_hook(self._draw)
+
+    # --- gates ------------------------------------------------------------------------
+    def make_gate(self, group_set: GroupSet) -> HardConcreteGate:
+        drop = _per_set(
+            "droprate_init", self._drop_option, self.plan, validation.fraction, self._set_index
+        )
+        self._set_index += 1
+        if not 0.0 < drop < 1.0:
+            raise ConfigError(f"droprate_init must lie in (0, 1), got {drop}")
+        return HardConcreteGate(group_set, drop, self.temperature)
+
+    def validate_plan(self, plan: GroupPlan) -> None:
+        _per_set("lam", self._lam_option, plan, validation.non_negative)
+
+    def _draw(self, module: nn.Module, _inputs: object) -> None:
+        if module.training:
+            for gate in self.gates.values():
+                gate.draw()
+
+    def _find_ungated_biases(self) -> list[tuple[nn.Module, str]]:
+        """Biases of gated layers that no group holds (Linear biases under input-unit
+        gates): the reference's ``½ w b²`` term."""
+        held = {piece.param for s in self.plan.sets for piece in s.slices}
+        layers = {piece.module for s in self.plan.sets for piece in s.slices}
+        found = []
+        for layer in sorted(layers):
+            module = self.model.get_submodule(layer)
+            name = f"{layer}.bias" if layer else "bias"
+            if getattr(module, "bias", None) is not None and name not in held:
+                found.append((module, "bias"))
+        return found
+
+    @property
+    def lam_scale(self) -> float:
+        """The factor the budget controller puts on every ``λ_l`` (1 without a target)."""
+        return self.controller.lam if self.controller else 1.0
+
+    # --- the common interface -------------------------------------------------------
+    def regularizer(self) -> Tensor:
+        """``R`` of the module docstring, with gradients for ``log α`` and the weights."""
+        total = torch.zeros((), device=self._device())
+        decay = 0.5 * self.weight_decay
+        for group_set in self.plan.sets:
+            gate = self.gates[group_set.name]
+            p_open = gate.prob_open()
+            per_group = costs.weighted_sum(self._costs[group_set.name], p_open) * (
+                self.lams[group_set.name] * self.lam_scale
+            )
+            if decay:
+                squares = {
+                    piece.param: raw_tensor(
+                        self.model.get_submodule(piece.module), piece.attr
+                    ).square()
+                    for piece in group_set.slices
+                }
+                per_group = per_group + decay * torch.dot(p_open, group_set.gather(squares))
+            total = total + per_group
+        if decay:
+            for module, attr in self._ungated_biases:
+                total = total + decay * raw_tensor(module, attr).square().sum()
+        return total / self.n_train
+
+    def after_step(self) -> None:
+        super().after_step()
+        with torch.no_grad():
+            for gate in self.gates.values():
+                gate.log_alpha.clamp_(*LOG_ALPHA_RANGE)
+        if self.controller is not None:
+            self.controller.update(self.budget_achieved())
+
+    def budget_achieved(self) -> float:
+        with torch.no_grad():
+            removed = float(
+                sum(
+                    costs.weighted_sum(self._budget_costs[name], (~gate.keep()).float())
+                    for name, gate in self.gates.items()
+                )
+            )
+        if self.budget and self.budget[0] == "flops":
+            return removed / self._budget_total if self._budget_total else 0.0
+        return removed / self.total_weights if self.total_weights else 0.0
+
+    @torch.no_grad()
+    def expected_l0_and_flops(self) -> tuple[float, float | None]:
+        """``E[L0] = Σ_g P(z_g ≠ 0) n_g`` over the gated parameters and ``E[FLOPs] =
+        Σ_g P(z_g ≠ 0) · 2 · MACs_g`` over the gated weights (``None`` without a shape)."""
+        l0 = 0.0
+        flops = 0.0 if self._flop_costs is not None else None
+        for name, gate in self.gates.items():
+            p_open = gate.prob_open()
+            l0 += float(costs.weighted_sum(self._sizes[name], p_open))
+            if self._flop_costs is not None:
+                flops += 2 * float(costs.weighted_sum(self._flop_costs[name], p_open))
+        return l0, flops
+
+    def epoch_end(self, epoch: int, evaluate: Callable[[], tuple[float, float]]) -> dict[str, Any]:
+        l0, flops = self.expected_l0_and_flops()
+        out: dict[str, Any] = {"expected_l0": l0, "lam_scale": self.lam_scale}
+        if flops is not None:
+            out["expected_gated_flops"] = flops
+        return out
+
+    def finalize(self) -> nn.Module:
+        if self._draw_handle is not None:
+            self._draw_handle.remove()
+            self._draw_handle = None
+        return super().finalize()
+
+    def describe(self) -> str:
+        budget_text = f", target {self.budget[0]} {self.budget[1]:g}" if self.budget else ""
+        lams = sorted(set(self.lams.values()))
+        return (
+            f"hardconcrete (λ {', '.join(f'{v:g}' for v in lams)}{budget_text}, "
+            f"N {self.n_train}, weight decay {self.weight_decay:g}, β {self.temperature:.3g}): "
+            f"{self.plan.describe()}"
+        )
+
+    def extra_state(self) -> dict[str, Any]:
+        return {"controller": self.controller.state_dict() if self.controller else None}
+
+    def load_extra_state(self, state: Mapping[str, Any]) -> None:
+        if self.controller is not None and state.get("controller"):
+            self.controller.load_state_dict(state["controller"])
+
+    def _device(self) -> torch.device:
+        return next(iter(self.gates.values())).log_alpha.device
+
+    @classmethod
+    def from_options(
+        cls, model: nn.Module, options: Mapping[str, Any], context: TrainingContext
+    ) -> HardConcrete:
+        options = dict(options)
+        if "n_train" not in options and context.train_size is not None:
+            options["n_train"] = context.train_size
+        return cls(model, input_shape=context.input_shape, **options)
+
+
+def _per_set(
+    label: str,
+    value: float | Sequence[float],
+    plan: GroupPlan,
+    check: Callable[[str, Any], float],
+    index: int | None = None,
+) -> Any:
+    """One number for every set, or a list with one per set; ``{set name: value}``, or
+    the value of set ``index``."""
+    if isinstance(value, int | float):
+        values = [check(label, value)] * len(plan.sets)
+    else:
+        values = [check(label, v) for v in value]
+        if len(values) != len(plan.sets):
+            names = ", ".join(s.name for s in plan.sets)
+            raise ConfigError(
+                f"{label} has {len(values)} values for {len(plan.sets)} group sets ({names})"
+            )
+    if index is not None:
+        return values[index]
+    return {s.name: v for s, v in zip(plan.sets, values, strict=True)}
