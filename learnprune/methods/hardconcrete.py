@@ -259,9 +259,10 @@ class HardConcrete(PruningMethod):
 
     @torch.no_grad()
     def expected_l0_and_flops(self) -> tuple[float, float | None]:
-        """``E[L0] = Σ_g P(z_g ≠ 0) n_g`` over the gated parameters and ``E[FLOPs] =
-        Σ_g P(z_g ≠ 0) · 2 · MACs_g`` over the gated weights (``None`` without a shape)."""
-        l0 = 0.0
+        """``E[L0] = Σ_g P(z_g ≠ 0) n_g`` over the gated parameters, plus the ungated biases
+        of gated layers (as the reference counts them), and ``E[FLOPs] = Σ_g P(z_g ≠ 0) ·
+        2 · MACs_g`` over the gated weights (``None`` without an input shape)."""
+        l0 = float(sum(raw_tensor(m, a).numel() for m, a in self._ungated_biases))
         flops = 0.0 if self._flop_costs is not None else None
         for name, gate in self.gates.items():
             p_open = gate.prob_open()

@@ -1,0 +1,152 @@
+"""Hard-concrete L0 (Louizos et al.): gate samples, the test-time gate, P(z ≠ 0) and the
+penalty against hand computations for fixed log α and noise, exact zeros and ones,
+initialisation, clamping, one noise draw per forward pass, and the expected L0."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from learnprune.errors import ConfigError
+from learnprune.methods import HardConcrete
+from learnprune.models import build_model
+
+BETA = 2.0 / 3.0
+
+
+def _sigmoid(v: float) -> float:
+    return 1.0 / (1.0 + math.exp(-v))
+
+
+def _set(method: HardConcrete, name: str, log_alpha: list[float], u: list[float]) -> None:
+    gate = method.gates[name]
+    with torch.no_grad():
+        gate.log_alpha.copy_(torch.tensor(log_alpha))
+    gate.u = torch.tensor(u)
+
+
+def test_training_gate_by_hand() -> None:
+    model = nn.Sequential(nn.Linear(3, 1))
+    method = HardConcrete(model, groups="in_channel")
+    _set(method, "0.weight", [0.0, 1.0, -2.0], [0.3, 0.8, 0.5])
+    gate = method.gates["0.weight"]
+    gate.train()
+    expected = []
+    for log_alpha, u in ((0.0, 0.3), (1.0, 0.8), (-2.0, 0.5)):
+        s = _sigmoid((math.log(u) - math.log(1 - u) + log_alpha) / BETA)
+        expected.append(min(max(s * 1.2 - 0.1, 0.0), 1.0))
+    assert gate().tolist() == pytest.approx(expected)
+    # the third: s = σ(−3) = 0.047; 1.2 s − 0.1 < 0: an exact zero
+    assert gate()[2] == 0.0
+
+
+def test_test_time_gate_and_exact_ones() -> None:
+    model = nn.Sequential(nn.Linear(3, 1))
+    method = HardConcrete(model, groups="in_channel")
+    _set(method, "0.weight", [0.0, 3.0, -3.0], [0.5, 0.5, 0.5])
+    gate = method.gates["0.weight"]
+    gate.eval()
+    z = gate().tolist()
+    assert z[0] == pytest.approx(0.5)  # σ(0)·1.2 − 0.1
+    assert z[1] == 1.0 and z[2] == 0.0  # σ(3)·1.2 − 0.1 > 1, σ(−3)·1.2 − 0.1 < 0
+    assert method.masks()["0.weight"].tolist() == [[True, True, False]]
+
+
+def test_probability_of_a_non_zero_gate_by_hand_and_by_monte_carlo() -> None:
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(3, 1))
+    method = HardConcrete(model, groups="in_channel")
+    log_alpha = [-1.5, 0.0, 1.0]
+    _set(method, "0.weight", log_alpha, [0.5] * 3)
+    gate = method.gates["0.weight"]
+    by_hand = [_sigmoid(a - BETA * math.log(0.1 / 1.1)) for a in log_alpha]
+    assert gate.prob_open().tolist() == pytest.approx(by_hand)
+    gate.train()
+    opened = torch.zeros(3)
+    draws = 20000
+    for _ in range(draws):
+        gate.draw()
+        opened += (gate() > 0).float()
+    assert torch.allclose(opened / draws, torch.tensor(by_hand), atol=0.015)
+
+
+def test_penalty_by_hand_for_input_unit_gates() -> None:
+    layer = nn.Linear(2, 2)
+    with torch.no_grad():
+        layer.weight.copy_(torch.tensor([[1.0, 2.0], [3.0, -1.0]]))
+        layer.bias.copy_(torch.tensor([0.5, -2.0]))
+    model = nn.Sequential(layer)
+    lam, decay, n = 0.3, 0.1, 10
+    method = HardConcrete(model, lam=lam, weight_decay=decay, n_train=n)
+    _set(method, "0.weight", [0.0, 1.0], [0.5, 0.5])
+    p = [_sigmoid(a - BETA * math.log(0.1 / 1.1)) for a in (0.0, 1.0)]
+    # column g of W holds the weights of input unit g: (1, 3) and (2, −1)
+    column_0 = 2 * lam + 0.5 * decay * (1.0 + 9.0)
+    column_1 = 2 * lam + 0.5 * decay * (4.0 + 1.0)
+    ungated_bias = 0.5 * decay * (0.25 + 4.0)
+    expected = (p[0] * column_0 + p[1] * column_1 + ungated_bias) / n
+    assert float(method.regularizer().detach()) == pytest.approx(expected)
+
+
+def test_conv_feature_map_groups_hold_the_bias_and_share_one_noise_draw() -> None:
+    torch.manual_seed(0)
+    model = build_model("lenet5-caffe")
+    method = HardConcrete(model)
+    sets = {name: gate.num_groups for name, gate in method.gates.items()}
+    assert sets == {"conv1.weight": 20, "conv2.weight": 50, "fc1.weight": 800, "fc2.weight": 500}
+    model.train()
+    model(torch.rand(2, 1, 28, 28))  # the pre-hook draws the noise for this pass
+    w = model.conv1.parametrizations.weight.original
+    b = model.conv1.parametrizations.bias.original
+    z_from_weight = model.conv1.weight[:, 0, 0, 0] / w[:, 0, 0, 0]
+    z_from_bias = model.conv1.bias / b
+    assert torch.allclose(z_from_weight, z_from_bias, atol=1e-6, equal_nan=True)
+
+
+def test_initialisation_and_clamping() -> None:
+    torch.manual_seed(0)
+    model = build_model("lenet300")
+    method = HardConcrete(model, droprate_init=[0.2, 0.5, 0.5])
+    first = method.gates["fc1.weight"].log_alpha
+    assert first.mean().item() == pytest.approx(math.log(0.8 / 0.2), abs=0.01)
+    assert first.std().item() == pytest.approx(0.01, rel=0.2)
+    with torch.no_grad():
+        first[:2] = torch.tensor([10.0, -10.0])
+    method.after_step()
+    assert first[:2].tolist() == pytest.approx([math.log(100.0), math.log(0.01)])
+
+
+def test_penalty_closes_gates_and_the_final_model_uses_the_test_time_gate() -> None:
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(10, 1))
+    method = HardConcrete(model, lam=1.0, weight_decay=0.0, n_train=50)
+    x = torch.randn(256, 10)
+    y = x[:, :3].sum(1, keepdim=True)  # inputs 3..9 are useless
+    optimizer = torch.optim.Adam(method.model_parameters() + method.parameters(), lr=0.05)
+    for _ in range(400):
+        loss = F.mse_loss(model(x), y) + method.regularizer()
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        method.after_step()
+    keep = method.masks()["0.weight"][0]
+    assert keep[:3].all() and not keep[3:].any()
+    l0, _flops = method.expected_l0_and_flops()
+    assert l0 == pytest.approx(float(method.gates["0.weight"].prob_open().sum()) + 1)
+    gate_values = method.gates["0.weight"].test_time()
+    w = model[0].parametrizations.weight.original.detach().clone()
+    method.finalize()
+    assert torch.equal(model[0].weight, w * gate_values)
+
+
+def test_per_set_options_must_match_the_sets() -> None:
+    model = build_model("lenet300")
+    with pytest.raises(ConfigError, match="3 group sets"):
+        HardConcrete(model, lam=[1.0, 1.0])
+    with pytest.raises(ConfigError):
+        HardConcrete(model, droprate_init=1.5)
+    assert not any(hasattr(m, "parametrizations") for m in model.modules())
