@@ -25,7 +25,15 @@ import torch.nn.functional as F
 
 from learnprune.config import TrainConfig
 from learnprune.engine import configure_torch
-from learnprune.methods import SCL, Dense, DessiLBIMethod, Magnitude, PruningMethod
+from learnprune.methods import (
+    SCL,
+    Dense,
+    DessiLBIMethod,
+    DiffPrune,
+    HardConcrete,
+    Magnitude,
+    PruningMethod,
+)
 from learnprune.models import build_model
 
 
@@ -63,6 +71,9 @@ METHODS: dict[str, Callable[[torch.nn.Module], PruningMethod]] = {
     "masked": lambda m: Magnitude(m, target=0.9),  # fixed element masks (magnitude, GMP)
     "scl": lambda m: SCL(m, lam=0.01),
     "dessilbi": DessiLBIMethod,  # the optimizer itself; the plain run uses SGD momentum
+    "diffprune": lambda m: DiffPrune(m, lam=1.0),  # element gates, deterministic
+    "diffprune-stochastic": lambda m: DiffPrune(m, lam=1.0, mode="stochastic"),
+    "hardconcrete": HardConcrete,  # neuron/filter gates, the reference's groups
 }
 
 
