@@ -174,7 +174,7 @@ def test_target_adapts_lambda_to_the_budget() -> None:
 def test_flops_budget_weights_connections_by_their_flops() -> None:
     model = build_model("lenet5-caffe")
     method = SCL(model, target={"flops": 0.3})
-    costs = method._costs
+    costs = method.budget_costs
     # conv1 weights act on 24x24 positions, fc weights on one: the cost is in that ratio
     assert costs["conv1.weight"] / costs["fc1.weight"] == pytest.approx(576.0)
     assert method.budget == ("flops", pytest.approx(0.7))

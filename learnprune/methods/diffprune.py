@@ -57,11 +57,11 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from learnprune import activation_gates, budget, costs, masking, validation
+from learnprune import activation_gates, costs, masking, validation
 from learnprune.errors import ConfigError
-from learnprune.groups import GroupPlan, GroupSet, model_input_shape
+from learnprune.groups import GroupPlan, GroupSet
 from learnprune.masking import GroupGate
-from learnprune.methods.base import PruningMethod, TrainingContext
+from learnprune.methods.budgeted import BudgetedMethod
 
 STRETCH_LOW, STRETCH_HIGH = -0.1, 1.1  # γ, ζ of the "sigmoid" transform
 
@@ -217,7 +217,7 @@ class DiffPruneGate(GroupGate):
         return approx_binary(self.phi, self.transform, self.tau, self.leak)
 
 
-class DiffPrune(PruningMethod):
+class DiffPrune(BudgetedMethod):
     """Deterministic approximate binary gates over any groups, surrogate L0, one global λ.
 
     Args:
@@ -292,7 +292,7 @@ class DiffPrune(PruningMethod):
         self.gate_lr = None if gate_lr is None else validation.positive("gate_lr", gate_lr)
         if not isinstance(per_example, bool):
             raise ConfigError(f"per_example must be true or false, got {per_example!r}")
-        self.budget = budget.parse_target(target)
+        self.set_target(target)
         self.on_activations = isinstance(groups, str) and groups.strip().lower() in (
             "activation",
             "activations",
@@ -305,18 +305,7 @@ class DiffPrune(PruningMethod):
             exclude=exclude,
             input_shape=input_shape,
         )
-        self.controller = (
-            budget.LambdaController(max(self.lam, 1e-8), self.budget[1], lam_rate)
-            if self.budget
-            else None
-        )
-        self._costs = costs.group_costs(
-            model,
-            self.plan,
-            flops=bool(self.budget and self.budget[0] == "flops"),
-            input_shape=model_input_shape(model, input_shape),
-        )
-        self._total_cost = costs.total_cost(self.plan, self._costs)
+        self.setup_budget(self.lam, lam_rate, input_shape)
         self._draw_handle = (
             model.register_forward_pre_hook(self._draw) if self.mode == "stochastic" else None
         )
@@ -350,11 +339,6 @@ class DiffPrune(PruningMethod):
             for gate in self.gates.values():
                 gate.draw()
 
-    @property
-    def current_lam(self) -> float:
-        """``λ`` now (adapted, with a target)."""
-        return self.controller.lam if self.controller else self.lam
-
     # --- the common interface -------------------------------------------------------
     def optimizer_groups(self) -> list[dict[str, Any]]:
         group: dict[str, Any] = {"params": self.parameters(), "weight_decay": 0.0}
@@ -366,7 +350,7 @@ class DiffPrune(PruningMethod):
         """``R = Σ_g n_g z_g`` (or ``Σ_g n_g P(z_g ≠ 0)``), differentiable in ``φ``."""
         total = torch.zeros((), device=self._device())
         for name, gate in self.gates.items():
-            total = total + costs.weighted_sum(self._costs[name], gate.open_mass())
+            total = total + costs.weighted_sum(self.budget_costs[name], gate.open_mass())
         return total
 
     def regularizer(self) -> Tensor:
@@ -379,21 +363,7 @@ class DiffPrune(PruningMethod):
         with torch.no_grad():
             for gate in self.gates.values():
                 gate.phi.clamp_(low, high)
-        if self.controller is not None:
-            self.controller.update(self.budget_achieved())
-
-    def budget_achieved(self) -> float:
-        """Sparsity, or for a FLOPs budget the fraction of the gated FLOPs removed."""
-        with torch.no_grad():
-            removed = float(
-                sum(
-                    costs.weighted_sum(self._costs[name], (~gate.keep()).float())
-                    for name, gate in self.gates.items()
-                )
-            )
-        if self.budget and self.budget[0] == "flops":
-            return removed / self._total_cost if self._total_cost else 0.0
-        return removed / self.total_weights if self.total_weights else 0.0
+        self.update_lambda()
 
     def masks(self) -> dict[str, Tensor]:
         if self.on_activations:
@@ -420,28 +390,14 @@ class DiffPrune(PruningMethod):
         return out
 
     def describe(self) -> str:
-        budget_text = f", target {self.budget[0]} {self.budget[1]:g}" if self.budget else ""
         where = "activations" if self.on_activations else "parameters"
         return (
-            f"diffprune (λ {self.lam:g}{budget_text}, {self.mode}, {self.transform.name} "
+            f"diffprune (λ {self.lam:g}{self.budget_text()}, {self.mode}, {self.transform.name} "
             f"τ {self.tau:g}, on {where}): {self.plan.describe()}"
         )
 
-    def extra_state(self) -> dict[str, Any]:
-        return {"controller": self.controller.state_dict() if self.controller else None}
-
-    def load_extra_state(self, state: Mapping[str, Any]) -> None:
-        if self.controller is not None and state.get("controller"):
-            self.controller.load_state_dict(state["controller"])
-
     def _device(self) -> torch.device:
         return next(iter(self.gates.values())).phi.device
-
-    @classmethod
-    def from_options(
-        cls, model: nn.Module, options: Mapping[str, Any], context: TrainingContext
-    ) -> DiffPrune:
-        return cls(model, input_shape=context.input_shape, **options)
 
 
 __all__ = ["TRANSFORMS", "DiffPrune", "DiffPruneGate", "GateTransform", "approx_binary"]

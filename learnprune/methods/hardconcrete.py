@@ -43,11 +43,12 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from learnprune import budget, costs, validation
+from learnprune import costs, validation
 from learnprune.errors import ConfigError
 from learnprune.groups import GroupPlan, GroupSet, model_input_shape
 from learnprune.masking import GroupGate, raw_tensor
-from learnprune.methods.base import PruningMethod, TrainingContext
+from learnprune.methods.base import TrainingContext
+from learnprune.methods.budgeted import BudgetedMethod
 
 GAMMA, ZETA, EPSILON = -0.1, 1.1, 1e-6
 LOG_ALPHA_RANGE = (math.log(1e-2), math.log(1e2))
@@ -92,7 +93,7 @@ class HardConcreteGate(GroupGate):
         return 1 - q0
 
 
-class HardConcrete(PruningMethod):
+class HardConcrete(BudgetedMethod):
     """The hard-concrete L0 baseline (see the module docstring for the formulas).
 
     Args:
@@ -147,13 +148,11 @@ class HardConcrete(PruningMethod):
         self.temperature = validation.positive("temperature", temperature)
         self.penalty = validation.choice("penalty", penalty, PENALTIES)
         self._lam_option, self._drop_option = lam, droprate_init
-        self.budget = budget.parse_target(target)
+        self.set_target(target)
         self._set_index = 0
         super().__init__(model, groups, exclude=exclude, input_shape=input_shape)
         self.lams = _per_set("lam", lam, self.plan, validation.non_negative)
-        self.controller = (
-            budget.LambdaController(1.0, self.budget[1], lam_rate) if self.budget else None
-        )
+        self.setup_budget(1.0, lam_rate, input_shape)  # λ_l times the adapted scale
         shape = model_input_shape(model, input_shape)
         self._sizes = {s.name: s.sizes(weights_only=False) for s in self.plan.sets}
         self._costs = (
@@ -161,13 +160,6 @@ class HardConcrete(PruningMethod):
             if self.penalty == "flops"
             else dict(self._sizes)
         )
-        self._budget_costs = costs.group_costs(
-            model,
-            self.plan,
-            flops=bool(self.budget and self.budget[0] == "flops"),
-            input_shape=shape,
-        )
-        self._budget_total = costs.total_cost(self.plan, self._budget_costs)
         self._flop_costs = (
             costs.group_costs(model, self.plan, flops=True, input_shape=shape, normalise=False)
             if shape is not None
@@ -210,7 +202,7 @@ class HardConcrete(PruningMethod):
     @property
     def lam_scale(self) -> float:
         """The factor the budget controller puts on every ``λ_l`` (1 without a target)."""
-        return self.controller.lam if self.controller else 1.0
+        return self.current_lam
 
     # --- the common interface -------------------------------------------------------
     def regularizer(self) -> Tensor:
@@ -242,20 +234,7 @@ class HardConcrete(PruningMethod):
         with torch.no_grad():
             for gate in self.gates.values():
                 gate.log_alpha.clamp_(*LOG_ALPHA_RANGE)
-        if self.controller is not None:
-            self.controller.update(self.budget_achieved())
-
-    def budget_achieved(self) -> float:
-        with torch.no_grad():
-            removed = float(
-                sum(
-                    costs.weighted_sum(self._budget_costs[name], (~gate.keep()).float())
-                    for name, gate in self.gates.items()
-                )
-            )
-        if self.budget and self.budget[0] == "flops":
-            return removed / self._budget_total if self._budget_total else 0.0
-        return removed / self.total_weights if self.total_weights else 0.0
+        self.update_lambda()
 
     @torch.no_grad()
     def expected_l0_and_flops(self) -> tuple[float, float | None]:
@@ -285,20 +264,12 @@ class HardConcrete(PruningMethod):
         return super().finalize()
 
     def describe(self) -> str:
-        budget_text = f", target {self.budget[0]} {self.budget[1]:g}" if self.budget else ""
         lams = sorted(set(self.lams.values()))
         return (
-            f"hardconcrete (λ {', '.join(f'{v:g}' for v in lams)}{budget_text}, "
+            f"hardconcrete (λ {', '.join(f'{v:g}' for v in lams)}{self.budget_text()}, "
             f"N {self.n_train}, weight decay {self.weight_decay:g}, β {self.temperature:.3g}): "
             f"{self.plan.describe()}"
         )
-
-    def extra_state(self) -> dict[str, Any]:
-        return {"controller": self.controller.state_dict() if self.controller else None}
-
-    def load_extra_state(self, state: Mapping[str, Any]) -> None:
-        if self.controller is not None and state.get("controller"):
-            self.controller.load_state_dict(state["controller"])
 
     def _device(self) -> torch.device:
         return next(iter(self.gates.values())).log_alpha.device

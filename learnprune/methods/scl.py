@@ -58,11 +58,11 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from learnprune import budget, costs, validation
+from learnprune import costs, validation
 from learnprune.errors import ConfigError
-from learnprune.groups import GroupSet, model_input_shape
+from learnprune.groups import GroupSet
 from learnprune.masking import GroupGate
-from learnprune.methods.base import PruningMethod, TrainingContext
+from learnprune.methods.budgeted import BudgetedMethod
 
 ProxyDerivative = Callable[[Tensor, float], Tensor]
 
@@ -173,7 +173,7 @@ def normalize_per_feature(
     return rows.mul_(scale).view(grad.shape) if in_place else (rows * scale).view(grad.shape)
 
 
-class SCL(PruningMethod):
+class SCL(BudgetedMethod):
     """Sparse Connectivity Learning: binary masks of learned mask variables, identity STE,
     per-feature normalised mask gradients, one global penalty on kept connections.
 
@@ -246,23 +246,12 @@ class SCL(PruningMethod):
             if mask_momentum is None
             else validation.non_negative("mask_momentum", mask_momentum)
         )
-        self.budget = budget.parse_target(target)
+        self.set_target(target)
         if not isinstance(keep_one, bool):
             raise ConfigError(f"keep_one must be true or false, got {keep_one!r}")
         self.keep_one = keep_one
         super().__init__(model, groups, exclude=exclude, input_shape=input_shape)
-        self.controller = (
-            budget.LambdaController(max(self.lam, 1e-8), self.budget[1], lam_rate)
-            if self.budget
-            else None
-        )
-        self._costs = costs.group_costs(
-            model,
-            self.plan,
-            flops=bool(self.budget and self.budget[0] == "flops"),
-            input_shape=model_input_shape(model, input_shape),
-        )
-        self._total_cost = costs.total_cost(self.plan, self._costs)
+        self.setup_budget(self.lam, lam_rate, input_shape)
         self.features = {s.name: _feature_count(s) for s in self.plan.sets}
         self._hooks = [
             gate.mask_variable.register_post_accumulate_grad_hook(self._make_hook(name))
@@ -274,16 +263,11 @@ class SCL(PruningMethod):
         keep_one = self.keep_one and group_set.kind != "element"
         return SCLMask(group_set, self.init, self.ste, self.ste_slope, keep_one)
 
-    @property
-    def current_lam(self) -> float:
-        """``λ`` now (adapted, with a target)."""
-        return self.controller.lam if self.controller else self.lam
-
     def _make_hook(self, set_name: str) -> Callable[[Tensor], None]:
         group_set = next(s for s in self.plan.sets if s.name == set_name)
         structured = group_set.kind != "element"
 
-        cost = self._costs[set_name]
+        cost = self.budget_costs[set_name]
         sizes = group_set.sizes().clamp(min=1)
         if self.normalize == "none":
             lam_weight: Tensor | float = cost  # λ · cost_g, the exact gradient
@@ -319,7 +303,7 @@ class SCL(PruningMethod):
     def _kept_cost(self, name: str, gate: SCLMask, kept: bool = True) -> Tensor:
         """``Σ_g cost_g · M_g`` of one set (or of its dropped groups), as a 0-dim tensor."""
         keep = gate.current_mask()
-        return costs.weighted_sum(self._costs[name], keep if kept else 1.0 - keep)
+        return costs.weighted_sum(self.budget_costs[name], keep if kept else 1.0 - keep)
 
     # --- the common interface -------------------------------------------------------
     def optimizer_groups(self) -> list[dict[str, Any]]:
@@ -338,38 +322,16 @@ class SCL(PruningMethod):
 
     def after_step(self) -> None:
         super().after_step()
-        if self.controller is not None:
-            self.controller.update(self.budget_achieved())
+        self.update_lambda()
 
-    def budget_achieved(self) -> float:
-        """Sparsity, or for a FLOPs budget the fraction of prunable-layer FLOPs removed."""
-        with torch.no_grad():
-            removed = float(
-                sum(self._kept_cost(name, gate, kept=False) for name, gate in self.gates.items())
-            )
-        if self.budget and self.budget[0] == "flops":
-            return removed / self._total_cost if self._total_cost else 0.0
-        return removed / self.total_weights if self.total_weights else 0.0
+    def kept_indicator(self, gate: GroupGate) -> Tensor:
+        return gate.current_mask()  # M of the last forward pass when S has not changed
 
     def describe(self) -> str:
-        budget_text = f", target {self.budget[0]} {self.budget[1]:g}" if self.budget else ""
         return (
-            f"scl (λ {self.lam:g}{budget_text}, ste {self.ste}, normalize {self.normalize}): "
-            f"{self.plan.describe()}"
+            f"scl (λ {self.lam:g}{self.budget_text()}, ste {self.ste}, "
+            f"normalize {self.normalize}): {self.plan.describe()}"
         )
-
-    def extra_state(self) -> dict[str, Any]:
-        return {"controller": self.controller.state_dict() if self.controller else None}
-
-    def load_extra_state(self, state: Mapping[str, Any]) -> None:
-        if self.controller is not None and state.get("controller"):
-            self.controller.load_state_dict(state["controller"])
-
-    @classmethod
-    def from_options(
-        cls, model: nn.Module, options: Mapping[str, Any], context: TrainingContext
-    ) -> SCL:
-        return cls(model, input_shape=context.input_shape, **options)
 
 
 def _feature_count(group_set: GroupSet) -> int:
