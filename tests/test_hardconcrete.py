@@ -150,3 +150,35 @@ def test_per_set_options_must_match_the_sets() -> None:
     with pytest.raises(ConfigError):
         HardConcrete(model, droprate_init=1.5)
     assert not any(hasattr(m, "parametrizations") for m in model.modules())
+
+
+def test_flops_target_scales_every_lambda_and_is_measured_in_flops() -> None:
+    model = build_model("lenet5-caffe")
+    method = HardConcrete(model, target={"flops": 0.5}, lam_rate=0.01)
+    assert method.budget == ("flops", pytest.approx(0.5)) and method.lam_scale == 1.0
+    before = float(method.regularizer().detach())
+    method.after_step()  # nothing closed yet: below the budget, every λ_l grows
+    assert method.lam_scale > 1.0
+    assert float(method.regularizer().detach()) > before
+    with torch.no_grad():  # close every conv1 map: its FLOPs share is removed
+        method.gates["conv1.weight"].log_alpha.fill_(-4.0)
+    conv1 = 20 * 25 * 576
+    total = conv1 + 50 * 20 * 25 * 64 + 500 * 800 + 10 * 500
+    assert method.budget_achieved() == pytest.approx(conv1 / total, rel=1e-5)
+
+
+def test_cli_refuses_a_bad_hardconcrete_option_in_one_line(tmp_path) -> None:
+    import contextlib
+    import io
+
+    from learnprune.cli import main
+
+    err = io.StringIO()
+    argv = ["train", "--model", "lenet300", "--data", "mnist", "--method", "hardconcrete"]
+    argv += ["--set", "method.droprate_init=1.5", "--out", str(tmp_path / "run")]
+    with contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()):
+        code = main(argv)
+    assert code == 2
+    lines = [line for line in err.getvalue().splitlines() if line.strip()]
+    assert len(lines) == 1 and "droprate_init" in lines[0] and "Traceback" not in lines[0]
+    assert not (tmp_path / "run").exists()
