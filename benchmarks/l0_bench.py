@@ -2,7 +2,8 @@
 
 Parts (``--part``):
 
-* ``unstructured``: DiffPrune with one gate per weight (``recipes/<model>-diffprune.toml``)
+* ``unstructured``: one gate per weight, DiffPrune (``recipes/<model>-diffprune.toml``) or
+  hard-concrete (``--methods hardconcrete``: ``recipes/<model>-hardconcrete-element.toml``),
   at the sparsity targets ``--targets`` (the λ budget controller), to stand beside GMP at
   the same sparsities and epochs (``benchmarks/baselines.py``) and SCL;
 * ``structured``: gates per Linear input neuron and per conv feature map (``l0_units``):
@@ -37,17 +38,19 @@ def main() -> int:
     parser.add_argument("--flops", type=float, nargs="*", default=[])
     parser.add_argument("--structured-target", type=float, default=None)
     parser.add_argument("--epochs", type=int, default=20)
-    parser.add_argument("--methods", nargs="*", default=["hardconcrete", "diffprune"])
+    parser.add_argument("--methods", nargs="*", default=None)
     args = parser.parse_args()
     prefix = PREFIX[args.model]
     configurations = []
     if args.part == "unstructured":
-        for target in args.targets:
-            config = recipe(f"{prefix}-diffprune", target=target)
-            config.train.epochs = args.epochs
-            configurations.append((f"{args.model}-diffprune-{round(target * 100)}", config))
+        for method in args.methods or ["diffprune"]:
+            name = f"{prefix}-diffprune" if method == "diffprune" else f"{prefix}-{method}-element"
+            for target in args.targets:
+                config = recipe(name, target=target)
+                config.train.epochs = args.epochs
+                configurations.append((f"{args.model}-{method}-{round(target * 100)}", config))
     else:
-        for method in args.methods:
+        for method in args.methods or ["hardconcrete", "diffprune"]:
             hard = method == "hardconcrete"
             name = f"{prefix}-hardconcrete" if hard else f"{prefix}-diffprune-structured"
             if hard or args.structured_target:
