@@ -27,7 +27,7 @@ import torch
 from torch import Tensor, nn
 from torch.utils.flop_counter import FlopCounterMode
 
-from learnprune.groups import PRUNABLE_LAYERS, example_input
+from learnprune.groups import PRUNABLE_LAYERS, evaluation_mode, example_input
 from learnprune.masking import effective_parameters
 
 SPARSITY_SCOPE = "weights of every Conv/Linear layer (biases and norm layers not counted)"
@@ -180,16 +180,13 @@ def trace_layers(model: nn.Module, shape: Sequence[int]) -> tuple[dict[str, int]
         return hook
 
     hooks = [m.register_forward_hook(record(n)) for n, m in prunable_modules(model)]
-    was_training = model.training
-    model.eval()
     counter = FlopCounterMode(display=False)
     try:
-        with counter:
+        with counter, evaluation_mode(model):
             model(example_input(model, tuple(shape)))
     finally:
         for hook in hooks:
             hook.remove()
-        model.train(was_training)
     return positions, int(counter.get_total_flops())
 
 

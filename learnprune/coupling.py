@@ -24,7 +24,13 @@ from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
 from learnprune.errors import UnsupportedModelError
-from learnprune.groups import PRUNABLE_LAYERS, GroupSet, TensorSlices, example_input
+from learnprune.groups import (
+    PRUNABLE_LAYERS,
+    GroupSet,
+    TensorSlices,
+    evaluation_mode,
+    example_input,
+)
 
 
 def coupled_group_sets(
@@ -52,9 +58,10 @@ def coupled_group_sets(
         if isinstance(module, PRUNABLE_LAYERS) and (name not in layers or name == classifier)
     ]
     try:
-        graph = tp.DependencyGraph().build_dependency(
-            model, example_inputs=example_input(model, input_shape)
-        )
+        with evaluation_mode(model):  # Torch-Pruning calls model.eval() and does not restore
+            graph = tp.DependencyGraph().build_dependency(
+                model, example_inputs=example_input(model, input_shape)
+            )
         groups = list(
             graph.get_all_groups(ignored_layers=ignored, root_module_types=PRUNABLE_LAYERS)
         )

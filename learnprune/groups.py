@@ -35,9 +35,10 @@ Structured kinds never cut the classifier's outputs (they are the classes).
 
 from __future__ import annotations
 
+import contextlib
 import fnmatch
 import re
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 
 import torch
@@ -298,12 +299,25 @@ def output_layer(model: nn.Module, input_shape: Sequence[int] | None = None) -> 
         if isinstance(module, PRUNABLE_LAYERS)
     ]
     try:
-        with torch.no_grad():
+        with torch.no_grad(), evaluation_mode(model):
             model(example_input(model, input_shape))
     finally:
         for hook in hooks:
             hook.remove()
     return order[-1] if order else layers[-1]
+
+
+@contextlib.contextmanager
+def evaluation_mode(model: nn.Module) -> Iterator[nn.Module]:
+    """The model in eval mode inside the block (a probing forward pass must not update
+    BatchNorm statistics), every module's own mode restored after."""
+    modes = [(module, module.training) for module in model.modules()]
+    model.eval()
+    try:
+        yield model
+    finally:
+        for module, training in modes:
+            module.training = training
 
 
 def example_input(model: nn.Module, input_shape: Sequence[int]) -> Tensor:

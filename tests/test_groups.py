@@ -180,3 +180,20 @@ def test_coupled_groups_need_an_input_shape() -> None:
         build_groups(model, "coupled")
     plan = build_groups(model, "coupled", input_shape=(4,))
     assert [s.name for s in plan.sets] == ["coupled:0"]
+
+
+def test_probing_forward_passes_leave_the_model_mode_and_bn_statistics_alone() -> None:
+    from learnprune.accounting import count
+    from learnprune.groups import build_groups
+    from learnprune.models import build_model
+
+    model = build_model("resnet20")
+    model.train()
+    model.layer1[0].eval()  # a mixed mode survives too
+    before = {k: v.clone() for k, v in model.state_dict().items() if "running" in k}
+    build_groups(model, "coupled", input_shape=(3, 32, 32))
+    build_groups(model, "out_channel", input_shape=(3, 32, 32))
+    count(model, (3, 32, 32))
+    assert model.training and model.layer1[1].training and not model.layer1[0].training
+    after = {k: v for k, v in model.state_dict().items() if "running" in k}
+    assert all(torch.equal(before[k], after[k]) for k in before)
