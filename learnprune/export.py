@@ -1,0 +1,964 @@
+"""Export a (pruned, possibly compacted) model to a directory of files, and load it back.
+
+No pickle anywhere: tensors go to `safetensors <https://huggingface.co/docs/safetensors>`_
+files, everything else to JSON, so loading an export cannot run code. An export directory
+holds:
+
+==========================  ===============================================================
+``model.json``              always; written last, so a directory without it is no export.
+                            Format name and version, learnprune and torch versions, the
+                            formats present, the architecture (below), the sparse layers,
+                            the ONNX settings, the masks' names and non-zero counts, and
+                            each file's size and SHA-256 (a truncated or swapped file is
+                            caught before it is parsed).
+``model.safetensors``       format ``"safetensors"``: every tensor of ``model.state_dict()``,
+                            dense and contiguous, under its state_dict name.
+``sparse_csr.safetensors``  format ``"csr"``: the state_dict of :func:`sparsify` ``(model,
+                            "csr")``: each converted Linear layer as ``<layer>.crow_indices``,
+                            ``<layer>.col_indices`` (int32) and ``<layer>.values`` (+ its
+                            ``<layer>.bias``); every other tensor dense as above.
+``sparse_bsr.safetensors``  format ``"bsr"``: the same with ``b x b`` blocks (``values`` of
+                            shape ``(blocks, b, b)``, weight zero-padded to whole blocks).
+``model.onnx``              format ``"onnx"``: the inference graph (eval mode) from
+                            ``torch.onnx.export`` (the torch.export-based exporter, opset
+                            :data:`ONNX_OPSET`, one self-contained file, batch dimension
+                            dynamic where the model allows it), checked with ONNX Runtime
+                            against PyTorch on a random batch before it is kept.
+``masks.safetensors``       when ``masks`` are given: one bool keep-mask per parameter name.
+==========================  ===============================================================
+
+**Architecture.** The JSON names the registered model (:func:`learnprune.models.build_model`
+name and options) and records every Conv, Linear and BatchNorm layer's constructor
+arguments (``in_features`` / ``out_channels`` / ``kernel_size`` / ``num_features`` ...).
+:func:`load` builds the reference model, replaces each layer whose recorded arguments differ
+from the reference's by a fresh layer built from the record, then loads the tensors. That is
+what rebuilds a *compacted* model (channels physically removed, every affected layer
+narrower) without pickling its code; a plain pruned model has no differing layer. A model
+that is not in the registry is exported the same way (tensors and layer records); give
+:func:`load` an instance of it as ``model=``.
+
+**Atomicity.** Every file is written to a temporary name in the same directory and renamed
+over its target (``os.replace``); ``model.json`` comes last and, when an export is replaced,
+the old ``model.json`` goes first, so an interrupted export leaves a directory that
+:func:`load` rejects instead of a mix of two exports. :func:`export` refuses a directory that
+holds another export unless ``overwrite=True``.
+
+**Errors.** Anything wrong with the files (a missing directory or file, a truncated or
+malformed safetensors or JSON file, a newer format version, tensors that do not fit the
+described model) raises :class:`~learnprune.errors.CheckpointError` with a one-line message
+that names the file.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import importlib
+import json
+import logging
+import os
+import tempfile
+import warnings
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+from torch.nn.utils import parametrize
+
+from learnprune.checkpoint import atomic_write_bytes
+from learnprune.errors import CheckpointError, ConfigError, LearnpruneError, UnsupportedModelError
+from learnprune.models import build_model
+from learnprune.sparse_linear import DEFAULT_BLOCK, SparseLinear, densify, sparsify
+
+__all__ = [
+    "EXPORT_FORMAT",
+    "FILES",
+    "FORMATS",
+    "FORMAT_VERSION",
+    "LOAD_FORMATS",
+    "ONNX_OPSET",
+    "ONNX_TOLERANCE",
+    "describe_layers",
+    "export",
+    "load",
+    "load_masks",
+    "read_metadata",
+]
+
+EXPORT_FORMAT = "learnprune-export"
+#: Version of the directory layout and ``model.json`` schema this module writes and reads.
+FORMAT_VERSION = 1
+#: What :func:`export` can write.
+FORMATS = ("safetensors", "csr", "bsr", "onnx")
+#: What :func:`load` can read back into an ``nn.Module``.
+LOAD_FORMATS = ("safetensors", "csr", "bsr")
+METADATA_FILE = "model.json"
+MASKS_FILE = "masks.safetensors"
+#: The file each format is written to.
+FILES = {
+    "safetensors": "model.safetensors",
+    "csr": "sparse_csr.safetensors",
+    "bsr": "sparse_bsr.safetensors",
+    "onnx": "model.onnx",
+}
+_ALL_FILES = (*FILES.values(), MASKS_FILE)
+ONNX_OPSET = 18
+#: ONNX Runtime must agree with PyTorch within ``atol = rtol = ONNX_TOLERANCE``.
+ONNX_TOLERANCE = 1e-4
+_ONNX_INPUT, _ONNX_OUTPUT = "input", "output"
+
+# Layers whose shapes the architecture records, and their constructor arguments.
+_CONV_FIELDS = (
+    "in_channels",
+    "out_channels",
+    "kernel_size",
+    "stride",
+    "padding",
+    "dilation",
+    "groups",
+    "padding_mode",
+)
+_BN_FIELDS = ("num_features", "eps", "momentum", "affine", "track_running_stats")
+_LAYER_KINDS: dict[str, tuple[type[nn.Module], tuple[str, ...], bool]] = {
+    # name: (class, constructor fields, has a ``bias`` flag)
+    "Linear": (nn.Linear, ("in_features", "out_features"), True),
+    "Conv1d": (nn.Conv1d, _CONV_FIELDS, True),
+    "Conv2d": (nn.Conv2d, _CONV_FIELDS, True),
+    "Conv3d": (nn.Conv3d, _CONV_FIELDS, True),
+    "BatchNorm1d": (nn.BatchNorm1d, _BN_FIELDS, False),
+    "BatchNorm2d": (nn.BatchNorm2d, _BN_FIELDS, False),
+    "BatchNorm3d": (nn.BatchNorm3d, _BN_FIELDS, False),
+}
+
+
+def _require(module: str) -> ModuleType:
+    """Import an optional dependency of the ``export`` extra, with an install hint."""
+    try:
+        return importlib.import_module(module)
+    except ImportError as err:
+        raise LearnpruneError(
+            f"exporting needs the Python package {module!r}, which is not installed; "
+            "install it with: pip install 'learnprune[export]'"
+        ) from err
+
+
+def _first_line(err: BaseException) -> str:
+    text = str(err).strip()
+    return f"{type(err).__name__}: {text.splitlines()[0]}" if text else type(err).__name__
+
+
+def _jsonable(value: Any) -> Any:
+    """``value`` as JSON will give it back (tuples become lists)."""
+    return json.loads(json.dumps(value))
+
+
+# ------------------------------------------------------------------------------------------
+# Architecture: layer records and rebuilding
+# ------------------------------------------------------------------------------------------
+
+
+def _kind(module: nn.Module) -> str | None:
+    for name, (cls, _fields, _bias) in _LAYER_KINDS.items():
+        if isinstance(module, cls):
+            return name
+    return None
+
+
+def _describe(module: nn.Module, kind: str) -> dict[str, Any]:
+    _cls, fields, has_bias = _LAYER_KINDS[kind]
+    record: dict[str, Any] = {"type": kind}
+    for field in fields:
+        record[field] = getattr(module, field)
+    if has_bias:
+        record["bias"] = getattr(module, "bias", None) is not None
+    return _jsonable(record)
+
+
+def describe_layers(model: nn.Module) -> dict[str, dict[str, Any]]:
+    """``{module name: constructor arguments}`` of every Conv, Linear and BatchNorm layer.
+
+    SparseLinear layers are described as the ``Linear`` they stand for. This is what lets
+    :func:`load` rebuild a compacted model from its reference architecture.
+    """
+    layers = {}
+    for name, module in model.named_modules():
+        if isinstance(module, SparseLinear):
+            layers[name] = {
+                "type": "Linear",
+                "in_features": module.in_features,
+                "out_features": module.out_features,
+                "bias": module.bias is not None,
+            }
+            continue
+        kind = _kind(module)
+        if kind is not None:
+            layers[name] = _describe(module, kind)
+    return layers
+
+
+def _build_layer(record: Mapping[str, Any]) -> nn.Module:
+    """A fresh layer from its record (``ValueError``/``TypeError``/``KeyError`` if bad)."""
+    cls, fields, has_bias = _LAYER_KINDS[record["type"]]
+    kwargs = {field: record[field] for field in fields}
+    for field in ("kernel_size", "stride", "padding", "dilation"):
+        if isinstance(kwargs.get(field), list):
+            kwargs[field] = tuple(kwargs[field])
+    if has_bias:
+        kwargs["bias"] = bool(record["bias"])
+    return cls(**kwargs)
+
+
+def _set_module(model: nn.Module, name: str, module: nn.Module) -> None:
+    parent_name, _, child = name.rpartition(".")
+    parent = model.get_submodule(parent_name) if parent_name else model
+    setattr(parent, child, module)
+
+
+def _reference_model(architecture: Mapping[str, Any]) -> nn.Module:
+    options = architecture.get("model_options") or {}
+    return build_model(architecture["model_name"], **options)
+
+
+def _apply_layers(model: nn.Module, layers: Mapping[str, Mapping[str, Any]], source: str) -> int:
+    """Replace every layer of ``model`` whose constructor arguments differ from ``layers``.
+
+    Returns how many were replaced. Raises :class:`CheckpointError` (naming ``source``) when
+    a recorded layer is missing, of another kind, or cannot be built.
+    """
+    replaced = 0
+    for name, record in layers.items():
+        try:
+            current = model.get_submodule(name) if name else model
+        except AttributeError:
+            raise CheckpointError(
+                f"{source} records a layer {name!r} that the model built from its name "
+                "and options does not have"
+            ) from None
+        kind = _kind(current)
+        if kind != record.get("type"):
+            raise CheckpointError(
+                f"{source} records layer {name!r} as {record.get('type')}, "
+                f"the rebuilt model has {type(current).__name__}"
+            )
+        if _describe(current, kind) == dict(record):
+            continue
+        if type(current) is not _LAYER_KINDS[kind][0]:
+            raise CheckpointError(
+                f"{source} records a resized layer {name!r}, but it is a "
+                f"{type(current).__name__}, not a plain {kind}: cannot rebuild it"
+            )
+        try:
+            layer = _build_layer(record)
+        except (KeyError, TypeError, ValueError, RuntimeError) as err:
+            raise CheckpointError(
+                f"{source} has an invalid record for layer {name!r} ({_first_line(err)})"
+            ) from err
+        if name:
+            _set_module(model, name, layer)
+        else:
+            raise CheckpointError(f"{source}: the model's root layer cannot be resized")
+        replaced += 1
+    return replaced
+
+
+def _tensor_mismatch(
+    expected: Mapping[str, Tensor], found: Mapping[str, Tensor], limit: int = 3
+) -> str | None:
+    """One line saying how ``found`` differs from ``expected`` (names, shapes), or None."""
+    missing = [k for k in expected if k not in found]
+    unexpected = [k for k in found if k not in expected]
+    if missing or unexpected:
+        parts = []
+        if missing:
+            more = f" (+{len(missing) - limit} more)" if len(missing) > limit else ""
+            parts.append(f"missing {', '.join(missing[:limit])}{more}")
+        if unexpected:
+            more = f" (+{len(unexpected) - limit} more)" if len(unexpected) > limit else ""
+            parts.append(f"unexpected {', '.join(unexpected[:limit])}{more}")
+        return "; ".join(parts)
+    for key, tensor in expected.items():
+        other = found[key]
+        if tuple(other.shape) != tuple(tensor.shape):
+            return (
+                f"tensor {key!r} has shape {list(other.shape)}, "
+                f"the model expects {list(tensor.shape)}"
+            )
+        if other.is_floating_point() != tensor.is_floating_point():
+            return f"tensor {key!r} has dtype {other.dtype}, the model expects {tensor.dtype}"
+    return None
+
+
+# ------------------------------------------------------------------------------------------
+# Writing
+# ------------------------------------------------------------------------------------------
+
+
+def _state_tensors(model: nn.Module) -> dict[str, Tensor]:
+    """``model.state_dict()`` as independent, contiguous CPU tensors."""
+    tensors = {}
+    for key, value in model.state_dict().items():
+        if not isinstance(value, Tensor):
+            raise UnsupportedModelError(
+                f"the model's state_dict holds a {type(value).__name__} at {key!r}; "
+                "only tensors can be exported"
+            )
+        tensors[key] = value.detach().to("cpu", copy=True).contiguous()
+    return tensors
+
+
+def _safetensors_bytes(tensors: Mapping[str, Tensor], content: str) -> bytes:
+    st = _require("safetensors.torch")
+    metadata = {"format": EXPORT_FORMAT, "content": content}
+    return st.save(dict(tensors), metadata=metadata)
+
+
+def _file_record(data: bytes) -> dict[str, Any]:
+    return {"bytes": len(data), "sha256": hashlib.sha256(data).hexdigest()}
+
+
+@contextlib.contextmanager
+def _temporary_path(target: Path) -> Iterator[Path]:
+    """A temporary file name beside ``target``; removed unless the body renamed it."""
+    handle, name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+    os.close(handle)
+    temporary = Path(name)
+    try:
+        yield temporary
+    finally:
+        temporary.unlink(missing_ok=True)
+
+
+@contextlib.contextmanager
+def _quiet_onnx_exporter() -> Iterator[None]:
+    """Silence the exporter's progress lines, warnings and 'torchvision missing' logs."""
+    logger = logging.getLogger("torch.onnx")
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        logger.setLevel(level)
+
+
+def _outputs(value: Any) -> list[Tensor]:
+    if isinstance(value, Tensor):
+        return [value]
+    if isinstance(value, (list, tuple)):
+        return [t for item in value for t in _outputs(item)]
+    if isinstance(value, Mapping):
+        return [t for item in value.values() for t in _outputs(item)]
+    raise UnsupportedModelError(f"cannot compare a model output of type {type(value).__name__}")
+
+
+def _export_onnx(
+    model: nn.Module, input_shape: tuple[int, ...], path: Path
+) -> tuple[dict[str, Any], bytes]:
+    """Write ``model`` (in eval mode) to ``path`` as ONNX and check it with ONNX Runtime.
+
+    The batch dimension is dynamic unless the model fixes it (then the export falls back to
+    the example's batch of 2). Returns the record for ``model.json`` and the file's bytes.
+    """
+    for module in ("onnx", "onnxscript"):
+        _require(module)
+    parameter = next(iter(model.parameters()), None)
+    device = parameter.device if parameter is not None else torch.device("cpu")
+    generator = torch.Generator().manual_seed(0)
+    example = torch.randn(2, *input_shape, generator=generator).to(device)
+    was_training = model.training
+    model.eval()
+    try:
+        dynamic = True
+        try:
+            _onnx_export(model, example, path, dynamic=True)
+        except Exception:  # a model that fixes its batch size: export it as it is
+            dynamic = False
+            try:
+                _onnx_export(model, example, path, dynamic=False)
+            except Exception as err:
+                raise UnsupportedModelError(
+                    f"ONNX export of the model failed ({_first_line(err)})"
+                ) from err
+        batch = torch.randn(3 if dynamic else 2, *input_shape, generator=generator)
+        max_diff = _verify_onnx(model, path, batch, device)
+    finally:
+        model.train(was_training)
+    record = {
+        "opset": ONNX_OPSET,
+        "input_name": _ONNX_INPUT,
+        "input_shape": ["batch" if dynamic else 2, *input_shape],
+        "dynamic_batch": dynamic,
+        "verified_max_abs_diff": max_diff,
+        "tolerance": ONNX_TOLERANCE,
+    }
+    return record, path.read_bytes()
+
+
+def _verify_onnx(model: nn.Module, path: Path, batch: Tensor, device: torch.device) -> float:
+    """Run ``batch`` through ONNX Runtime and PyTorch; the largest difference, or raise
+    :class:`UnsupportedModelError` unless they agree within ``ONNX_TOLERANCE``."""
+    ort = _require("onnxruntime")
+    with torch.no_grad():
+        expected = [t.detach().cpu() for t in _outputs(model(batch.to(device)))]
+    try:
+        session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+        got = [torch.as_tensor(out) for out in session.run(None, {_ONNX_INPUT: batch.numpy()})]
+    except Exception as err:
+        raise UnsupportedModelError(
+            f"ONNX Runtime cannot run the exported model ({_first_line(err)})"
+        ) from err
+    if len(got) != len(expected):
+        raise UnsupportedModelError(
+            f"the ONNX model gives {len(got)} outputs, PyTorch {len(expected)}"
+        )
+    max_diff = 0.0
+    for ours, theirs in zip(expected, got, strict=True):
+        if theirs.shape != ours.shape:
+            raise UnsupportedModelError(
+                f"the ONNX model's output has shape {list(theirs.shape)}, "
+                f"PyTorch's {list(ours.shape)}"
+            )
+        diff = (theirs - ours).abs().max().item() if ours.numel() else 0.0
+        if not torch.allclose(theirs, ours, rtol=ONNX_TOLERANCE, atol=ONNX_TOLERANCE):
+            raise UnsupportedModelError(
+                f"the ONNX export does not reproduce the model: ONNX Runtime and PyTorch "
+                f"differ by {diff:.3g} (tolerance {ONNX_TOLERANCE}) on a random batch"
+            )
+        max_diff = max(max_diff, diff)
+    return max_diff
+
+
+def _onnx_export(model: nn.Module, example: Tensor, path: Path, *, dynamic: bool) -> None:
+    kwargs: dict[str, Any] = {}
+    if dynamic:
+        kwargs["dynamic_shapes"] = ({0: torch.export.Dim("batch")},)
+    with _quiet_onnx_exporter():
+        torch.onnx.export(
+            model,
+            (example,),
+            str(path),
+            dynamo=True,
+            external_data=False,
+            opset_version=ONNX_OPSET,
+            input_names=[_ONNX_INPUT],
+            output_names=[_ONNX_OUTPUT],
+            verbose=False,
+            **kwargs,
+        )
+
+
+def _check_formats(formats: str | Iterable[str]) -> list[str]:
+    if isinstance(formats, str):
+        formats = [formats]
+    chosen: list[str] = []
+    for fmt in formats:
+        if fmt not in FORMATS:
+            raise ConfigError(f"unknown export format {fmt!r}; known formats: {list(FORMATS)}")
+        if fmt not in chosen:
+            chosen.append(fmt)
+    if not chosen:
+        raise ConfigError(f"give at least one export format of {list(FORMATS)}")
+    return chosen
+
+
+def _check_masks(
+    masks: Mapping[str, Tensor] | None, tensors: Mapping[str, Tensor]
+) -> dict[str, Tensor]:
+    checked = {}
+    for name, mask in (masks or {}).items():
+        if not isinstance(mask, Tensor):
+            raise ConfigError(f"the mask of {name!r} is a {type(mask).__name__}, not a tensor")
+        if name not in tensors:
+            raise ConfigError(f"a mask is given for {name!r}, which is not in the model")
+        if tuple(mask.shape) != tuple(tensors[name].shape):
+            raise ConfigError(
+                f"the mask of {name!r} has shape {list(mask.shape)}, "
+                f"the tensor {list(tensors[name].shape)}"
+            )
+        keep = mask.detach().cpu()
+        checked[name] = (keep if keep.dtype == torch.bool else keep != 0).contiguous()
+    return checked
+
+
+def _check_directory(directory: Path, overwrite: bool) -> None:
+    if directory.exists() and not directory.is_dir():
+        raise CheckpointError(f"{directory} exists and is not a directory")
+    if (directory / METADATA_FILE).exists() and not overwrite:
+        raise CheckpointError(
+            f"{directory} already holds an export ({METADATA_FILE}); "
+            "choose another directory or pass overwrite=True"
+        )
+
+
+def _sparse_payload(
+    model: nn.Module, fmt: str, min_sparsity: float, block: int
+) -> tuple[bytes, dict[str, Any]]:
+    """The sparse file's bytes and its ``model.json`` section."""
+    sparse_model = sparsify(model, fmt, min_sparsity, block=block)
+    layers = {
+        name: {
+            "shape": [m.out_features, m.in_features],
+            "nonzero": int(torch.count_nonzero(m.to_dense_weight())),
+            "stored_values": m.nnz,
+            "sparsity": round(m.sparsity, 6),
+            "bytes": m.nbytes,
+            "dense_bytes": m.dense_nbytes,
+        }
+        for name, m in sparse_model.named_modules()
+        if isinstance(m, SparseLinear)
+    }
+    if "" in layers:
+        raise UnsupportedModelError("a model that is one Linear layer cannot be stored sparse")
+    data = _safetensors_bytes(_state_tensors(sparse_model), f"sparse-{fmt}")
+    section = {
+        "file": FILES[fmt],
+        "block": block if fmt == "bsr" else None,
+        "min_sparsity": float(min_sparsity),
+        "index_dtype": "int32",
+        "layers": layers,
+    }
+    return data, section
+
+
+def export(
+    model: nn.Module,
+    path_dir: str | os.PathLike[str],
+    *,
+    model_name: str | None = None,
+    model_options: Mapping[str, Any] | None = None,
+    masks: Mapping[str, Tensor] | None = None,
+    input_shape: Sequence[int] | None = None,
+    formats: str | Iterable[str] = ("safetensors",),
+    min_sparsity: float = 0.0,
+    block: int = DEFAULT_BLOCK,
+    overwrite: bool = False,
+) -> Path:
+    """Write ``model`` to the directory ``path_dir`` in the given formats (module docstring).
+
+    Args:
+        model: a plain model: finalized (no learnprune gates), possibly compacted; it is
+            not changed. SparseLinear layers are exported as the Linear layers they hold.
+        path_dir: the directory; created if needed.
+        model_name: its :func:`~learnprune.models.build_model` name, so :func:`load` can
+            rebuild it; ``None`` for a model outside the registry.
+        model_options: the ``build_model`` arguments it was built with (``num_classes``,
+            ``in_channels``, ``shortcut``, ...), JSON values.
+        masks: ``{parameter name: keep mask}`` (bool or 0/1) to store beside the weights,
+            e.g. :func:`learnprune.masking.read_masks` taken before finalizing.
+        input_shape: one example's shape ``(C, H, W)``; default ``model.input_shape``.
+            Needed for ``"onnx"``; recorded in ``model.json``.
+        formats: any of ``"safetensors"``, ``"csr"``, ``"bsr"``, ``"onnx"``.
+        min_sparsity: for ``"csr"`` / ``"bsr"``, store a Linear weight sparse only if at
+            least this fraction of it is zero (the others stay dense in the same file).
+            CSR int32 is smaller than dense above 0.5 and faster from about 0.6 (SPEED.md).
+        block: BSR block size.
+        overwrite: replace an existing export in ``path_dir``.
+
+    Returns:
+        The directory.
+
+    Raises:
+        ConfigError: bad arguments, or ``model_name`` / ``model_options`` that do not
+            describe ``model``.
+        UnsupportedModelError: the model carries gates, holds non-tensor state, or cannot
+            be exported to ONNX faithfully.
+        CheckpointError: ``path_dir`` holds another export and ``overwrite`` is False.
+    """
+    import learnprune
+
+    chosen = _check_formats(formats)
+    if not 0.0 <= float(min_sparsity) <= 1.0:
+        raise ConfigError(f"min_sparsity must lie in [0, 1], got {min_sparsity!r}")
+    if any(parametrize.is_parametrized(m) for m in model.modules()):
+        raise UnsupportedModelError(
+            "the model still carries learnprune gates (parametrizations); call the method's "
+            "finalize() first and pass its masks() as masks="
+        )
+    if any(isinstance(m, SparseLinear) for m in model.modules()):
+        model = densify(model)
+    shape = input_shape if input_shape is not None else getattr(model, "input_shape", None)
+    if shape is not None:
+        shape = tuple(shape)
+        if not shape or not all(
+            isinstance(s, int) and not isinstance(s, bool) and s >= 1 for s in shape
+        ):
+            raise ConfigError(f"input_shape must be positive ints, got {input_shape!r}")
+    if "onnx" in chosen and shape is None:
+        raise ConfigError("ONNX export needs input_shape, one example's shape such as (1, 28, 28)")
+
+    tensors = _state_tensors(model)
+    layers = describe_layers(model)
+    architecture: dict[str, Any] = {
+        "model_name": model_name,
+        "model_options": {},
+        "input_shape": None if shape is None else list(shape),
+        "resized_layers": 0,
+        "layers": layers,
+    }
+    if model_name is not None:
+        try:
+            architecture["model_options"] = _jsonable(dict(model_options or {}))
+        except (TypeError, ValueError) as err:
+            raise ConfigError(f"model_options must be JSON values ({_first_line(err)})") from err
+        skeleton = _reference_model(architecture)  # ConfigError for a bad name / option
+        try:
+            architecture["resized_layers"] = _apply_layers(skeleton, layers, "the exported model")
+        except CheckpointError as err:
+            raise ConfigError(
+                f"model_name={model_name!r} does not describe this model: {err}"
+            ) from err
+        mismatch = _tensor_mismatch(skeleton.state_dict(), tensors)
+        if mismatch:
+            raise ConfigError(
+                f"model_name={model_name!r} with options {architecture['model_options']} "
+                f"does not describe this model: {mismatch}"
+            )
+    elif model_options:
+        raise ConfigError("model_options need a model_name")
+    keep_masks = _check_masks(masks, tensors)
+
+    directory = Path(path_dir)
+    _check_directory(directory, overwrite)
+    metadata: dict[str, Any] = {
+        "format": EXPORT_FORMAT,
+        "format_version": FORMAT_VERSION,
+        "learnprune_version": learnprune.__version__,
+        "torch_version": torch.__version__,
+        "formats": chosen,
+        "architecture": architecture,
+        "sparse": {},
+        "onnx": None,
+        "masks": None,
+        "files": {},
+    }
+    # 1. everything that can fail, in memory or in temporary files: an existing export in
+    #    the directory stays intact until all of it has succeeded
+    payloads: dict[str, bytes] = {}
+    if "safetensors" in chosen:
+        payloads[FILES["safetensors"]] = _safetensors_bytes(tensors, "state_dict")
+    for fmt in ("csr", "bsr"):
+        if fmt in chosen:
+            payloads[FILES[fmt]], metadata["sparse"][fmt] = _sparse_payload(
+                model, fmt, min_sparsity, block
+            )
+    if keep_masks:
+        payloads[MASKS_FILE] = _safetensors_bytes(keep_masks, "masks")
+        metadata["masks"] = {
+            "file": MASKS_FILE,
+            "tensors": [
+                {
+                    "name": name,
+                    "shape": list(keep.shape),
+                    "nonzero": int(keep.sum()),
+                    "numel": keep.numel(),
+                }
+                for name, keep in keep_masks.items()
+            ],
+        }
+    with contextlib.ExitStack() as stack:
+        onnx_file = None
+        if "onnx" in chosen:
+            assert shape is not None
+            directory.mkdir(parents=True, exist_ok=True)
+            onnx_file = stack.enter_context(_temporary_path(directory / FILES["onnx"]))
+            onnx_record, onnx_bytes = _export_onnx(model, shape, onnx_file)
+            metadata["onnx"] = {"file": FILES["onnx"], **onnx_record}
+            metadata["files"][FILES["onnx"]] = _file_record(onnx_bytes)
+
+        # 2. commit: drop the old description first, so an interruption from here on leaves
+        #    a directory that load() rejects rather than a mix of two exports
+        directory.mkdir(parents=True, exist_ok=True)
+        (directory / METADATA_FILE).unlink(missing_ok=True)
+        for name, data in payloads.items():
+            atomic_write_bytes(directory / name, data)
+            metadata["files"][name] = _file_record(data)
+        if onnx_file is not None:
+            with open(onnx_file, "rb+") as stream:
+                os.fsync(stream.fileno())
+            os.replace(onnx_file, directory / FILES["onnx"])
+    for stale in _ALL_FILES:  # left by an export this one replaces
+        if stale not in metadata["files"]:
+            (directory / stale).unlink(missing_ok=True)
+    text = json.dumps(metadata, indent=2) + "\n"
+    atomic_write_bytes(directory / METADATA_FILE, text.encode())
+    return directory
+
+
+# ------------------------------------------------------------------------------------------
+# Reading
+# ------------------------------------------------------------------------------------------
+
+
+def _malformed(path: Path, what: str) -> CheckpointError:
+    return CheckpointError(f"{path} is malformed: {what}")
+
+
+def _check_metadata(meta: Any, path: Path) -> dict[str, Any]:
+    """Validate the parsed ``model.json``; returns it."""
+    if not isinstance(meta, dict) or meta.get("format") != EXPORT_FORMAT:
+        raise CheckpointError(f"{path} is not a learnprune export description")
+    version = meta.get("format_version")
+    if isinstance(version, bool) or not isinstance(version, int) or version < 1:
+        raise _malformed(path, f"format_version is {version!r}")
+    if version > FORMAT_VERSION:
+        raise CheckpointError(
+            f"{path} has export format version {version} (learnprune "
+            f"{meta.get('learnprune_version', '?')}); this learnprune reads version "
+            f"{FORMAT_VERSION}: upgrade learnprune"
+        )
+    formats = meta.get("formats")
+    if not isinstance(formats, list) or not all(f in FORMATS for f in formats):
+        raise _malformed(path, f"formats is {formats!r}")
+    files = meta.get("files")
+    if not isinstance(files, dict) or not all(
+        isinstance(rec, dict)
+        and isinstance(rec.get("bytes"), int)
+        and isinstance(rec.get("sha256"), str)
+        for rec in files.values()
+    ):
+        raise _malformed(path, "'files' must map file names to their bytes and sha256")
+    architecture = meta.get("architecture")
+    if not isinstance(architecture, dict):
+        raise _malformed(path, "no 'architecture'")
+    name = architecture.get("model_name")
+    options = architecture.get("model_options")
+    shape = architecture.get("input_shape")
+    layers = architecture.get("layers")
+    if name is not None and not isinstance(name, str):
+        raise _malformed(path, f"model_name is {name!r}")
+    if not isinstance(options, dict):
+        raise _malformed(path, f"model_options is {options!r}")
+    if shape is not None and not (
+        isinstance(shape, list) and all(isinstance(s, int) and s >= 1 for s in shape)
+    ):
+        raise _malformed(path, f"input_shape is {shape!r}")
+    if not isinstance(layers, dict) or not all(
+        isinstance(rec, dict) and rec.get("type") in _LAYER_KINDS for rec in layers.values()
+    ):
+        raise _malformed(path, "'layers' must map layer names to Conv/Linear/BatchNorm records")
+    sparse = meta.get("sparse")
+    if not isinstance(sparse, dict):
+        raise _malformed(path, "no 'sparse' section")
+    for fmt in ("csr", "bsr"):
+        if fmt in formats:
+            section = sparse.get(fmt)
+            if not isinstance(section, dict) or not isinstance(section.get("layers"), dict):
+                raise _malformed(path, f"no layer list for format {fmt!r}")
+            if fmt == "bsr" and (
+                isinstance(section.get("block"), bool)
+                or not isinstance(section.get("block"), int)
+                or section["block"] < 1
+            ):
+                raise _malformed(path, f"BSR block size is {section.get('block')!r}")
+    masks = meta.get("masks")
+    if masks is not None and not (
+        isinstance(masks, dict)
+        and isinstance(masks.get("tensors"), list)
+        and all(isinstance(t, dict) and isinstance(t.get("name"), str) for t in masks["tensors"])
+    ):
+        raise _malformed(path, "'masks' must list the masked tensors")
+    return meta
+
+
+def read_metadata(path_dir: str | os.PathLike[str]) -> dict[str, Any]:
+    """The validated contents of an export's ``model.json``.
+
+    Raises:
+        CheckpointError: no such directory, no ``model.json``, invalid JSON, not an export
+            description, a newer format version, or a malformed field.
+    """
+    directory = Path(path_dir)
+    if not directory.is_dir():
+        raise CheckpointError(f"no export directory at {directory}")
+    path = directory / METADATA_FILE
+    if not path.is_file():
+        raise CheckpointError(
+            f"{path} not found: {directory} is not a learnprune export "
+            "(or its export was interrupted)"
+        )
+    try:
+        text = path.read_text(encoding="utf-8")
+        meta = json.loads(text)
+    except json.JSONDecodeError as err:
+        raise CheckpointError(
+            f"{path} is not valid JSON (line {err.lineno}, column {err.colno}: {err.msg})"
+        ) from err
+    except (OSError, UnicodeDecodeError) as err:
+        raise CheckpointError(f"{path} cannot be read ({_first_line(err)})") from err
+    return _check_metadata(meta, path)
+
+
+def _read_tensors(directory: Path, name: str, meta: Mapping[str, Any]) -> dict[str, Tensor]:
+    """Read one safetensors file of the export, checked against its size and SHA-256."""
+    path = directory / name
+    record = meta["files"].get(name)
+    if record is None:
+        raise _malformed(directory / METADATA_FILE, f"it does not list {name}")
+    if not path.is_file():
+        raise CheckpointError(f"{path} is missing from the export")
+    try:
+        data = path.read_bytes()
+    except OSError as err:
+        raise CheckpointError(f"{path} cannot be read ({_first_line(err)})") from err
+    if len(data) != record["bytes"]:
+        raise CheckpointError(
+            f"{path} has {len(data)} bytes, {METADATA_FILE} records {record['bytes']}: "
+            "the file is truncated or was replaced"
+        )
+    if hashlib.sha256(data).hexdigest() != record["sha256"]:
+        raise CheckpointError(
+            f"{path} does not match the SHA-256 in {METADATA_FILE}: it was modified after export"
+        )
+    st = _require("safetensors.torch")
+    try:
+        tensors = st.load(data)
+    except Exception as err:
+        raise CheckpointError(
+            f"{path} is corrupt or not a safetensors file ({_first_line(err)})"
+        ) from err
+    return dict(tensors)
+
+
+def _sparse_layer(
+    name: str,
+    linear: nn.Module,
+    tensors: Mapping[str, Tensor],
+    fmt: str,
+    block: int | None,
+    path: Path,
+) -> SparseLinear:
+    if not isinstance(linear, nn.Linear):
+        raise CheckpointError(
+            f"{path} stores layer {name!r} as a sparse Linear, the model has "
+            f"{type(linear).__name__} there"
+        )
+    parts = {}
+    for part in ("crow_indices", "col_indices", "values"):
+        key = f"{name}.{part}"
+        if key not in tensors:
+            raise CheckpointError(f"{path} lacks {key!r}")
+        parts[part] = tensors[key]
+    bias = None
+    if linear.bias is not None:
+        if f"{name}.bias" not in tensors:
+            raise CheckpointError(f"{path} lacks {name + '.bias'!r}")
+        bias = tensors[f"{name}.bias"]
+    try:
+        return SparseLinear(
+            linear.in_features,
+            linear.out_features,
+            parts["crow_indices"],
+            parts["col_indices"],
+            parts["values"],
+            bias,
+            format=fmt,
+            block=block,
+        )
+    except ConfigError as err:
+        raise CheckpointError(f"{path}: layer {name!r}: {err}") from err
+
+
+def load(
+    path_dir: str | os.PathLike[str],
+    *,
+    format: str = "safetensors",
+    model: nn.Module | None = None,
+) -> nn.Module:
+    """Rebuild an exported model, in eval mode.
+
+    Args:
+        path_dir: a directory written by :func:`export`.
+        format: ``"safetensors"`` for the dense model, ``"csr"`` / ``"bsr"`` for the model
+            with its sparse Linear layers as :class:`~learnprune.sparse_linear.SparseLinear`.
+            (Run ``model.onnx`` with ``onnxruntime.InferenceSession``.)
+        model: an instance of the exported architecture to load into (changed in place);
+            required when the export names no registered model, optional otherwise. Its
+            Conv/Linear/BatchNorm layers are resized to the recorded ones where they differ.
+
+    Raises:
+        ConfigError: an unknown ``format``.
+        CheckpointError: a missing, truncated, malformed or newer-version file, a format
+            the directory does not hold, or tensors that do not fit the described model.
+    """
+    if format == "onnx":
+        raise ConfigError(
+            "load() returns a PyTorch module; run model.onnx with onnxruntime.InferenceSession"
+        )
+    if format not in LOAD_FORMATS:
+        raise ConfigError(f"unknown load format {format!r}; known formats: {list(LOAD_FORMATS)}")
+    directory = Path(path_dir)
+    meta = read_metadata(directory)
+    json_path = directory / METADATA_FILE
+    if format not in meta["formats"]:
+        raise CheckpointError(
+            f"{directory} holds no {format!r} export (it has {meta['formats']}); "
+            f"export again with formats including {format!r}"
+        )
+    architecture = meta["architecture"]
+    if model is None:
+        if architecture["model_name"] is None:
+            raise CheckpointError(
+                f"{json_path} names no registered model (exported without model_name); "
+                "pass model= an instance of the exported architecture"
+            )
+        try:
+            model = _reference_model(architecture)
+        except ConfigError as err:
+            raise CheckpointError(
+                f"{json_path} describes a model this learnprune cannot build: {err}"
+            ) from err
+    _apply_layers(model, architecture["layers"], str(json_path))
+
+    name = FILES[format]
+    path = directory / name
+    tensors = _read_tensors(directory, name, meta)
+    if format in ("csr", "bsr"):
+        section = meta["sparse"][format]
+        block = section.get("block") if format == "bsr" else None
+        for layer in section["layers"]:
+            try:
+                linear = model.get_submodule(layer) if layer else model
+            except AttributeError:
+                raise CheckpointError(
+                    f"{json_path} lists a sparse layer {layer!r} the model does not have"
+                ) from None
+            if not layer:
+                raise _malformed(json_path, "the root module cannot be a sparse layer")
+            _set_module(model, layer, _sparse_layer(layer, linear, tensors, format, block, path))
+    mismatch = _tensor_mismatch(model.state_dict(), tensors)
+    if mismatch:
+        raise CheckpointError(
+            f"{path} does not fit the model described by {json_path.name}: {mismatch}"
+        )
+    try:
+        model.load_state_dict(tensors, strict=True, assign=True)
+    except RuntimeError as err:
+        raise CheckpointError(f"{path} cannot be loaded ({_first_line(err)})") from err
+    if architecture["input_shape"] is not None:
+        model.input_shape = tuple(architecture["input_shape"])
+    return model.eval()
+
+
+def load_masks(path_dir: str | os.PathLike[str]) -> dict[str, Tensor]:
+    """The keep-masks stored with an export (``{}`` when it has none), as bool tensors.
+
+    Raises:
+        CheckpointError: as :func:`load`, or masks that disagree with ``model.json``.
+    """
+    directory = Path(path_dir)
+    meta = read_metadata(directory)
+    if meta["masks"] is None:
+        return {}
+    tensors = _read_tensors(directory, MASKS_FILE, meta)
+    path = directory / MASKS_FILE
+    listed = {t["name"]: t for t in meta["masks"]["tensors"]}
+    if set(listed) != set(tensors):
+        raise CheckpointError(f"{path} holds other masks than {METADATA_FILE} lists")
+    for name, keep in tensors.items():
+        if keep.dtype != torch.bool or list(keep.shape) != listed[name].get("shape"):
+            raise CheckpointError(f"{path}: the mask of {name!r} is not the bool tensor listed")
+    return {name: tensors[name] for name in listed}

@@ -1,0 +1,465 @@
+"""Export and load: round trips in every format, sparse Linear layers, clear errors.
+
+An export directory is written once per reference model (module fixture, every format) and
+read back by the round-trip tests; the error tests break a small LeNet-300-100 export in one
+way each.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import json
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.nn.utils import parametrize
+
+from learnprune.errors import CheckpointError, ConfigError, LearnpruneError, UnsupportedModelError
+from learnprune.export import FILES, export, load, load_masks, read_metadata
+from learnprune.models import build_model
+from learnprune.sparse_linear import (
+    SparseLinear,
+    dense_size_bytes,
+    densify,
+    sparse_size_bytes,
+    sparsify,
+)
+
+MODELS = ["lenet300", "lenet5-caffe", "resnet20"]
+HAS_ORT = importlib.util.find_spec("onnxruntime") is not None
+# the module, not the function (a package may re-export the function under this name)
+export_module = importlib.import_module("learnprune.export")
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread() -> Iterator[None]:
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def pruned_model(name: str, sparsity: float = 0.5, seed: int = 0) -> nn.Module:
+    """A reference model with random zeros in every weight and non-trivial BN statistics."""
+    torch.manual_seed(seed)
+    model = build_model(name)
+    with torch.no_grad():
+        for module in model.modules():
+            if isinstance(module, (nn.Linear, nn.Conv2d)):
+                module.weight.mul_(torch.rand_like(module.weight) >= sparsity)
+            elif isinstance(module, nn.BatchNorm2d):
+                module.running_mean.normal_(0, 0.1)
+                module.running_var.uniform_(0.5, 1.5)
+                module.weight.uniform_(0.5, 1.5)
+                module.bias.normal_(0, 0.1)
+                module.num_batches_tracked.fill_(7)
+    return model.eval()
+
+
+def batch(model: nn.Module, n: int = 4, seed: int = 1) -> torch.Tensor:
+    return torch.randn(n, *model.input_shape, generator=torch.Generator().manual_seed(seed))
+
+
+def assert_same_state(a: nn.Module, b: nn.Module) -> None:
+    """Bit-identical state_dicts: same keys in the same order, dtypes and values."""
+    state_a, state_b = a.state_dict(), b.state_dict()
+    assert list(state_a) == list(state_b)
+    for key, tensor in state_a.items():
+        assert state_b[key].dtype == tensor.dtype, key
+        assert torch.equal(state_b[key], tensor), key
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory: pytest.TempPathFactory) -> dict[str, tuple[nn.Module, Path]]:
+    """Every reference model exported in every format (ONNX where onnxruntime exists)."""
+    formats = ["safetensors", "csr", "bsr"] + (["onnx"] if HAS_ORT else [])
+    out = {}
+    for name in MODELS:
+        model = pruned_model(name)
+        path = export(
+            model,
+            tmp_path_factory.mktemp("export") / name,
+            model_name=name,
+            model_options={"num_classes": 10},
+            formats=formats,
+        )
+        out[name] = (model, path)
+    return out
+
+
+# --- round trips ------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_safetensors_round_trip_is_bit_identical(exported, name: str) -> None:
+    model, path = exported[name]
+    loaded = load(path)
+    assert not loaded.training
+    assert_same_state(model, loaded)
+    x = batch(model)
+    with torch.no_grad():
+        assert torch.equal(loaded(x), model(x))
+    assert loaded.input_shape == model.input_shape
+
+
+@pytest.mark.parametrize("fmt", ["csr", "bsr"])
+@pytest.mark.parametrize("name", MODELS)
+def test_sparse_round_trip(exported, name: str, fmt: str) -> None:
+    model, path = exported[name]
+    loaded = load(path, format=fmt)
+    linears = [n for n, m in model.named_modules() if isinstance(m, nn.Linear)]
+    sparse = {n: m for n, m in loaded.named_modules() if isinstance(m, SparseLinear)}
+    assert sorted(sparse) == sorted(linears)
+    for layer in sparse.values():
+        assert layer.format == fmt
+        assert layer.crow_indices.dtype == layer.col_indices.dtype == torch.int32
+    assert_same_state(model, densify(loaded))
+    x = batch(model)
+    with torch.no_grad():
+        # same sparse kernels as converting in memory, and the dense result up to rounding
+        assert torch.equal(loaded(x), sparsify(model, fmt)(x))
+        torch.testing.assert_close(loaded(x), model(x), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_onnx_round_trip(exported, name: str) -> None:
+    ort = pytest.importorskip("onnxruntime")
+    model, path = exported[name]
+    record = read_metadata(path)["onnx"]
+    assert record["opset"] >= 17 and record["dynamic_batch"]
+    session = ort.InferenceSession(str(path / FILES["onnx"]), providers=["CPUExecutionProvider"])
+    x = batch(model, n=5)
+    (got,) = session.run(None, {record["input_name"]: x.numpy()})
+    with torch.no_grad():
+        torch.testing.assert_close(torch.from_numpy(got), model(x), rtol=1e-4, atol=1e-4)
+
+
+def test_json_describes_the_export(exported) -> None:
+    model, path = exported["lenet300"]
+    meta = json.loads((path / "model.json").read_text())
+    assert meta["format"] == "learnprune-export" and meta["format_version"] == 1
+    assert meta["architecture"]["model_name"] == "lenet300"
+    assert meta["architecture"]["layers"]["fc1"] == {
+        "type": "Linear",
+        "in_features": 784,
+        "out_features": 300,
+        "bias": True,
+    }
+    assert meta["architecture"]["resized_layers"] == 0
+    fc1 = meta["sparse"]["csr"]["layers"]["fc1"]
+    assert fc1["nonzero"] == int(torch.count_nonzero(model.fc1.weight))
+    assert meta["sparse"]["bsr"]["block"] == 8
+    for name, record in meta["files"].items():
+        assert (path / name).stat().st_size == record["bytes"]
+    assert not [p for p in path.iterdir() if p.name.startswith(".")]  # no temporary files
+
+
+def test_loading_never_unpickles(exported, monkeypatch: pytest.MonkeyPatch) -> None:
+    def no_pickle(*args: object, **kwargs: object) -> None:
+        raise AssertionError("torch.load called")
+
+    monkeypatch.setattr(torch, "load", no_pickle)
+    _model, path = exported["lenet300"]
+    for fmt in ("safetensors", "csr", "bsr"):
+        load(path, format=fmt)
+
+
+# --- SparseLinear -----------------------------------------------------------------------------
+
+
+def magnitude_prune(model: nn.Module, sparsity: float) -> nn.Module:
+    """Zero the smallest ``sparsity`` of every Linear weight."""
+    with torch.no_grad():
+        for module in model.modules():
+            if isinstance(module, nn.Linear):
+                k = int(sparsity * module.weight.numel())
+                threshold = module.weight.abs().flatten().kthvalue(k).values
+                module.weight.mul_(module.weight.abs() > threshold)
+    return model
+
+
+def block_prune(model: nn.Module, sparsity: float, block: int = 8) -> nn.Module:
+    """Zero a random ``sparsity`` of the ``block x block`` tiles of every Linear weight."""
+    generator = torch.Generator().manual_seed(3)
+    with torch.no_grad():
+        for module in model.modules():
+            if isinstance(module, nn.Linear):
+                rows, cols = module.weight.shape
+                tiles = (-(-rows // block), -(-cols // block))
+                kept = max(1, round((1 - sparsity) * tiles[0] * tiles[1]))
+                keep = torch.zeros(tiles[0] * tiles[1], dtype=torch.bool)
+                keep[torch.randperm(keep.numel(), generator=generator)[:kept]] = True
+                keep = keep.view(tiles).repeat_interleave(block, 0).repeat_interleave(block, 1)
+                module.weight.mul_(keep[:rows, :cols])
+    return model
+
+
+@pytest.mark.parametrize(("fmt", "prune"), [("csr", magnitude_prune), ("bsr", block_prune)])
+def test_sparse_linear_at_90_percent(fmt: str, prune) -> None:
+    torch.manual_seed(0)
+    model = prune(build_model("lenet300"), 0.9).eval()
+    sparse_model = sparsify(model, fmt, min_sparsity=0.85)
+    for name, dense in model.named_modules():
+        if not isinstance(dense, nn.Linear):
+            continue
+        layer = sparse_model.get_submodule(name)
+        assert isinstance(layer, SparseLinear) and layer.format == fmt
+        assert 0.85 <= layer.sparsity <= 0.96  # whole tiles: edges of small layers vary
+        assert layer.nbytes < dense.weight.numel() * 4 * 0.5 < layer.dense_nbytes
+        for rows in (1, 64):
+            x = torch.randn(rows, dense.in_features)
+            expected = F.linear(x, dense.weight, dense.bias)
+            torch.testing.assert_close(layer(x), expected, rtol=1e-5, atol=1e-5)
+    assert sparse_size_bytes(sparse_model) < 0.5 * dense_size_bytes(sparse_model)
+    assert dense_size_bytes(sparse_model) == sparse_size_bytes(model)
+    x = batch(model, n=64)
+    with torch.no_grad():
+        torch.testing.assert_close(sparse_model(x), model(x), rtol=1e-5, atol=1e-5)
+
+
+def test_sparse_linear_call_path_by_batch(monkeypatch: pytest.MonkeyPatch) -> None:
+    calls: list[str] = []
+    linear, addmm = F.linear, torch.addmm
+    monkeypatch.setattr(F, "linear", lambda *a, **k: calls.append("linear") or linear(*a, **k))
+    monkeypatch.setattr(torch, "addmm", lambda *a, **k: calls.append("mm") or addmm(*a, **k))
+    layer = SparseLinear.from_linear(nn.Linear(20, 7), "csr")
+    layer(torch.randn(1, 20))
+    layer(torch.randn(16, 20))
+    assert calls == ["linear", "mm"]
+
+
+def test_sparse_linear_shapes_and_conversions() -> None:
+    torch.manual_seed(0)
+    dense = magnitude_prune(nn.Sequential(nn.Linear(30, 13)), 0.7)[0]
+    for fmt in ("csr", "bsr"):
+        layer = SparseLinear.from_linear(dense, fmt, block=4)
+        for shape in [(30,), (3, 5, 30)]:
+            x = torch.randn(*shape)
+            out = layer(x)
+            assert out.shape == (*shape[:-1], 13)
+            torch.testing.assert_close(out, dense(x), rtol=1e-5, atol=1e-5)
+        back = layer.to_dense_linear()
+        assert torch.equal(back.weight, dense.weight) and torch.equal(back.bias, dense.bias)
+    no_bias = nn.Linear(10, 4, bias=False)
+    torch.testing.assert_close(
+        SparseLinear.from_linear(no_bias)(torch.randn(3, 10)).shape, torch.Size([3, 4])
+    )
+    with pytest.raises(ConfigError):
+        SparseLinear.from_linear(dense, "coo")
+
+
+def test_sparsify_leaves_dense_layers_below_threshold() -> None:
+    model = build_model("lenet300")
+    with torch.no_grad():
+        model.fc1.weight[:, ::2] = 0  # 50 % zero
+    sparse = sparsify(model, "csr", min_sparsity=0.4)
+    assert isinstance(sparse.fc1, SparseLinear)
+    assert isinstance(sparse.fc2, nn.Linear) and isinstance(model.fc1, nn.Linear)
+
+
+# --- compacted models -------------------------------------------------------------------------
+
+
+def test_compacted_lenet300_round_trips(tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    model = build_model("lenet300").eval()
+    model.fc1 = nn.Linear(784, 120)
+    model.fc2 = nn.Linear(120, 100)
+    path = export(model, tmp_path / "small", model_name="lenet300", formats=("safetensors", "csr"))
+    architecture = read_metadata(path)["architecture"]
+    assert architecture["resized_layers"] == 2
+    assert architecture["layers"]["fc1"]["out_features"] == 120
+    assert architecture["layers"]["fc2"]["in_features"] == 120
+    x = batch(model)
+    loaded = load(path)
+    assert loaded.fc1.out_features == 120
+    assert_same_state(model, loaded)
+    with torch.no_grad():
+        assert torch.equal(loaded(x), model(x))
+    sparse = load(path, format="csr")
+    assert isinstance(sparse.fc1, SparseLinear) and sparse.fc1.out_features == 120
+    assert_same_state(model, densify(sparse))
+
+
+def test_compacted_resnet_convs_and_batchnorms_round_trip(tmp_path: Path) -> None:
+    model = pruned_model("resnet20", sparsity=0.0)
+    block = model.layer1[0]
+    block.conv1 = nn.Conv2d(16, 8, 3, padding=1, bias=False)
+    block.bn1 = nn.BatchNorm2d(8)
+    block.conv2 = nn.Conv2d(8, 16, 3, padding=1, bias=False)
+    model.eval()
+    path = export(model, tmp_path / "resnet", model_name="resnet20")
+    assert read_metadata(path)["architecture"]["resized_layers"] == 3
+    loaded = load(path)
+    assert loaded.layer1[0].bn1.num_features == 8
+    assert_same_state(model, loaded)
+    x = batch(model)
+    with torch.no_grad():
+        assert torch.equal(loaded(x), model(x))
+
+
+def test_model_outside_the_registry(tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(1, 4, 3), nn.BatchNorm2d(4), nn.Flatten(), nn.Linear(64, 3))
+    path = export(model.eval(), tmp_path / "custom", input_shape=(1, 6, 6))
+    with pytest.raises(CheckpointError, match="model="):
+        load(path)
+    skeleton = nn.Sequential(nn.Conv2d(1, 4, 3), nn.BatchNorm2d(4), nn.Flatten(), nn.Linear(64, 3))
+    assert_same_state(model, load(path, model=skeleton))
+
+
+# --- masks ------------------------------------------------------------------------------------
+
+
+def test_masks_are_stored_and_listed(tmp_path: Path) -> None:
+    model = pruned_model("lenet300")
+    masks = {name: model.get_parameter(name) != 0 for name in ("fc1.weight", "fc2.weight")}
+    path = export(model, tmp_path / "masked", model_name="lenet300", masks=masks)
+    listed = read_metadata(path)["masks"]["tensors"]
+    assert [t["name"] for t in listed] == ["fc1.weight", "fc2.weight"]
+    assert listed[0]["nonzero"] == int(masks["fc1.weight"].sum())
+    loaded = load_masks(path)
+    assert loaded.keys() == masks.keys()
+    assert all(torch.equal(loaded[k], masks[k]) and loaded[k].dtype == torch.bool for k in masks)
+    with pytest.raises(ConfigError, match=r"fc9\.weight"):
+        export(
+            model,
+            tmp_path / "bad",
+            model_name="lenet300",
+            masks={"fc9.weight": masks["fc1.weight"]},
+        )
+
+
+# --- refusing and failing clearly -------------------------------------------------------------
+
+
+@pytest.fixture
+def small_export(tmp_path: Path) -> Path:
+    return export(pruned_model("lenet300"), tmp_path / "lenet300", model_name="lenet300")
+
+
+def assert_clear(err: pytest.ExceptionInfo[BaseException], filename: str) -> None:
+    message = str(err.value)
+    assert isinstance(err.value, LearnpruneError)
+    assert filename in message and "\n" not in message
+
+
+def test_export_refuses_to_overwrite_another_export(tmp_path: Path) -> None:
+    model = pruned_model("lenet300")
+    path = export(model, tmp_path / "out", model_name="lenet300", formats=("safetensors", "csr"))
+    with pytest.raises(CheckpointError, match="overwrite=True"):
+        export(model, path, model_name="lenet300")
+    assert (path / FILES["csr"]).exists()  # untouched
+    export(model, path, model_name="lenet300", overwrite=True)
+    assert not (path / FILES["csr"]).exists()  # the old export's files are gone
+    assert read_metadata(path)["formats"] == ["safetensors"]
+
+
+def test_missing_directory_and_files(small_export: Path, tmp_path: Path) -> None:
+    with pytest.raises(CheckpointError, match="no export directory") as err:
+        load(tmp_path / "nowhere")
+    assert_clear(err, "nowhere")
+    with pytest.raises(CheckpointError) as err:
+        load(small_export, format="csr")  # not exported in that format
+    assert_clear(err, str(small_export))
+    (small_export / "model.safetensors").unlink()
+    with pytest.raises(CheckpointError, match="missing") as err:
+        load(small_export)
+    assert_clear(err, "model.safetensors")
+    (small_export / "model.json").unlink()
+    with pytest.raises(CheckpointError, match="not a learnprune export") as err:
+        load(small_export)
+    assert_clear(err, "model.json")
+
+
+def test_truncated_safetensors(small_export: Path) -> None:
+    file = small_export / "model.safetensors"
+    file.write_bytes(file.read_bytes()[:1000])
+    with pytest.raises(CheckpointError, match="truncated") as err:
+        load(small_export)
+    assert_clear(err, str(file))
+
+
+def test_corrupt_safetensors_that_matches_its_checksum(small_export: Path) -> None:
+    # a file broken before it was hashed: safetensors' own error, wrapped
+    file = small_export / "model.safetensors"
+    data = file.read_bytes()[:1000]
+    file.write_bytes(data)
+    meta_path = small_export / "model.json"
+    meta = json.loads(meta_path.read_text())
+    meta["files"]["model.safetensors"] = export_module._file_record(data)
+    meta_path.write_text(json.dumps(meta))
+    with pytest.raises(CheckpointError, match="corrupt") as err:
+        load(small_export)
+    assert_clear(err, str(file))
+
+
+@pytest.mark.parametrize("text", ["{not json", '{"format": "learnprune-export", "format_v', "[]"])
+def test_malformed_json(small_export: Path, text: str) -> None:
+    (small_export / "model.json").write_text(text)
+    with pytest.raises(CheckpointError) as err:
+        load(small_export)
+    assert_clear(err, "model.json")
+
+
+def edit_json(path: Path, edit) -> None:
+    meta = json.loads((path / "model.json").read_text())
+    edit(meta)
+    (path / "model.json").write_text(json.dumps(meta))
+
+
+def test_newer_format_version(small_export: Path) -> None:
+    edit_json(small_export, lambda meta: meta.update(format_version=2))
+    with pytest.raises(CheckpointError, match=r"version 2.*upgrade") as err:
+        load(small_export)
+    assert_clear(err, "model.json")
+
+
+def test_shapes_that_do_not_match(small_export: Path) -> None:
+    # the layer records are what rebuilds the model: a record that disagrees with the tensors
+    edit_json(
+        small_export,
+        lambda meta: meta["architecture"]["layers"]["fc3"].update(out_features=5),
+    )
+    with pytest.raises(CheckpointError, match=r"fc3\.weight.*\[10, 100\]") as err:
+        load(small_export)
+    assert_clear(err, "model.safetensors")
+
+
+def test_export_argument_errors(tmp_path: Path) -> None:
+    model = pruned_model("lenet300")
+    with pytest.raises(ConfigError, match="does not describe"):
+        export(model, tmp_path / "a", model_name="lenet5")
+    with pytest.raises(ConfigError, match="unknown export format"):
+        export(model, tmp_path / "b", formats=("pickle",))
+    gated = build_model("lenet300")
+    parametrize.register_parametrization(gated.fc1, "weight", nn.Identity())
+    with pytest.raises(UnsupportedModelError, match="finalize"):
+        export(gated, tmp_path / "c")
+    with pytest.raises(ConfigError, match="onnxruntime"):
+        load(tmp_path / "a", format="onnx")
+
+
+@pytest.mark.skipif(not HAS_ORT, reason="onnxruntime not installed")
+def test_failed_onnx_check_is_a_clear_error_and_keeps_the_old_export(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    ort = pytest.importorskip("onnxruntime")
+    model = pruned_model("lenet300")
+    path = export(model, tmp_path / "x", model_name="lenet300")
+    before = sorted(p.name for p in path.iterdir())
+
+    class OffByOne(ort.InferenceSession):  # an exporter bug, simulated
+        def run(self, *args: object, **kwargs: object) -> list:
+            return [out + 1 for out in super().run(*args, **kwargs)]
+
+    monkeypatch.setattr(ort, "InferenceSession", OffByOne)
+    with pytest.raises(UnsupportedModelError, match="ONNX Runtime and PyTorch differ"):
+        export(model, path, model_name="lenet300", formats=("onnx",), overwrite=True)
+    assert sorted(p.name for p in path.iterdir()) == before  # no model.onnx, no temporary
+    assert_same_state(model, load(path))  # the previous export is intact
