@@ -27,6 +27,9 @@ from learnprune.errors import (
     TrainingDivergedError,
     UnsupportedModelError,
 )
+from learnprune.compact import CompactResult, compact
+from learnprune.export import export as export_model
+from learnprune.export import load as load_export
 from learnprune.groups import GroupSet, build_groups, custom_group_set
 from learnprune.masking import finalize, read_masks
 from learnprune.methods import (
@@ -49,6 +52,7 @@ __all__ = [
     "METHODS",
     "SCL",
     "CheckpointError",
+    "CompactResult",
     "ConfigError",
     "Counts",
     "DataError",
@@ -69,13 +73,16 @@ __all__ = [
     "__version__",
     "build_groups",
     "build_model",
+    "compact",
     "count",
     "custom_group_set",
     "evaluate",
+    "export_model",
     "finalize",
     "format_table",
     "list_models",
     "load_dataset",
+    "load_export",
     "read_masks",
     "run",
     "train",

@@ -130,6 +130,38 @@ def _parser() -> argparse.ArgumentParser:
     evaluate.add_argument("run_dir")
     evaluate.add_argument("--data-dir", help="directory holding the data set's files")
 
+    compact = commands.add_parser(
+        "compact", help="remove a finished run's dropped channels for real; export the result"
+    )
+    compact.add_argument("run_dir")
+    compact.add_argument("--out", help="output directory (default RUN_DIR/compact)")
+    compact.add_argument(
+        "--no-check",
+        action="store_true",
+        help="skip checking that the compact model's outputs equal the masked model's",
+    )
+    compact.add_argument("--overwrite", action="store_true", help="replace an earlier output")
+    compact.add_argument("--data-dir", help="directory holding the data set's files")
+
+    export = commands.add_parser(
+        "export", help="export a finished run's model (safetensors, csr, bsr, onnx)"
+    )
+    export.add_argument("run_dir")
+    export.add_argument(
+        "--format",
+        default="safetensors",
+        help="comma-separated: safetensors (always written), csr, bsr, onnx",
+    )
+    export.add_argument("--out", help="output directory (default RUN_DIR/export)")
+    export.add_argument(
+        "--min-sparsity",
+        type=float,
+        default=0.0,
+        help="csr/bsr: store a Linear weight sparse only from this sparsity on",
+    )
+    export.add_argument("--overwrite", action="store_true", help="replace an earlier export")
+    export.add_argument("--data-dir", help="directory holding the data set's files")
+
     report = commands.add_parser("report", help="per-layer table of a run, or a table of runs")
     report.add_argument("run_dirs", nargs="+")
 
@@ -174,6 +206,10 @@ def _dispatch(args: argparse.Namespace) -> int:
         return _grow(args)
     if args.command == "report":
         return _report(args)
+    if args.command == "compact":
+        return _compact(args)
+    if args.command == "export":
+        return _export(args)
     if args.command == "data":
         return _fetch(args)
     return _list()
@@ -361,6 +397,45 @@ def _eval(args: argparse.Namespace) -> int:
         f"accuracy {accuracy:.2%} (error {1 - accuracy:.2%}), loss {loss:.4f}"
     )
     print(format_table(count(model, data.input_shape)))
+    return 0
+
+
+def _compact(args: argparse.Namespace) -> int:
+    from learnprune.deployment import compact_run
+
+    summary = compact_run(
+        args.run_dir,
+        args.out,
+        check=not args.no_check,
+        data_dir=args.data_dir,
+        overwrite=args.overwrite,
+    )
+    print(summary["table"])
+    print(
+        f"compact model in {summary['out']}: test accuracy {summary['test_accuracy_compact']:.2%}"
+        f" (masked {summary['test_accuracy_masked']:.2%}); load it with learnprune.export.load"
+    )
+    return 0
+
+
+def _export(args: argparse.Namespace) -> int:
+    from learnprune.deployment import export_run
+
+    formats = [f.strip().lower() for f in args.format.split(",") if f.strip()]
+    if "safetensors" not in formats:
+        formats.insert(0, "safetensors")
+    result = export_run(
+        args.run_dir,
+        args.out,
+        formats=formats,
+        min_sparsity=args.min_sparsity,
+        data_dir=args.data_dir,
+        overwrite=args.overwrite,
+    )
+    accuracies = result["test_accuracy"]
+    loaded = ", ".join(f"{fmt} {accuracies[fmt]:.2%}" for fmt in result["formats"])
+    print(f"exported to {result['out']}; test accuracy of the run {accuracies['run']:.2%}")
+    print(f"loaded back: {loaded}")
     return 0
 
 

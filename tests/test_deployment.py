@@ -1,0 +1,90 @@
+"""`learnprune compact` and `learnprune export` on a finished run: the compact model is
+smaller and as accurate, every exported format loads back with the run's accuracy, and bad
+input ends in one line with exit code 2 and nothing overwritten."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from learnprune.cli import main
+from learnprune.export import load
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def call(*argv: str) -> tuple[int, str, str]:
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        code = main(list(argv))
+    return code, out.getvalue(), err.getvalue()
+
+
+@pytest.fixture(scope="module")
+def structured_run(tmp_path_factory) -> Path:
+    run = tmp_path_factory.mktemp("runs") / "lenet300-neurons"
+    code, _out, err = call(
+        "train", "--model", "lenet300", "--data", "mnist", "--method", "magnitude",
+        "--groups", "out_channel", "--target", "0.5", "--epochs", "1",
+        "--train-subset", "2000", "--out", str(run), "--quiet", "--no-progress",
+    )  # fmt: skip
+    assert code == 0, err
+    return run
+
+
+def test_compact_removes_the_dropped_neurons_and_keeps_the_accuracy(structured_run) -> None:
+    code, out, err = call("compact", str(structured_run))
+    assert code == 0, err
+    summary = json.loads((structured_run / "compact" / "compact.json").read_text())
+    assert summary["test_accuracy_compact"] == summary["test_accuracy_masked"]
+    final = json.loads((structured_run / "final.json").read_text())
+    assert summary["test_accuracy_masked"] == pytest.approx(final["test_accuracy"])
+    model = load(structured_run / "compact")
+    fc1, fc2 = model.fc1.weight.shape, model.fc2.weight.shape
+    assert fc1[0] < 300 and fc2 == (fc2[0], fc1[0]) and model.fc3.weight.shape[0] == 10
+    dense_params = 266_610
+    assert sum(p.numel() for p in model.parameters()) < 0.6 * dense_params
+    assert "compact model in" in out
+
+
+def test_export_round_trips_every_format_with_the_runs_accuracy(structured_run) -> None:
+    pytest.importorskip("onnxruntime")
+    code, out, err = call("export", str(structured_run), "--format", "csr,bsr,onnx")
+    assert code == 0, err
+    shown = dict(item.split() for item in out.split("loaded back:")[1].strip().split(", "))
+    run_accuracy = float(out.split("test accuracy of the run ")[1].split("%")[0])
+    assert float(shown["safetensors"].rstrip("%")) == run_accuracy  # bit-identical weights
+    for fmt in ("csr", "bsr", "onnx"):  # other kernels round differently: an example or two
+        assert abs(float(shown[fmt].rstrip("%")) - run_accuracy) <= 0.021
+    meta = json.loads((structured_run / "export" / "model.json").read_text())
+    assert set(meta["formats"]) >= {"safetensors", "csr", "bsr", "onnx"}
+
+
+def test_a_second_export_into_the_same_directory_is_refused(structured_run, tmp_path) -> None:
+    target = tmp_path / "export"
+    assert call("export", str(structured_run), "--out", str(target))[0] == 0
+    before = {p.name: p.read_bytes() for p in target.iterdir()}
+    code, _out, err = call("export", str(structured_run), "--out", str(target))
+    assert code == 2 and len(err.strip().splitlines()) == 1 and "Traceback" not in err
+    assert {p.name: p.read_bytes() for p in target.iterdir()} == before
+
+
+@pytest.mark.parametrize("command", ["compact", "export"])
+def test_a_directory_that_is_not_a_finished_run(tmp_path, command) -> None:
+    code, _out, err = call(command, str(tmp_path))
+    assert code == 2
+    assert err.startswith("learnprune: error:") and len(err.strip().splitlines()) == 1
+    (tmp_path / "config.json").write_text("{not json")
+    code, _out, err = call(command, str(tmp_path))
+    assert code == 2 and "corrupt" in err and len(err.strip().splitlines()) == 1
