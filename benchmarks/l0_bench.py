@@ -39,6 +39,9 @@ def main() -> int:
     parser.add_argument("--structured-target", type=float, default=None)
     parser.add_argument("--epochs", type=int, default=20)
     parser.add_argument("--methods", nargs="*", default=None)
+    parser.add_argument(
+        "--schedule", choices=("cosine", "step", "constant"), help="replace the recipe's"
+    )
     args = parser.parse_args()
     prefix = PREFIX[args.model]
     configurations = []
@@ -66,6 +69,10 @@ def main() -> int:
                 configurations.append(
                     (f"{args.model}-{method}-units-flops{keep:g}-{args.epochs}ep", config)
                 )
+    if args.schedule:
+        configurations = [(f"{name}-{args.schedule}", config) for name, config in configurations]
+        for _name, config in configurations:
+            config.train.lr_schedule = args.schedule
     run_all(configurations, RESULTS)
     for name, _config in configurations:
         final = json.loads((RESULTS / name / "final.json").read_text())

@@ -16,6 +16,7 @@ Quick start::
 __version__ = "0.1.0"
 
 from learnprune.accounting import Counts, count, format_table
+from learnprune.compact import CompactResult, compact
 from learnprune.config import RunConfig, TrainConfig
 from learnprune.data import Dataset, load_dataset
 from learnprune.engine import evaluate, train
@@ -27,7 +28,6 @@ from learnprune.errors import (
     TrainingDivergedError,
     UnsupportedModelError,
 )
-from learnprune.compact import CompactResult, compact
 from learnprune.export import export as export_model
 from learnprune.export import load as load_export
 from learnprune.groups import GroupSet, build_groups, custom_group_set
