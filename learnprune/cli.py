@@ -162,6 +162,18 @@ def _parser() -> argparse.ArgumentParser:
     export.add_argument("--overwrite", action="store_true", help="replace an earlier export")
     export.add_argument("--data-dir", help="directory holding the data set's files")
 
+    bench = commands.add_parser(
+        "bench", help="measured latency of a run's model: dense, masked, compact, csr"
+    )
+    bench.add_argument("run_dir")
+    bench.add_argument("--batches", default="1,64", help="comma-separated batch sizes")
+    bench.add_argument("--threads", default="1,2", help="comma-separated thread counts")
+    bench.add_argument("--repeats", type=int, default=30, help="timed calls per form")
+    bench.add_argument(
+        "--min-sparsity", type=float, default=0.5, help="csr: Linear layers from this sparsity"
+    )
+    bench.add_argument("--data-dir", help="directory holding the data set's files")
+
     report = commands.add_parser("report", help="per-layer table of a run, or a table of runs")
     report.add_argument("run_dirs", nargs="+")
 
@@ -210,6 +222,8 @@ def _dispatch(args: argparse.Namespace) -> int:
         return _compact(args)
     if args.command == "export":
         return _export(args)
+    if args.command == "bench":
+        return _bench(args)
     if args.command == "data":
         return _fetch(args)
     return _list()
@@ -437,6 +451,32 @@ def _export(args: argparse.Namespace) -> int:
     print(f"exported to {result['out']}; test accuracy of the run {accuracies['run']:.2%}")
     print(f"loaded back: {loaded}")
     return 0
+
+
+def _bench(args: argparse.Namespace) -> int:
+    from learnprune.deployment import bench_run
+
+    result = bench_run(
+        args.run_dir,
+        batches=_int_list("--batches", args.batches),
+        threads=_int_list("--threads", args.threads),
+        repeats=args.repeats,
+        min_sparsity=args.min_sparsity,
+        data_dir=args.data_dir,
+    )
+    print(result["table"])
+    print(f"written to {result['path']}")
+    return 0
+
+
+def _int_list(flag: str, text: str) -> list[int]:
+    try:
+        values = [int(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise ConfigError(f"{flag} takes whole numbers separated by commas, got {text!r}") from None
+    if not values or min(values) < 1:
+        raise ConfigError(f"{flag} takes positive whole numbers, got {text!r}")
+    return values
 
 
 def _report(args: argparse.Namespace) -> int:

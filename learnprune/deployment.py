@@ -29,6 +29,7 @@ from learnprune.data import Dataset
 from learnprune.engine import configure_torch, evaluate
 from learnprune.errors import CheckpointError
 
+BENCH_FILE = "bench.json"
 COMPACT_DIR = "compact"
 EXPORT_DIR = "export"
 
@@ -152,3 +153,34 @@ def _onnx_accuracy(path: Path, data: Dataset, batch: int = 1000) -> float:
         labels = data.y_test[start : start + batch]
         correct += int((logits[: len(labels)].argmax(1) == labels).sum())
     return correct / len(data.x_test)
+
+
+def bench_run(
+    run_dir: str | Path,
+    *,
+    batches: Iterable[int] = (1, 64),
+    threads: Iterable[int] = (1, 2),
+    repeats: int = 30,
+    min_sparsity: float = 0.5,
+    data_dir: str | None = None,
+) -> dict[str, Any]:
+    """Time the run's model in every form (:mod:`learnprune.bench`); the timings go to
+    ``<run_dir>/bench.json`` (replaced atomically, nothing else is touched)."""
+    from learnprune.bench import format_timings, measure
+    from learnprune.runner import environment
+
+    configure_torch()
+    _config, data, model, _options = load_run_model(run_dir, data_dir)
+    timings = measure(
+        model,
+        data.input_shape,
+        batches=list(batches),
+        threads=list(threads),
+        repeats=repeats,
+        min_sparsity=min_sparsity,
+    )
+    path = Path(run_dir) / BENCH_FILE
+    checkpoint.atomic_write_json(
+        path, {"timings": [t.as_dict() for t in timings], "environment": environment()}
+    )
+    return {"timings": timings, "table": format_timings(timings), "path": str(path)}

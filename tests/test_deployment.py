@@ -88,3 +88,24 @@ def test_a_directory_that_is_not_a_finished_run(tmp_path, command) -> None:
     (tmp_path / "config.json").write_text("{not json")
     code, _out, err = call(command, str(tmp_path))
     assert code == 2 and "corrupt" in err and len(err.strip().splitlines()) == 1
+
+
+def test_bench_times_every_form_and_writes_bench_json(structured_run) -> None:
+    code, out, err = call(
+        "bench", str(structured_run), "--batches", "1,4", "--threads", "1", "--repeats", "3"
+    )
+    assert code == 0, err
+    timings = json.loads((structured_run / "bench.json").read_text())["timings"]
+    assert {(t["form"], t["batch"]) for t in timings} == {
+        (form, batch) for form in ("dense", "masked", "compact", "csr") for batch in (1, 4)
+    }
+    by_form = {(t["form"], t["batch"]): t for t in timings}
+    assert by_form[("dense", 1)]["speedup"] == 1.0
+    assert by_form[("compact", 1)]["flops"] < by_form[("dense", 1)]["flops"]
+    assert all(t["median_ms"] > 0 and t["throughput"] > 0 for t in timings)
+    assert "| compact | 4 | 1 |" in out
+
+
+def test_bench_refuses_bad_batch_sizes(structured_run) -> None:
+    code, _out, err = call("bench", str(structured_run), "--batches", "1,x")
+    assert code == 2 and "--batches" in err and len(err.strip().splitlines()) == 1
