@@ -36,6 +36,14 @@ def summary(result: Mapping[str, Any]) -> str:
         f"sparsity {result['sparsity']:.2%}, compression {result['compression']:.1f}x, "
         f"{result['seconds'] / 60:.1f} min"
     )
+    small = result.get("compact") or {}
+    if "architecture" in small:
+        head += (
+            f"\ncompacted (dropped channels removed): {small['architecture']}, "
+            f"params {small['params']:,}, FLOPs {human(small['flops'])}"
+        )
+    elif "error" in small:
+        head += f"\nnot compacted: {small['error']}"
     return head + "\n" + format_table(result)
 
 
@@ -49,6 +57,7 @@ COLUMNS = (
     "compression",
     "FLOPs",
     "eff. FLOPs",
+    "compact FLOPs",
     "minutes",
 )
 
@@ -65,7 +74,9 @@ def compare(run_dirs: Sequence[str | Path]) -> str:
         lines.append(
             f"| {Path(run_dir).name} | {r['method']} | {r['model']} | {r['epochs']} | "
             f"{r['test_error']:.2%} | {r['sparsity']:.2%} | {r['compression']:.1f}x | "
-            f"{human(r['flops'])} | {human(r['effective_flops'])} | {r['seconds'] / 60:.1f} |"
+            f"{human(r['flops'])} | {human(r['effective_flops'])} | "
+            f"{human(r['compact']['flops']) if 'flops' in r.get('compact', {}) else '-'} | "
+            f"{r['seconds'] / 60:.1f} |"
         )
     lines.append(f"\n[{DEFINITIONS}]")
     return "\n".join(lines)

@@ -22,6 +22,7 @@ import datetime as _dt
 import json
 import platform
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -40,7 +41,7 @@ from learnprune.engine import (
     seed_everything,
     train,
 )
-from learnprune.errors import CheckpointError, ConfigError
+from learnprune.errors import CheckpointError, ConfigError, LearnpruneError
 from learnprune.methods import build_method
 from learnprune.methods.base import PruningMethod, TrainingContext
 from learnprune.models import build_model
@@ -214,6 +215,7 @@ def run(
     test_loss, test_accuracy = evaluate_now()
     counts = count(model.cpu(), data.input_shape)
     checkpoint.save_torch(run_dir / WEIGHTS, model.state_dict())
+    compacted = compact_summary(model, data.input_shape)
     result = {
         "method": config.method,
         "model": config.model,
@@ -225,6 +227,7 @@ def run(
         "test_loss": test_loss,
         **before_finalize,
         **counts.as_dict(),
+        "compact": compacted,
         "masked_tensors": sorted(masks),
         "seconds": last.get("elapsed", 0.0),
         "wall_seconds_this_process": time.perf_counter() - started,
@@ -235,6 +238,26 @@ def run(
     checkpoint.atomic_write_json(run_dir / FINAL, result)
     result["run_dir"] = str(run_dir)
     return result
+
+
+def compact_summary(model: nn.Module, input_shape: Sequence[int]) -> dict[str, Any]:
+    """What the finalized model becomes once its dropped channels are removed for real
+    (:func:`learnprune.compact.compact`, outputs checked): kept units, parameters, FLOPs.
+    A model compaction cannot handle gets ``{"error": reason}``; the run still succeeds."""
+    from learnprune.compact import compact
+
+    try:
+        result = compact(model, None, input_shape)
+    except LearnpruneError as err:
+        return {"error": str(err)}
+    return {
+        "architecture": result.architecture_after,
+        "removed_channels": result.removed_channels,
+        "params": result.after.params,
+        "flops": result.after.flops,
+        "effective_flops": result.after.effective_flops,
+        "max_abs_diff": result.max_abs_diff,
+    }
 
 
 def environment() -> dict[str, Any]:

@@ -109,3 +109,12 @@ def test_bench_times_every_form_and_writes_bench_json(structured_run) -> None:
 def test_bench_refuses_bad_batch_sizes(structured_run) -> None:
     code, _out, err = call("bench", str(structured_run), "--batches", "1,x")
     assert code == 2 and "--batches" in err and len(err.strip().splitlines()) == 1
+
+
+def test_every_final_json_says_what_the_model_compacts_to(structured_run) -> None:
+    final = json.loads((structured_run / "final.json").read_text())
+    small = final["compact"]
+    assert small["params"] < final["params"] and small["flops"] < final["flops"]
+    kept_fc1 = int(small["architecture"].split("-")[1])  # 784-<fc1 units>-<fc2 units>
+    assert kept_fc1 < 300
+    assert small["max_abs_diff"] <= 1e-5
