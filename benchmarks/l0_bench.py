@@ -4,13 +4,14 @@ Parts (``--part``):
 
 * ``unstructured``: one gate per weight, DiffPrune (``recipes/<model>-diffprune.toml``) or
   hard-concrete (``--methods hardconcrete``: ``recipes/<model>-hardconcrete-element.toml``),
-  at the sparsity targets ``--targets`` (the λ budget controller), to stand beside GMP at
-  the same sparsities and epochs (``benchmarks/baselines.py``) and SCL;
+  at the sparsity targets ``--targets`` (the λ budget controller) or at fixed strengths
+  ``--lams``, to stand beside GMP at the same sparsities and epochs and SCL;
 * ``structured``: gates per Linear input neuron and per conv feature map (``l0_units``):
   the hard-concrete reference recipe (``recipes/<model>-hardconcrete.toml``) for
   ``--epochs`` epochs; DiffPrune with the same groups, optimizer, batch and epochs at the
-  sparsity ``--structured-target``; and both at each FLOPs budget ``--flops`` (fraction of
-  the dense FLOPs kept).
+  sparsity ``--structured-target``; both at each fixed ``--lams`` and at each FLOPs budget
+  ``--flops`` (fraction of the dense FLOPs kept). ``--schedule`` replaces the recipes'
+  learning-rate schedule (names get a suffix).
 
 Results go to ``benchmarks/results/l0/<run name>/``; finished runs are skipped.
 
@@ -36,6 +37,7 @@ def main() -> int:
     parser.add_argument("--part", choices=("unstructured", "structured"), required=True)
     parser.add_argument("--targets", type=float, nargs="*", default=[0.9, 0.95, 0.98])
     parser.add_argument("--flops", type=float, nargs="*", default=[])
+    parser.add_argument("--lams", type=float, nargs="*", default=[], help="fixed λ, no target")
     parser.add_argument("--structured-target", type=float, default=None)
     parser.add_argument("--epochs", type=int, default=20)
     parser.add_argument("--methods", nargs="*", default=None)
@@ -52,6 +54,10 @@ def main() -> int:
                 config = recipe(name, target=target)
                 config.train.epochs = args.epochs
                 configurations.append((f"{args.model}-{method}-{round(target * 100)}", config))
+            for lam in args.lams:
+                config = recipe(name, lam=lam, target=None)
+                config.train.epochs = args.epochs
+                configurations.append((f"{args.model}-{method}-lam{lam:g}", config))
     else:
         for method in args.methods or ["hardconcrete", "diffprune"]:
             hard = method == "hardconcrete"
@@ -63,6 +69,12 @@ def main() -> int:
                 label = "reference" if hard else f"sparsity{args.structured_target:g}"
                 run_name = f"{args.model}-{method}-units-{label}-{args.epochs}ep"
                 configurations.append((run_name, config))
+            for lam in args.lams:
+                config = recipe(name, lam=lam, target=None)
+                config.train.epochs = args.epochs
+                configurations.append(
+                    (f"{args.model}-{method}-units-lam{lam:g}-{args.epochs}ep", config)
+                )
             for keep in args.flops:
                 config = recipe(name, target={"flops": keep})
                 config.train.epochs = args.epochs
@@ -76,10 +88,16 @@ def main() -> int:
     run_all(configurations, RESULTS)
     for name, _config in configurations:
         final = json.loads((RESULTS / name / "final.json").read_text())
+        small = final.get("compact", {})
+        compacted = (
+            f"; compacted {small['architecture']}, {small['flops'] / 2:,.0f} multiply-adds"
+            if "flops" in small
+            else ""
+        )
         print(
             f"{name}: {final['architecture']}, error {final['test_error']:.2%}, "
             f"sparsity {final['sparsity']:.2%}, FLOPs {final['effective_flops']:,} "
-            f"({final['effective_flops'] / 2:,.0f} multiply-adds)"
+            f"({final['effective_flops'] / 2:,.0f} multiply-adds){compacted}"
         )
     print(json.dumps({"command": " ".join(sys.argv)}))
     return 0
