@@ -169,7 +169,7 @@ def format_timings(timings: Sequence[Timing]) -> str:
     ]
     for t in timings:
         reference = dense_flops.get((t.batch, t.threads), t.flops)
-        ratio = reference / t.flops
+        ratio = reference / t.flops if t.flops else float("inf")  # an empty model
         lines.append(
             f"| {t.form} | {t.batch} | {t.threads} | {t.median_ms:.3f} | {t.throughput:,.0f} | "
             f"{t.speedup:.2f} | {ratio:.2f} |"

@@ -174,6 +174,31 @@ def _parser() -> argparse.ArgumentParser:
     )
     bench.add_argument("--data-dir", help="directory holding the data set's files")
 
+    compare = commands.add_parser(
+        "compare", help="run several methods at several strengths on one recipe; table + report"
+    )
+    compare.add_argument("--recipe", required=True, help="model, data and epochs of the sweep")
+    compare.add_argument(
+        "--methods",
+        default="scl,dessilbi,diffprune,hardconcrete,gmp,magnitude",
+        help="comma-separated method names",
+    )
+    compare.add_argument(
+        "--targets", default="0.9,0.95,0.98", help="sparsity targets for every method"
+    )
+    compare.add_argument(
+        "--strengths",
+        action="append",
+        default=[],
+        metavar="METHOD=[OPTION:]V1,V2",
+        help="per-method strengths instead, e.g. scl=lam:0.003,0.005 (repeatable)",
+    )
+    compare.add_argument("--path-epochs", default="5,10,20", help="DessiLBI: path epochs")
+    compare.add_argument("--epochs", type=int, help="replace the recipe's number of epochs")
+    compare.add_argument("--bench", action="store_true", help="also time every finished model")
+    compare.add_argument("--out", required=True, help="sweep directory (resumed if it exists)")
+    compare.add_argument("--no-progress", action="store_true")
+
     report = commands.add_parser("report", help="per-layer table of a run, or a table of runs")
     report.add_argument("run_dirs", nargs="+")
 
@@ -224,6 +249,8 @@ def _dispatch(args: argparse.Namespace) -> int:
         return _export(args)
     if args.command == "bench":
         return _bench(args)
+    if args.command == "compare":
+        return _compare(args)
     if args.command == "data":
         return _fetch(args)
     return _list()
@@ -466,6 +493,39 @@ def _bench(args: argparse.Namespace) -> int:
     )
     print(result["table"])
     print(f"written to {result['path']}")
+    return 0
+
+
+def _compare(args: argparse.Namespace) -> int:
+    from learnprune.compare import parse_strengths, plan, run_sweep, write_results
+    from learnprune.config import read_recipe
+    from learnprune.engine import configure_torch
+
+    configure_torch()
+    base = read_recipe(args.recipe)
+    if args.epochs is not None:
+        base.setdefault("train", {})["epochs"] = args.epochs
+    try:
+        targets = [float(v) for v in args.targets.split(",") if v.strip()]
+    except ValueError:
+        raise ConfigError(
+            f"--targets takes numbers separated by commas, got {args.targets!r}"
+        ) from None
+    methods = [m.strip().lower() for m in args.methods.split(",") if m.strip()]
+    planned = plan(
+        base,
+        methods,
+        targets,
+        parse_strengths(args.strengths),
+        _int_list("--path-epochs", args.path_epochs),
+    )
+    out = Path(args.out)
+    print(f"compare: {len(planned)} runs in {out / 'runs'}")
+    rows = run_sweep(planned, out, progress=not args.no_progress, bench=args.bench)
+    title = f"learnprune compare: {base.get('model')} / {base.get('data')}"
+    paths = write_results(rows, out, title)
+    print(paths["md"].read_text())
+    print(f"results: {paths['csv']}, {paths['md']}, {paths['html']}")
     return 0
 
 
