@@ -120,8 +120,9 @@ def gather(tensor: Tensor, piece: TensorSlices, num_groups: int) -> Tensor:
     """Sum a tensor-shaped quantity over each group: ``r_g = Σ_{i ∈ g} x_i``, shape ``(G,)``."""
     if piece.dim is None:
         per_position = tensor.reshape(-1)
-    else:
-        per_position = tensor.movedim(piece.dim, 0).reshape(tensor.shape[piece.dim], -1).sum(1)
+    else:  # sum over every other axis, without copying the tensor into a new layout
+        others = [d for d in range(tensor.dim()) if d != piece.dim]
+        per_position = tensor.sum(dim=others) if others else tensor
     if piece.index is None:
         return per_position
     ids = piece.index.reshape(-1).to(tensor.device)

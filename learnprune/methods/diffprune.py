@@ -122,13 +122,16 @@ class _ApproxBinary(torch.autograd.Function):
     def backward(ctx: Any, grad_z: Tensor) -> tuple[Tensor, None, None, None]:
         (saved,) = ctx.saved_tensors
         centre = float(ctx.transform.slope(torch.zeros(()), ctx.tau))
+        leak = ctx.leak
         if ctx.transform.name == "linear":
-            inside = (saved > 0) & (saved < 1)
-            slope = torch.where(inside, centre, ctx.leak * centre)
+            # inside the band ⟺ 0 < z < 1 ⟺ z (1 − z) > 0; written straight into floats
+            # (a bool mask and torch.where cost several times more on CPU)
+            inside = torch.gt(saved * (1 - saved), 0, out=torch.empty_like(saved))
+            slope = inside.mul_(centre * (1 - leak)).add_(centre * leak)
         else:
             low, high = ctx.transform.band(ctx.tau)
             inside = (saved > low) & (saved < high)
-            slope = torch.where(inside, ctx.transform.slope(saved, ctx.tau), ctx.leak * centre)
+            slope = torch.where(inside, ctx.transform.slope(saved, ctx.tau), leak * centre)
         return grad_z * slope, None, None, None
 
 

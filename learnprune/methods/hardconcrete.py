@@ -154,7 +154,7 @@ class HardConcrete(BudgetedMethod):
         self.lams = _per_set("lam", lam, self.plan, validation.non_negative)
         self.setup_budget(1.0, lam_rate, input_shape)  # λ_l times the adapted scale
         shape = model_input_shape(model, input_shape)
-        self._sizes = {s.name: s.sizes(weights_only=False) for s in self.plan.sets}
+        self._sizes = {s.name: _uniform(s.sizes(weights_only=False)) for s in self.plan.sets}
         self._costs = (
             costs.group_costs(model, self.plan, flops=True, input_shape=shape)
             if self.penalty == "flops"
@@ -282,6 +282,11 @@ class HardConcrete(BudgetedMethod):
         if "n_train" not in options and context.train_size is not None:
             options["n_train"] = context.train_size
         return cls(model, input_shape=context.input_shape, **options)
+
+
+def _uniform(values: Tensor) -> Tensor | float:
+    """One number when every group has the same value (no device copy in the hot path)."""
+    return float(values[0]) if values.numel() and bool((values == values[0]).all()) else values
 
 
 def _per_set(
