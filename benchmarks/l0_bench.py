@@ -6,6 +6,8 @@ Parts (``--part``):
   hard-concrete (``--methods hardconcrete``: ``recipes/<model>-hardconcrete-element.toml``),
   at the sparsity targets ``--targets`` (the λ budget controller) or at fixed strengths
   ``--lams``, to stand beside GMP at the same sparsities and epochs and SCL;
+* ``gmp``: GMP (``recipes/<model>-gmp.toml``, same epochs) at the sparsity each finished
+  unstructured run of the model reached (``<run>-gmp-match``);
 * ``structured``: gates per Linear input neuron and per conv feature map (``l0_units``):
   the hard-concrete reference recipe (``recipes/<model>-hardconcrete.toml``) for
   ``--epochs`` epochs; DiffPrune with the same groups, optimizer, batch and epochs at the
@@ -34,7 +36,7 @@ RESULTS = ROOT / "results" / "l0"
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", choices=sorted(PREFIX), required=True)
-    parser.add_argument("--part", choices=("unstructured", "structured"), required=True)
+    parser.add_argument("--part", choices=("unstructured", "structured", "gmp"), required=True)
     parser.add_argument("--targets", type=float, nargs="*", default=[0.9, 0.95, 0.98])
     parser.add_argument("--flops", type=float, nargs="*", default=[])
     parser.add_argument("--lams", type=float, nargs="*", default=[], help="fixed λ, no target")
@@ -47,7 +49,18 @@ def main() -> int:
     args = parser.parse_args()
     prefix = PREFIX[args.model]
     configurations = []
-    if args.part == "unstructured":
+    if args.part == "gmp":
+        for run_dir in sorted(RESULTS.glob(f"{args.model}-*")):
+            final_file = run_dir / "final.json"
+            if "units" in run_dir.name or run_dir.name.endswith("gmp-match"):
+                continue
+            if not final_file.is_file():
+                continue
+            final = json.loads(final_file.read_text())
+            config = recipe(f"{prefix}-gmp", target=round(final["sparsity"], 4))
+            config.train.epochs = final["epochs"]
+            configurations.append((f"{run_dir.name}-gmp-match", config))
+    elif args.part == "unstructured":
         for method in args.methods or ["diffprune"]:
             name = f"{prefix}-diffprune" if method == "diffprune" else f"{prefix}-{method}-element"
             for target in args.targets:
