@@ -8,8 +8,6 @@ small training subsets.
 
 from __future__ import annotations
 
-import contextlib
-import io
 import json
 import os
 import re
@@ -22,10 +20,10 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import call_cli
 
 from learnprune import engine
 from learnprune.checkpoint import load_checkpoint
-from learnprune.cli import main
 from learnprune.config import RunConfig, TrainConfig
 
 REPO = Path(__file__).resolve().parent.parent
@@ -36,23 +34,10 @@ ERROR_PREFIX = "learnprune: error:"
 SUBPROCESS_ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
-def call(*argv: str) -> tuple[int, str, str]:
-    """``main(argv)`` with its exit code (also from SystemExit), stdout and stderr."""
-    out, err = io.StringIO(), io.StringIO()
-    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-        try:
-            code = main(list(argv))
-        except SystemExit as exit_:
-            code = exit_.code
-    return code, out.getvalue(), err.getvalue()
+call = call_cli
 
 
 def command(*argv: str, env: dict[str, str] | None = None, timeout: float = 120):

@@ -3,15 +3,12 @@ HTML report, resuming an interrupted sweep, and bad input in one line."""
 
 from __future__ import annotations
 
-import contextlib
 import csv
-import io
 from pathlib import Path
 
 import pytest
-import torch
+from conftest import call_cli
 
-from learnprune.cli import main
 from learnprune.compare import method_recipe, parse_strengths
 from learnprune.errors import ConfigError
 
@@ -26,19 +23,10 @@ train_subset = 400
 """
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
-def call(*argv: str) -> tuple[int, str, str]:
-    out, err = io.StringIO(), io.StringIO()
-    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-        code = main(list(argv))
-    return code, out.getvalue(), err.getvalue()
+call = call_cli
 
 
 def test_sweep_writes_table_csv_and_report_and_resumes(tmp_path: Path) -> None:

@@ -25,12 +25,7 @@ LINEAR = TRANSFORMS["linear"]
 SIGMOID = TRANSFORMS["sigmoid"]
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _tiny(seed: int = 0) -> nn.Sequential:

@@ -37,14 +37,7 @@ N_TRAIN, N_TEST = 512, 128
 STEPS_PER_EPOCH = math.ceil(N_TRAIN / BATCH)  # 8
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """One intra-op thread: 2-3x faster than two on a loaded 2-core machine, and the same
-    for every run compared bit for bit."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def synthetic_dataset(seed: int = 0) -> Dataset:
