@@ -11,7 +11,7 @@ For one finished model this times, on this machine's CPU:
   SPEED.md: no sparse conv kernel pays on CPU);
 
 at each batch size and thread count: ``warmup`` calls, then the median of ``repeats`` timed
-calls (``time.perf_counter``, ``torch.inference_mode``). Forms are timed in alternating
+calls (``time.perf_counter``, ``torch.no_grad``). Forms are timed in alternating
 rounds so drift of a shared machine hits all alike; speed-ups are ratios of medians taken in
 the same run. Next to them: each form's FLOPs (FlopCounterMode, 2 per multiply-add) and
 effective FLOPs (nonzero weights only), so measured speed-up can be read against the FLOPs
@@ -126,7 +126,7 @@ def measure(
             for batch in batches:
                 x = torch.randn(batch, *input_shape)
                 samples: dict[str, list[float]] = {name: [] for name in built}
-                with torch.inference_mode():
+                with torch.no_grad():  # inference_mode breaks F.linear on CSR weights (torch 2.13)
                     for m in built.values():
                         for _ in range(warmup):
                             m(x)
