@@ -55,6 +55,9 @@ class LambdaController:
     rate: float = 0.01
     lam_min: float = 1e-8
     lam_max: float = 1e3
+    down_rate: float | None = None
+    """``η`` once the budget is exceeded (default: ``rate``). Methods whose closed groups
+    rarely reopen (DiffPrune) lower λ faster past the budget, so it is not overshot."""
 
     def __post_init__(self) -> None:
         self.lam = validation.positive("lam", self.lam)
@@ -63,14 +66,23 @@ class LambdaController:
 
     def update(self, achieved: float) -> float:
         """One step: move ``log λ`` by ``η · (target − achieved)``; return the new ``λ``."""
-        log_lam = math.log(self.lam) + self.rate * (self.target - achieved) * 100.0
+        gap = self.target - achieved
+        rate = self.rate if gap >= 0 or self.down_rate is None else self.down_rate
+        log_lam = math.log(self.lam) + rate * gap * 100.0
         self.lam = min(max(math.exp(log_lam), self.lam_min), self.lam_max)
         return self.lam
 
     def state_dict(self) -> dict[str, Any]:
-        return {"lam": self.lam, "target": self.target, "rate": self.rate}
+        return {
+            "lam": self.lam,
+            "target": self.target,
+            "rate": self.rate,
+            "down_rate": self.down_rate,
+        }
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         self.lam = float(state["lam"])
         self.target = float(state["target"])
         self.rate = float(state["rate"])
+        down = state.get("down_rate")
+        self.down_rate = None if down is None else float(down)

@@ -128,14 +128,22 @@ class Schedule:
 
 
 def build_optimizer(method: PruningMethod, config: TrainConfig) -> torch.optim.Optimizer:
-    """SGD (momentum, optional Nesterov) or Adam over the model's weights and the method's
-    own tensors (in the method's :meth:`~PruningMethod.optimizer_groups`)."""
+    """SGD (momentum, optional Nesterov), Adam (weight decay added to the gradient) or AdamW
+    (decoupled weight decay, ``w ← w − lr·λ_wd·w``) over the model's weights and the method's
+    own tensors (in the method's :meth:`~PruningMethod.optimizer_groups`).
+
+    With Adam a weight whose gradient is only its L2 term still moves by about ``lr`` per
+    step (Adam normalises the gradient): a weight behind a closed gate decays to zero within
+    a few hundred steps and its gate loses any reason to reopen. AdamW shrinks it by the
+    factor ``1 − lr·λ_wd`` instead."""
     groups = [{"params": method.model_parameters(), "weight_decay": config.weight_decay}]
     groups += method.optimizer_groups()
     for group in groups:
         group.setdefault("base_lr", config.lr)
     if config.optimizer == "adam":
         return torch.optim.Adam(groups, lr=config.lr)
+    if config.optimizer == "adamw":
+        return torch.optim.AdamW(groups, lr=config.lr)
     return torch.optim.SGD(groups, lr=config.lr, momentum=config.momentum, nesterov=config.nesterov)
 
 

@@ -41,12 +41,18 @@ class BudgetedMethod(PruningMethod):
         self.budget = budget.parse_target(target)
 
     def setup_budget(
-        self, start_lam: float, lam_rate: float, input_shape: Sequence[int] | None
+        self,
+        start_lam: float,
+        lam_rate: float,
+        input_shape: Sequence[int] | None,
+        down_rate: float | None = None,
     ) -> None:
         """Build the λ controller and the group costs it measures."""
         self.base_lam = start_lam
         self.controller = (
-            budget.LambdaController(max(start_lam, 1e-8), self.budget[1], lam_rate)
+            budget.LambdaController(
+                max(start_lam, 1e-8), self.budget[1], lam_rate, down_rate=down_rate
+            )
             if self.budget
             else None
         )

@@ -243,6 +243,9 @@ class DiffPrune(BudgetedMethod):
         per_example: with activation gates in stochastic mode, one noise draw per example.
         target: a sparsity or ``{"flops": f}`` budget that ``λ`` is adapted to reach.
         lam_rate: ``η`` of the λ adaptation (:class:`~learnprune.budget.LambdaController`).
+        lam_down_rate: ``η`` once the budget is exceeded (default ``50 η``): a closed gate
+            seldom reopens, so λ must fall fast once the target is reached or the sparsity
+            overshoots it (LeNet-300-100, target 0.9: 96.3% with a symmetric η).
         exclude: layers left dense (``fnmatch`` patterns).
         input_shape: one example's shape (coupled groups, FLOPs budgets).
     """
@@ -261,6 +264,7 @@ class DiffPrune(BudgetedMethod):
         "per_example",
         "target",
         "lam_rate",
+        "lam_down_rate",
         "exclude",
     )
 
@@ -280,6 +284,7 @@ class DiffPrune(BudgetedMethod):
         per_example: bool = True,
         target: float | Mapping[str, float] | None = None,
         lam_rate: float = 2e-5,
+        lam_down_rate: float | None = None,
         exclude: Sequence[str] = (),
         input_shape: Sequence[int] | None = None,
     ) -> None:
@@ -308,7 +313,8 @@ class DiffPrune(BudgetedMethod):
             exclude=exclude,
             input_shape=input_shape,
         )
-        self.setup_budget(self.lam, lam_rate, input_shape)
+        down = 50 * lam_rate if lam_down_rate is None else lam_down_rate
+        self.setup_budget(self.lam, lam_rate, input_shape, down_rate=down)
         self._draw_handle = (
             model.register_forward_pre_hook(self._draw) if self.mode == "stochastic" else None
         )

@@ -108,7 +108,8 @@ class HardConcrete(BudgetedMethod):
         temperature: ``β`` (2/3).
         penalty: ``"l0"`` (expected number of parameters) or ``"flops"`` (each group's
             FLOPs instead of its size, mean weight 1).
-        target: a sparsity or ``{"flops": f}`` budget that ``λ`` is scaled to reach.
+        target: a sparsity or ``{"flops": f}`` budget that ``λ`` is scaled to reach,
+            measured on the expected model (``Σ_g P(z_g ≠ 0) n_g``).
         lam_rate: ``η`` of the adaptation (:class:`~learnprune.budget.LambdaController`).
         exclude: layers left dense; input_shape: one example's shape.
     """
@@ -228,6 +229,13 @@ class HardConcrete(BudgetedMethod):
             for module, attr in self._ungated_biases:
                 total = total + decay * raw_tensor(module, attr).square().sum()
         return total / self.n_train
+
+    def kept_indicator(self, gate: GroupGate) -> Tensor:
+        """``P(z_g ≠ 0)``: the budget is measured on the expected model. The test-time gate
+        stays open until ``log α < −2.4`` while training already drops the group most of the
+        time, so measuring the test-time model made λ grow 40-fold before anything closed and
+        then overshoot (LeNet-300-100, target 0.95: 98.7% sparsity, 24.9% error)."""
+        return gate.prob_open().detach()
 
     def after_step(self) -> None:
         super().after_step()
