@@ -264,7 +264,7 @@ def write_results(rows: Sequence[Mapping[str, Any]], out: Path, title: str) -> d
     writer.writerows(rows)
     checkpoint.atomic_write_text(paths["csv"], buffer.getvalue())
     checkpoint.atomic_write_text(paths["md"], markdown_table(rows))
-    checkpoint.atomic_write_text(paths["html"], html_report(rows, title))
+    checkpoint.atomic_write_text(paths["html"], html_report(rows, title, out))
     return paths
 
 
@@ -323,8 +323,11 @@ def _by_method(rows: Sequence[Mapping[str, Any]]) -> dict[str, list[Mapping[str,
     return grouped
 
 
-def html_report(rows: Sequence[Mapping[str, Any]], title: str) -> str:
-    """A self-contained HTML page: the table and the plots (PNG inlined)."""
+def html_report(
+    rows: Sequence[Mapping[str, Any]], title: str, figure_dir: Path | None = None
+) -> str:
+    """A self-contained HTML page: the table and the plots (PNG inlined; also written to
+    ``figure_dir`` as files when given)."""
     grouped = _by_method(rows)
 
     def accuracy_vs(key: str, label: str, log: bool) -> Callable[[Any], None]:
@@ -333,6 +336,14 @@ def html_report(rows: Sequence[Mapping[str, Any]], title: str) -> str:
                 points = sorted((r[key], 100 * (1 - r["test_error"])) for r in items if r.get(key))
                 if points:
                     ax.plot(*zip(*points, strict=True), marker="o", label=method)
+            accuracies = [100 * (1 - r["test_error"]) for r in rows if r.get(key)]
+            if accuracies:  # collapsed runs would squash the useful range: they fall below
+                top = max(accuracies)
+                bottom = max(min(accuracies), top - 5.0)
+                ax.set_ylim(bottom - 0.25, min(100.0, top + 0.25))
+                hidden = sum(a < bottom for a in accuracies)
+                if hidden:
+                    ax.set_title(f"{hidden} run(s) below {bottom:.1f}% not shown", fontsize=8)
             if log:
                 ax.set_xscale("log")
             ax.set_xlabel(label)
@@ -428,8 +439,10 @@ def html_report(rows: Sequence[Mapping[str, Any]], title: str) -> str:
         parts.append("<tr>" + "".join(f"<td>{html.escape(str(c))}</td>" for c in cells) + "</tr>")
     parts.append("</table>")
     for caption, draw in figures:
+        png = _figure_png(draw)
+        if figure_dir is not None:
+            slug = "".join(c if c.isalnum() else "_" for c in caption.lower()).strip("_")
+            checkpoint.atomic_write_bytes(figure_dir / f"{slug[:40]}.png", base64.b64decode(png))
         parts.append(f"<h2>{html.escape(caption)}</h2>")
-        parts.append(
-            f"<img alt='{html.escape(caption)}' src='data:image/png;base64,{_figure_png(draw)}'>"
-        )
+        parts.append(f"<img alt='{html.escape(caption)}' src='data:image/png;base64,{png}'>")
     return "\n".join(parts) + "\n"
