@@ -40,6 +40,11 @@ The path: :meth:`DessiLBI.record_epoch` stores, after every epoch, each weight's
 epoch in ``supp(Γ)`` and the support itself; :meth:`ticket` returns the masks at an epoch,
 :meth:`prune_order_scores` / :meth:`prune_by_order` the reference's prune order
 (``‖W_filter‖₂ − first_epoch`` for conv filters, ``|W_ij| − first_epoch_ij`` for Linear).
+
+Two pitfalls of the code (METHODS.md 2.6) concern the optimizer itself: it used the removed
+``Tensor.add_(scalar, tensor)`` signature (here every update is written with ``alpha=`` or
+fused ops), and the ImageNet example passed ``nesterov=`` to a toolbox that had no such
+argument (here ``nesterov`` is an option). The growing fixes are in :mod:`learnprune.growing`.
 """
 
 from __future__ import annotations
