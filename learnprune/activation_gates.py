@@ -28,6 +28,10 @@ from learnprune.errors import ConfigError
 from learnprune.groups import GroupPlan, GroupSet, scatter_values
 from learnprune.masking import GroupGate
 
+GATE_ATTRIBUTE = "learnprune_gate"
+"""The gated module's submodule holding its gate: inside the model, the gate follows
+``model.to(device)`` and ``train()``/``eval()`` and is saved with ``model.state_dict()``."""
+
 Sampler = Callable[[GroupGate, int], Tensor]
 """``(gate, batch size) -> z`` of shape ``(B, G)``: per-example gate values in training."""
 
@@ -53,7 +57,8 @@ def attach(
     gates: Mapping[str, GroupGate],
     per_example: Sampler | None = None,
 ) -> list[RemovableHandle]:
-    """Hook every set's module so its output is multiplied by the set's gate values.
+    """Hook every set's module so its output is multiplied by the set's gate values (the
+    gate becomes the module's ``learnprune_gate`` submodule).
 
     With ``per_example`` and the module in training mode, ``z`` comes from
     ``per_example(gate, batch)`` (one draw per example); otherwise ``z = gate()``.
@@ -61,13 +66,13 @@ def attach(
     handles = []
     for group_set in plan.sets:
         module = model.get_submodule(group_set.slices[0].module)
+        module.add_module(GATE_ATTRIBUTE, gates[group_set.name])
         handles.append(module.register_forward_hook(_hook(gates[group_set.name], per_example)))
     return handles
 
 
 def _hook(gate: GroupGate, per_example: Sampler | None) -> Callable[..., Tensor]:
     def hook(module: nn.Module, _inputs: object, output: Tensor) -> Tensor:
-        gate.train(module.training)  # the gate lives outside the model: follow its mode
         tail = (1,) * (output.dim() - 2)
         if per_example is not None and module.training:
             z = per_example(gate, output.shape[0])
@@ -104,13 +109,15 @@ def fold(
     gates: Mapping[str, GroupGate],
     handles: list[RemovableHandle],
 ) -> None:
-    """Remove the hooks and scale each unit's weight row and bias by its gate value (the
-    gates in eval mode: deterministic values), so the plain model computes the same."""
+    """Remove the hooks and the gate submodules, and scale each unit's weight row and bias
+    by its gate value (the gates in eval mode: deterministic values), so the plain model
+    computes the same."""
     for handle in handles:
         handle.remove()
-    params = dict(model.named_parameters())
     for group_set in plan.sets:
         gate = gates[group_set.name]
+        delattr(model.get_submodule(group_set.slices[0].module), GATE_ATTRIBUTE)
         gate.eval()
+        params = dict(model.named_parameters())
         for name, multiplier in _member_values(group_set, gate().detach()).items():
             params[name].mul_(multiplier.to(params[name].device, params[name].dtype))

@@ -258,8 +258,10 @@ def effective_parameters(model: nn.Module) -> Iterator[tuple[str, Tensor]]:
             if param is not None:
                 yield prefix + attr, param
         for child_name, child in module._modules.items():
-            if child is None or (
-                child_name == "parametrizations" and parametrize.is_parametrized(module)
+            if (
+                child is None
+                or isinstance(child, GroupGate)  # an activation gate held by its module
+                or (child_name == "parametrizations" and parametrize.is_parametrized(module))
             ):
                 continue
             yield from walk(child, f"{prefix}{child_name}.")

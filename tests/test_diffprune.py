@@ -297,3 +297,21 @@ def test_cli_trains_diffprune_on_mnist(tmp_path) -> None:
     assert final["sparsity"] > 0.05 and final["test_accuracy"] > 0.5
     state = torch.load(out / "model.pt", weights_only=True)
     assert "fc1.weight" in state and not any("parametrizations" in k for k in state)
+
+
+def test_activation_gates_live_in_the_model_and_follow_it() -> None:
+    model = _tiny()
+    method = DiffPrune(model, groups="activation", mode="stochastic", tau=0.5)
+    gate = method.gates["0.weight"]
+    assert model[0].learnprune_gate is gate
+    model.eval()
+    assert not gate.training
+    model.to(torch.float64)  # what model.to(device) does to the gate as well
+    assert gate.phi.dtype == torch.float64
+    assert "0.learnprune_gate.phi" in model.state_dict()
+    assert all(p is not gate.phi for p in method.model_parameters())
+    from learnprune.accounting import count
+
+    assert count(model).params == sum(p.numel() for p in method.model_parameters())
+    method.finalize()
+    assert not hasattr(model[0], "learnprune_gate")
