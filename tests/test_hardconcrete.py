@@ -149,6 +149,8 @@ def test_per_set_options_must_match_the_sets() -> None:
         HardConcrete(model, lam=[1.0, 1.0])
     with pytest.raises(ConfigError):
         HardConcrete(model, droprate_init=1.5)
+    with pytest.raises(ConfigError, match="droprate_init"):  # the last set's: checked first
+        HardConcrete(model, droprate_init=[0.2, 0.5, 0.0])
     assert not any(hasattr(m, "parametrizations") for m in model.modules())
 
 

@@ -150,9 +150,27 @@ class PruningMethod:
 
     def finalize(self) -> nn.Module:
         """Bake the masks (and any gate values) into the weights; remove the gates."""
+        self.stop_noise_draws()
         masking.finalize(self.model)
         self.gates = {}
         return self.model
+
+    def draw_noise_each_forward(self) -> None:
+        """For stochastic gates (with a ``draw()`` method): new noise before every forward
+        pass of the model in training mode, so all member tensors of a set see one draw."""
+        self._noise_hook = self.model.register_forward_pre_hook(self._draw_noise)
+
+    def _draw_noise(self, module: nn.Module, _inputs: object) -> None:
+        if module.training:
+            for gate in self.gates.values():
+                gate.draw()
+
+    def stop_noise_draws(self) -> None:
+        """Remove the hook of :meth:`draw_noise_each_forward` (nothing if there is none)."""
+        hook = getattr(self, "_noise_hook", None)
+        if hook is not None:
+            hook.remove()
+            self._noise_hook = None
 
     def sparsity(self) -> float:
         """Current fraction of zero Conv/Linear weights under the masks (see accounting)."""

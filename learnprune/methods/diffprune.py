@@ -315,9 +315,8 @@ class DiffPrune(BudgetedMethod):
         )
         down = 50 * lam_rate if lam_down_rate is None else lam_down_rate
         self.setup_budget(self.lam, lam_rate, input_shape, down_rate=down)
-        self._draw_handle = (
-            model.register_forward_pre_hook(self._draw) if self.mode == "stochastic" else None
-        )
+        if self.mode == "stochastic":
+            self.draw_noise_each_forward()
 
     # --- gates ------------------------------------------------------------------------
     def validate_plan(self, plan: GroupPlan) -> None:
@@ -342,11 +341,6 @@ class DiffPrune(BudgetedMethod):
         sampler = (lambda gate, batch: gate.per_example(batch)) if self.per_example else None
         self._handles = activation_gates.attach(model, plan, gates, sampler)
         return gates
-
-    def _draw(self, module: nn.Module, _inputs: object) -> None:
-        if module.training:
-            for gate in self.gates.values():
-                gate.draw()
 
     # --- the common interface -------------------------------------------------------
     def optimizer_groups(self) -> list[dict[str, Any]]:
@@ -380,10 +374,8 @@ class DiffPrune(BudgetedMethod):
         return super().masks()
 
     def finalize(self) -> nn.Module:
-        if self._draw_handle is not None:
-            self._draw_handle.remove()
-            self._draw_handle = None
         if self.on_activations:
+            self.stop_noise_draws()
             activation_gates.fold(self.model, self.plan, self.gates, self._handles)
             self._handles = []
             self.gates = {}

@@ -150,9 +150,7 @@ class HardConcrete(BudgetedMethod):
         self.penalty = validation.choice("penalty", penalty, PENALTIES)
         self._lam_option, self._drop_option = lam, droprate_init
         self.set_target(target)
-        self._set_index = 0
         super().__init__(model, groups, exclude=exclude, input_shape=input_shape)
-        self.lams = _per_set("lam", lam, self.plan, validation.non_negative)
         # λ_l times the adapted scale; measured on the test-time gates, which close late (log
         # α < −2.4): λ rises until they do, then falls 50 times faster so it does not overshoot
         self.setup_budget(1.0, lam_rate, input_shape, down_rate=50 * lam_rate)
@@ -169,25 +167,16 @@ class HardConcrete(BudgetedMethod):
             else None
         )
         self._ungated_biases = self._find_ungated_biases()
-        self._draw_handle = model.register_forward_pre_hook(self._draw)
+        self.draw_noise_each_forward()
 
     # --- gates ------------------------------------------------------------------------
-    def make_gate(self, group_set: GroupSet) -> HardConcreteGate:
-        drop = _per_set(
-            "droprate_init", self._drop_option, self.plan, validation.fraction, self._set_index
-        )
-        self._set_index += 1
-        if not 0.0 < drop < 1.0:
-            raise ConfigError(f"droprate_init must lie in (0, 1), got {drop}")
-        return HardConcreteGate(group_set, drop, self.temperature)
-
     def validate_plan(self, plan: GroupPlan) -> None:
-        _per_set("lam", self._lam_option, plan, validation.non_negative)
+        """Per-set λ and drop rates, checked before any gate is attached."""
+        self.lams = _per_set("lam", self._lam_option, plan, validation.non_negative)
+        self._drop_rates = _per_set("droprate_init", self._drop_option, plan, _open_fraction)
 
-    def _draw(self, module: nn.Module, _inputs: object) -> None:
-        if module.training:
-            for gate in self.gates.values():
-                gate.draw()
+    def make_gate(self, group_set: GroupSet) -> HardConcreteGate:
+        return HardConcreteGate(group_set, self._drop_rates[group_set.name], self.temperature)
 
     def _find_ungated_biases(self) -> list[tuple[nn.Module, str]]:
         """Biases of gated layers that no group holds (Linear biases under input-unit
@@ -260,12 +249,6 @@ class HardConcrete(BudgetedMethod):
             out["expected_gated_flops"] = flops
         return out
 
-    def finalize(self) -> nn.Module:
-        if self._draw_handle is not None:
-            self._draw_handle.remove()
-            self._draw_handle = None
-        return super().finalize()
-
     def describe(self) -> str:
         lams = sorted(set(self.lams.values()))
         return (
@@ -292,15 +275,21 @@ def _uniform(values: Tensor) -> Tensor | float:
     return float(values[0]) if values.numel() and bool((values == values[0]).all()) else values
 
 
+def _open_fraction(label: str, value: Any) -> float:
+    """A number strictly between 0 and 1 (a drop rate)."""
+    number = validation.real(label, value)
+    if not 0.0 < number < 1.0:
+        raise ConfigError(f"{label} must lie in (0, 1), got {value!r}")
+    return number
+
+
 def _per_set(
     label: str,
     value: float | Sequence[float],
     plan: GroupPlan,
     check: Callable[[str, Any], float],
-    index: int | None = None,
-) -> Any:
-    """One number for every set, or a list with one per set; ``{set name: value}``, or
-    the value of set ``index``."""
+) -> dict[str, float]:
+    """One number for every set, or a list with one per set: ``{set name: value}``."""
     if isinstance(value, int | float):
         values = [check(label, value)] * len(plan.sets)
     else:
@@ -310,6 +299,4 @@ def _per_set(
             raise ConfigError(
                 f"{label} has {len(values)} values for {len(plan.sets)} group sets ({names})"
             )
-    if index is not None:
-        return values[index]
     return {s.name: v for s, v in zip(plan.sets, values, strict=True)}
