@@ -422,16 +422,11 @@ def _grow(args: argparse.Namespace) -> int:
 
 def _eval(args: argparse.Namespace) -> int:
     from learnprune.accounting import count, format_table
+    from learnprune.deployment import load_run_model
     from learnprune.engine import configure_torch, evaluate
-    from learnprune.runner import WEIGHTS, load_data, load_init, model_for, read_run_config
 
     configure_torch()
-    config = read_run_config(args.run_dir)
-    if args.data_dir:
-        config.data_options["root"] = args.data_dir
-    data = load_data(config)
-    model = model_for(config, data)
-    load_init(model, Path(args.run_dir) / WEIGHTS)
+    config, data, model, _options = load_run_model(args.run_dir, args.data_dir)
     loss, accuracy = evaluate(model, data.x_test, data.y_test)
     print(
         f"{config.model} from {args.run_dir} on {config.data} test set: "

@@ -75,7 +75,7 @@ def compact_run(
     from learnprune.export import export
 
     configure_torch()
-    _config, data, model, options = load_run_model(run_dir, data_dir)
+    config, data, model, options = load_run_model(run_dir, data_dir)
     target = Path(out) if out is not None else Path(run_dir) / COMPACT_DIR
     result = compact(model, None, data.input_shape, check=check)
     masked_accuracy = _accuracy(model, data)
@@ -83,7 +83,7 @@ def compact_run(
     export(
         result.model,
         target,
-        model_name=_config.model,
+        model_name=config.model,
         model_options=options,
         input_shape=data.input_shape,
         overwrite=overwrite,
