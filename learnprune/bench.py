@@ -88,17 +88,18 @@ def build_forms(
 
 def _flops(built: dict[str, nn.Module], input_shape: Sequence[int]) -> dict[str, tuple[int, int]]:
     """``(FLOPs, effective FLOPs)`` of each form; a CSR layer does the work of its nonzero
-    weights, so the ``csr`` form is charged the compact model's effective FLOPs."""
+    weights, so the ``csr`` form is charged the effective FLOPs of its dense equivalent (the
+    compact model)."""
+    from learnprune.sparse_linear import densify
+
     out = {}
     for name, m in built.items():
-        if name == "csr":
-            continue
-        counts = count(m, input_shape)
-        out[name] = (counts.flops, counts.effective_flops)
-    if "csr" in built:
-        compact_counts = count(built["csr"], input_shape) if "compact" not in built else None
-        effective = out["compact"][1] if compact_counts is None else compact_counts.flops
-        out["csr"] = (effective, effective)
+        counts = count(densify(m) if name == "csr" else m, input_shape)
+        out[name] = (
+            (counts.effective_flops, counts.effective_flops)
+            if name == "csr"
+            else (counts.flops, counts.effective_flops)
+        )
     return out
 
 
