@@ -150,8 +150,8 @@ def plan(
             raise ConfigError(f"compare: {method} takes no target; give --strengths {method}=...")
         for value in values:
             run_raw = json.loads(json.dumps(raw))
-            table = run_raw["method"] if isinstance(run_raw["method"], dict) else {}
-            table = {"name": run_raw["method"]} if isinstance(run_raw["method"], str) else table
+            given = run_raw["method"]
+            table = dict(given) if isinstance(given, dict) else {"name": given}
             table[option] = value
             run_raw["method"] = table
             config = RunConfig.from_dict(run_raw).validate()
