@@ -484,7 +484,7 @@ def _probe(model: nn.Module, batch: Tensor) -> _Probe:
         def hook(module: nn.Module, _inputs: object, output: object) -> None:
             if isinstance(module, PRUNABLE_LAYERS):
                 executed.append(name)
-            produced.extend((module, tensor) for tensor in _tensors(output))
+            produced.extend((module, tensor) for tensor in output_tensors(output))
 
         return hook
 
@@ -495,7 +495,7 @@ def _probe(model: nn.Module, batch: Tensor) -> _Probe:
         if isinstance(module, PRUNABLE_LAYERS) or any(True for _ in module.parameters(False)):
             hooks.append(module.register_forward_hook(record(name)))
     try:
-        outputs = _tensors(model(batch))
+        outputs = output_tensors(model(batch))
     except Exception as err:
         raise UnsupportedModelError(
             f"compact: the model does not run on a batch of shape {tuple(batch.shape)} "
@@ -548,14 +548,17 @@ def _trace(model: nn.Module, shape: Sequence[int], executed: Sequence[str]) -> t
     return graph
 
 
-def _tensors(value: object) -> list[Tensor]:
-    """The tensors in a forward pass's output (a tensor, or tuples, lists, dicts of them)."""
+def output_tensors(value: object, *, strict: bool = False) -> list[Tensor]:
+    """The tensors in a forward pass's output (a tensor, or tuples, lists, dicts of them).
+    Other values are skipped, or with ``strict`` refused (:class:`UnsupportedModelError`)."""
     if isinstance(value, Tensor):
         return [value]
     if isinstance(value, (tuple, list)):
-        return [t for item in value for t in _tensors(item)]
+        return [t for item in value for t in output_tensors(item, strict=strict)]
     if isinstance(value, Mapping):
-        return [t for item in value.values() for t in _tensors(item)]
+        return [t for item in value.values() for t in output_tensors(item, strict=strict)]
+    if strict:
+        raise UnsupportedModelError(f"cannot compare a model output of type {type(value).__name__}")
     return []
 
 
@@ -715,7 +718,7 @@ def _check_outputs(
     """Run the compact model on the probe batch; raise unless it matches the masked model."""
     model.eval()
     try:
-        outputs = _tensors(model(batch))
+        outputs = output_tensors(model(batch))
     except Exception as err:
         raise UnsupportedModelError(
             f"compact: the compacted model no longer runs ({type(err).__name__}: "

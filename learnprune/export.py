@@ -69,6 +69,7 @@ from torch import Tensor, nn
 from torch.nn.utils import parametrize
 
 from learnprune.checkpoint import atomic_write_bytes
+from learnprune.compact import output_tensors
 from learnprune.errors import CheckpointError, ConfigError, LearnpruneError, UnsupportedModelError
 from learnprune.models import build_model
 from learnprune.sparse_linear import DEFAULT_BLOCK, SparseLinear, densify, sparsify
@@ -345,16 +346,6 @@ def _quiet_onnx_exporter() -> Iterator[None]:
         logger.setLevel(level)
 
 
-def _outputs(value: Any) -> list[Tensor]:
-    if isinstance(value, Tensor):
-        return [value]
-    if isinstance(value, (list, tuple)):
-        return [t for item in value for t in _outputs(item)]
-    if isinstance(value, Mapping):
-        return [t for item in value.values() for t in _outputs(item)]
-    raise UnsupportedModelError(f"cannot compare a model output of type {type(value).__name__}")
-
-
 def _export_onnx(
     model: nn.Module, input_shape: tuple[int, ...], path: Path
 ) -> tuple[dict[str, Any], bytes]:
@@ -403,7 +394,7 @@ def _verify_onnx(model: nn.Module, path: Path, batch: Tensor, device: torch.devi
     :class:`UnsupportedModelError` unless they agree within ``ONNX_TOLERANCE``."""
     ort = _require("onnxruntime")
     with torch.no_grad():
-        expected = [t.detach().cpu() for t in _outputs(model(batch.to(device)))]
+        expected = [t.detach().cpu() for t in output_tensors(model(batch.to(device)), strict=True)]
     try:
         session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
         got = [torch.as_tensor(out) for out in session.run(None, {_ONNX_INPUT: batch.numpy()})]
