@@ -138,7 +138,7 @@ class PruningMethod:
 
     def regularizer(self) -> Tensor:
         """A scalar added to the task loss (zero for methods without one)."""
-        return torch.zeros((), device=_device(self.model))
+        return torch.zeros((), device=model_device(self.model))
 
     def after_step(self) -> None:
         """Called once after every optimizer step: schedules, clamps, prox steps."""
@@ -261,7 +261,8 @@ class Dense(PruningMethod):
         return cls(model)
 
 
-def _device(model: nn.Module) -> torch.device:
+def model_device(model: nn.Module) -> torch.device:
+    """The device of the model's parameters (CPU for a model without any)."""
     try:
         return next(model.parameters()).device
     except StopIteration:

@@ -61,6 +61,7 @@ from learnprune import activation_gates, costs, masking, validation
 from learnprune.errors import ConfigError
 from learnprune.groups import GroupPlan, GroupSet
 from learnprune.masking import GroupGate
+from learnprune.methods.base import model_device
 from learnprune.methods.budgeted import BudgetedMethod
 
 STRETCH_LOW, STRETCH_HIGH = -0.1, 1.1  # γ, ζ of the "sigmoid" transform
@@ -351,7 +352,7 @@ class DiffPrune(BudgetedMethod):
 
     def surrogate_l0(self) -> Tensor:
         """``R = Σ_g n_g z_g`` (or ``Σ_g n_g P(z_g ≠ 0)``), differentiable in ``φ``."""
-        total = torch.zeros((), device=self._device())
+        total = torch.zeros((), device=model_device(self.model))
         for name, gate in self.gates.items():
             total = total + costs.weighted_sum(self.budget_costs[name], gate.open_mass())
         return total
@@ -396,9 +397,6 @@ class DiffPrune(BudgetedMethod):
             f"diffprune (λ {self.lam:g}{self.budget_text()}, {self.mode}, {self.transform.name} "
             f"τ {self.tau:g}, on {where}): {self.plan.describe()}"
         )
-
-    def _device(self) -> torch.device:
-        return next(iter(self.gates.values())).phi.device
 
 
 __all__ = ["TRANSFORMS", "DiffPrune", "DiffPruneGate", "GateTransform", "approx_binary"]

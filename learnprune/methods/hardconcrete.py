@@ -47,7 +47,7 @@ from learnprune import costs, validation
 from learnprune.errors import ConfigError
 from learnprune.groups import GroupPlan, GroupSet, model_input_shape
 from learnprune.masking import GroupGate, raw_tensor
-from learnprune.methods.base import TrainingContext
+from learnprune.methods.base import TrainingContext, model_device
 from learnprune.methods.budgeted import BudgetedMethod
 
 GAMMA, ZETA, EPSILON = -0.1, 1.1, 1e-6
@@ -199,7 +199,7 @@ class HardConcrete(BudgetedMethod):
     # --- the common interface -------------------------------------------------------
     def regularizer(self) -> Tensor:
         """``R`` of the module docstring, with gradients for ``log α`` and the weights."""
-        total = torch.zeros((), device=self._device())
+        total = torch.zeros((), device=model_device(self.model))
         decay = 0.5 * self.weight_decay
         for group_set in self.plan.sets:
             gate = self.gates[group_set.name]
@@ -256,9 +256,6 @@ class HardConcrete(BudgetedMethod):
             f"N {self.n_train}, weight decay {self.weight_decay:g}, β {self.temperature:.3g}): "
             f"{self.plan.describe()}"
         )
-
-    def _device(self) -> torch.device:
-        return next(iter(self.gates.values())).log_alpha.device
 
     @classmethod
     def from_options(
