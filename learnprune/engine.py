@@ -11,6 +11,10 @@ evaluates on the test set after every epoch, appends a line to ``metrics.jsonl``
 epoch ``e`` comes from a generator seeded with ``(seed, e)``, so a run resumed from the
 checkpoint of epoch ``e`` ends with the same weights, bit for bit, as one never
 interrupted.
+
+Under ``torchrun`` (or in a user's script with a process group of several processes) the
+same loop runs data-parallel: each rank trains on its shard of the same global batches,
+DDP averages the gradients, and only rank 0 writes (:mod:`learnprune.distributed`).
 """
 
 from __future__ import annotations
@@ -29,7 +33,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from tqdm import tqdm
 
-from learnprune import checkpoint
+from learnprune import checkpoint, distributed
 from learnprune.config import TrainConfig
 from learnprune.data import Dataset
 from learnprune.errors import CheckpointError, TrainingDivergedError
@@ -163,17 +167,45 @@ def evaluate(model: nn.Module, x: Tensor, y: Tensor, batch_size: int = 1000) -> 
     return loss_sum / len(x), correct / len(x)
 
 
-def crop_flip(images: Tensor, generator: torch.Generator) -> Tensor:
-    """Random 4-pixel-padded crop and horizontal flip (the standard CIFAR augmentation)."""
+def crop_flip(
+    images: Tensor, generator: torch.Generator, batch_size: int | None = None, start: int = 0,
+    stride: int = 1,
+) -> Tensor:
+    """Random 4-pixel-padded crop and horizontal flip (the standard CIFAR augmentation).
+
+    The offsets and flips are drawn for a batch of ``batch_size`` images (default: all of
+    ``images``), of which ``images`` are the positions ``start::stride`` — a rank's shard of
+    a global batch gets the same crops as in a one-process run."""
     n, _c, h, w = images.shape
+    total = n if batch_size is None else batch_size
     padded = F.pad(images, (4, 4, 4, 4))
-    dy = torch.randint(0, 9, (n,), generator=generator).tolist()
-    dx = torch.randint(0, 9, (n,), generator=generator).tolist()
-    flip = torch.rand(n, generator=generator) < 0.5
+    dy = torch.randint(0, 9, (total,), generator=generator)[start::stride].tolist()
+    dx = torch.randint(0, 9, (total,), generator=generator)[start::stride].tolist()
+    flip = (torch.rand(total, generator=generator) < 0.5)[start::stride]
     out = torch.stack([padded[i, :, dy[i] : dy[i] + h, dx[i] : dx[i] + w] for i in range(n)])
     flip = flip.to(out.device)
     out[flip] = out[flip].flip(-1)
     return out
+
+
+def evaluate_everywhere(
+    model: nn.Module, x: Tensor, y: Tensor, batch_size: int = 1000
+) -> tuple[float, float]:
+    """:func:`evaluate`, with the test set split over the ranks of a process group (each
+    rank evaluates ``x[r::N]``; sums reduced; rank 0's BatchNorm statistics used)."""
+    if not distributed.is_distributed():
+        return evaluate(model, x, y, batch_size)
+    distributed.broadcast_buffers(model)
+    size, at = distributed.world_size(), distributed.rank()
+    xs, ys = x[at::size], y[at::size]
+    loss, accuracy = evaluate(model, xs, ys, batch_size) if len(xs) else (0.0, 0.0)
+    sums = torch.tensor(
+        [loss * len(xs), round(accuracy * len(xs)), len(xs)],
+        dtype=torch.float64,
+        device=x.device,
+    )
+    distributed.all_reduce_sum(sums)
+    return float(sums[0] / sums[2]), float(sums[1] / sums[2])
 
 
 def train(
@@ -214,10 +246,13 @@ def train(
     config.validate()
     out = Path(out_dir) if out_dir is not None else None
     info = dict(run_info or {})
+    main = distributed.is_main()
+    ranks = distributed.world_size()
+    quiet = quiet or not main
     say = (lambda _line: None) if quiet else (log or print)
     show_bar = (not quiet) and (sys.stderr.isatty() if progress is None else progress)
 
-    device = resolve_device(config.device)
+    device = distributed.device_for_rank(resolve_device(config.device))
     model.to(device)
     if config.train_subset is not None:
         data = data.subset(config.train_subset, seed=config.seed)
@@ -236,16 +271,19 @@ def train(
         raise CheckpointError("resume needs the run directory")
     if resume and not (out / CHECKPOINT).exists():
         say(f"{out} has no checkpoint yet (interrupted in its first epoch): starting over")
-        _truncate_metrics(out / METRICS, 0)
+        if main:
+            _truncate_metrics(out / METRICS, 0)
         resume = False
     if resume:
         state = checkpoint.load_checkpoint(out / CHECKPOINT, expect=_identity(info))
         _restore(state, model, method, optimizer)
         start_epoch, step, elapsed = state["epoch"], state["step"], state["elapsed"]
-        _truncate_metrics(out / METRICS, start_epoch)
+        if main:
+            _truncate_metrics(out / METRICS, start_epoch)
         say(f"resuming {out} after epoch {start_epoch} (step {step})")
     else:
         seed_everything(config.seed)
+    net = distributed.wrap(model, device)  # the model itself in one process
 
     # the first step whose loss was not finite, tracked on the device; read (a sync) every
     # step on CPU, every 50 steps on a GPU
@@ -274,40 +312,49 @@ def train(
         for batch_start in range(0, len(x_train), config.batch_size):
             if step >= schedule.total_steps:
                 break
-            index = order[batch_start : batch_start + config.batch_size].to(device)
-            x, y = x_train[index], y_train[index]
+            index = order[batch_start : batch_start + config.batch_size]
+            local = distributed.shard(index).to(device)  # all of it in one process
+            x, y = x_train[local], y_train[local]
             if augment:
-                x = crop_flip(x, augment_rng)
+                x = crop_flip(x, augment_rng, len(index), distributed.rank(), ranks)
             for group in optimizer.param_groups:  # every group follows the one schedule
                 group["lr"] = schedule.lr(step) * group["base_lr"] / config.lr
-            logits = model(x)
-            task_loss = F.cross_entropy(logits, y)
+            logits = net(x)
+            # mean over the global batch once DDP has averaged the ranks' gradients
+            task_sum = F.cross_entropy(logits, y, reduction="sum")
             reg = method.regularizer()
-            loss = task_loss + reg
+            loss = task_sum * (ranks / len(index)) + reg
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
+            method.before_optimizer_step()
             optimizer.step()
             method.after_step()
             step += 1
-            loss_sum += task_loss.detach() * len(y)
+            loss_sum += task_sum.detach()
             reg_sum += reg.detach() * len(y)
             correct += (logits.detach().argmax(1) == y).sum()
             seen += len(y)
             first_bad_step = torch.where(
                 (first_bad_step < 0) & ~torch.isfinite(loss.detach()), step, first_bad_step
             )
-            if step % check_every == 0 and int(first_bad_step) >= 0:
-                bar.close()
-                raise _diverged(epoch, int(first_bad_step), out)
+            if step % check_every == 0:
+                distributed.all_reduce_max(first_bad_step)  # every rank stops together
+                if int(first_bad_step) >= 0:
+                    bar.close()
+                    raise _diverged(epoch, int(first_bad_step), out)
             if show_bar and step % 20 == 0:
                 bar.set_postfix(loss=f"{float(loss_sum) / seen:.4f}", refresh=False)
             bar.update(1)
         bar.close()
+        distributed.all_reduce_max(first_bad_step)
         if int(first_bad_step) >= 0:
             raise _diverged(epoch, int(first_bad_step), out)
+        seen_total = torch.tensor(seen, device=device)
+        distributed.all_reduce_sum(loss_sum, reg_sum, correct, seen_total)
+        seen = int(seen_total)
 
         def evaluate_now() -> tuple[float, float]:
-            return evaluate(model, x_test, y_test, config.eval_batch_size)
+            return evaluate_everywhere(model, x_test, y_test, config.eval_batch_size)
 
         test_loss, test_accuracy = evaluate_now()
         extra = method.epoch_end(epoch + 1, evaluate_now)
@@ -337,7 +384,7 @@ def train(
                 else ""
             )
         )
-        if out is not None:
+        if out is not None and main:
             _append_metrics(out / METRICS, last)
             checkpoint.save_checkpoint(
                 out / CHECKPOINT,
@@ -353,6 +400,7 @@ def train(
                     "rng": checkpoint.rng_state(),
                 },
             )
+        distributed.barrier()  # no rank runs ahead of the checkpoint
     if not last and resume and out is not None:
         last = _last_metrics(out / METRICS)
     last["steps"] = step

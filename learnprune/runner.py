@@ -13,7 +13,10 @@ The flow is the one of the design: recipe -> data + model -> method attaches -> 
 ==================  ==========================================================
 
 A run never writes into a directory that holds another run's files (unless resuming it),
-so a failed or mistaken run cannot destroy earlier results.
+so a failed or mistaken run cannot destroy earlier results. Under ``torchrun`` every rank
+builds and trains; rank 0 alone chooses and checks the directory and writes to it (an
+error there stops every rank with the same message), and its results are returned on
+every rank.
 """
 
 from __future__ import annotations
@@ -29,7 +32,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from learnprune import __version__, checkpoint
+from learnprune import __version__, checkpoint, distributed
 from learnprune.accounting import DEFINITIONS, count
 from learnprune.config import RunConfig
 from learnprune.data import Dataset, load_dataset
@@ -173,7 +176,8 @@ def run(
     """
     configure_torch()
     config.validate()
-    run_dir = prepare_run_dir(out, config, resume)
+    run_dir = distributed.on_main(lambda: prepare_run_dir(out, config, resume))
+    quiet = quiet or not distributed.is_main()
     resolve_device(config.train.device)
     if data is None:
         data = load_data(config)
@@ -184,11 +188,15 @@ def run(
         )
     model, method = build(config, data)
     started = time.perf_counter()
-    run_dir.mkdir(parents=True, exist_ok=True)
-    if not resume:
-        checkpoint.atomic_write_json(run_dir / CONFIG, config.as_dict())
-        if method.saves_initial_weights:  # the starting point of lottery tickets
-            checkpoint.save_torch(run_dir / INITIAL_WEIGHTS, model.state_dict())
+
+    def start_directory() -> None:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        if not resume:
+            checkpoint.atomic_write_json(run_dir / CONFIG, config.as_dict())
+            if method.saves_initial_weights:  # the starting point of lottery tickets
+                checkpoint.save_torch(run_dir / INITIAL_WEIGHTS, model.state_dict())
+
+    distributed.on_main(start_directory)
     if not quiet:
         print(f"run {run_dir}: {config.model} on {config.data}, {method.describe()}")
     last = train(
@@ -202,6 +210,21 @@ def run(
         quiet=quiet,
         progress=progress,
     )
+    return distributed.on_main(
+        lambda: _finish(config, model, method, data, run_dir, last, started)
+    )
+
+
+def _finish(
+    config: RunConfig,
+    model: nn.Module,
+    method: PruningMethod,
+    data: Dataset,
+    run_dir: Path,
+    last: dict[str, Any],
+    started: float,
+) -> dict[str, Any]:
+    """Bake the masks in, measure, write ``model.pt`` and ``final.json``; the results."""
     device = next(model.parameters()).device
     x_test, y_test = data.x_test.to(device), data.y_test.to(device)
 
@@ -269,6 +292,7 @@ def environment() -> dict[str, Any]:
         "machine": platform.machine(),
         "processor": platform.processor() or platform.machine(),
         "threads": torch.get_num_threads(),
+        "processes": distributed.world_size(),
         "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
         "date": _dt.datetime.now().isoformat(timespec="seconds"),
     }

@@ -58,6 +58,8 @@ def test_identity_ste_gradient_by_hand() -> None:
     loss = 0.5 * model(x).pow(2).sum()
     loss.backward()
     grad_s = method.gates["0.weight"].mask_variable.grad
+    assert torch.allclose(grad_s, torch.tensor([4.0, -24.0]))  # the task part, until the step
+    method.before_optimizer_step()
     # W ⊙ ∂L/∂W̃ = [4, -24]; + λ each
     assert torch.allclose(grad_s, torch.tensor([4.0 + lam, -24.0 + lam]))
     # the weight gets the task gradient only where the mask is on
@@ -92,12 +94,38 @@ def test_per_feature_normalisation_gives_each_feature_its_norm(norm: str) -> Non
     assert torch.allclose(rows[0] / rows[0].norm(), torch.tensor([0.6, 0.8, 0.0]))
 
 
+def test_accumulated_gradient_is_processed_once_before_any_optimizer_step() -> None:
+    """Two backward passes then ``optimizer.step()``: the step sees normalise(g₁ + g₂) + λ,
+    computed once by the optimizer pre-hook (no explicit call)."""
+    torch.manual_seed(0)
+    model, twin = _tiny(), _tiny()
+    twin.load_state_dict(model.state_dict())
+    lam = 0.01
+    method = SCL(model, lam=lam, normalize="l2")
+    reference = SCL(twin, lam=lam, normalize="l2")
+    x = torch.randn(8, 3)
+    for half in (x[:4], x[4:]):  # accumulated: the mean over the batch, in two halves
+        (0.5 * F.mse_loss(model(half), torch.zeros(4, 1))).backward()
+    F.mse_loss(twin(x), torch.zeros(8, 1)).backward()
+    reference.before_optimizer_step()
+    expected = reference.gates["0.weight"].mask_variable.grad.clone()
+    variable = method.gates["0.weight"].mask_variable
+    optimizer = torch.optim.SGD([variable], lr=1.0)
+    before = variable.detach().clone()
+    optimizer.step()
+    assert torch.allclose(before - variable.detach(), expected, atol=1e-6)
+    assert torch.allclose(variable.grad, expected, atol=1e-6)
+    optimizer.step()  # nothing new accumulated: not processed again
+    assert torch.allclose(variable.grad, expected, atol=1e-6)
+
+
 def test_normalisation_applies_to_the_task_part_and_lambda_is_added_after() -> None:
     model = _tiny()
     lam = 0.01
     method = SCL(model, lam=lam, normalize="rms")
     x = torch.randn(8, 3)
     F.mse_loss(model(x), torch.zeros(8, 1)).backward()
+    method.before_optimizer_step()
     grad = method.gates["0.weight"].mask_variable.grad.reshape(2, 3) - lam
     assert torch.allclose(grad.square().mean(1).sqrt(), torch.ones(2), atol=1e-5)
 

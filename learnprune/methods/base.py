@@ -140,6 +140,11 @@ class PruningMethod:
         """A scalar added to the task loss (zero for methods without one)."""
         return torch.zeros((), device=model_device(self.model))
 
+    def before_optimizer_step(self) -> None:
+        """Called once per step when its gradients are complete (after every ``backward()``
+        of the step and, under DDP, their average over the ranks) and before
+        ``optimizer.step()``: methods that transform gradients do it here (SCL)."""
+
     def after_step(self) -> None:
         """Called once after every optimizer step: schedules, clamps, prox steps."""
         self.step += 1

@@ -39,10 +39,15 @@ structured groups (channels, coupled, custom) the mask variable ``S_g`` stands f
 λ n_g h(S_g)``; normalised, the per-connection task gradient ``g_g / n_g`` of the whole group
 set (one layer, or one coupled channel set) is one feature and ``λ h(S_g)`` is added.
 
-The normalisation and the λ term are applied in a hook that runs once the task gradient
-has been accumulated into ``S.grad``; :meth:`SCL.regularizer` therefore only *reports*
-``λ · Σ M`` (it carries no gradient), and SCL trains correctly in any loop that calls
-``backward()`` once per optimizer step.
+The normalisation and the λ term are applied to the *complete* gradient of a step, right
+before the optimizer uses it: :meth:`SCL.before_optimizer_step`, which a hook on every
+``torch.optim`` optimizer's ``step()`` calls (and learnprune's loop and its Lightning and
+Hugging Face callbacks call explicitly). So gradients accumulated over several
+``backward()`` calls, or averaged over the ranks by DDP, are normalised once, as the
+gradient of the whole batch: ``normalise(mean_r g_r)``, not ``mean_r normalise(g_r)``.
+:meth:`SCL.regularizer` only *reports* ``λ · Σ M`` (it carries no gradient). A loop whose
+gradients are computed inside ``optimizer.step(closure)`` calls
+``method.before_optimizer_step()`` in the closure, after ``backward()``.
 
 Beyond the paper: ``target=`` a sparsity (``0.95``) or a FLOPs budget
 (``{"flops": 0.3}``, the fraction of dense FLOPs kept) to which ``λ`` is adapted in log
@@ -52,11 +57,13 @@ by its FLOPs. ``groups="out_channel"`` or ``"coupled"`` gives structured SCL.
 
 from __future__ import annotations
 
+import weakref
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import torch
 from torch import Tensor, nn
+from torch.optim.optimizer import register_optimizer_step_pre_hook
 
 from learnprune import costs, validation
 from learnprune.errors import ConfigError
@@ -253,17 +260,36 @@ class SCL(BudgetedMethod):
         super().__init__(model, groups, exclude=exclude, input_shape=input_shape)
         self.setup_budget(self.lam, lam_rate, input_shape)
         self.features = {s.name: _feature_count(s) for s in self.plan.sets}
+        self._processors = {name: self._make_processor(name) for name in self.gates}
+        self._pending: set[str] = set()  # sets with a new task gradient not yet processed
         self._hooks = [
-            gate.mask_variable.register_post_accumulate_grad_hook(self._make_hook(name))
+            gate.mask_variable.register_post_accumulate_grad_hook(self._mark_pending(name))
             for name, gate in self.gates.items()
         ]
+        self._step_hook = register_optimizer_step_pre_hook(
+            _process_before_step(weakref.ref(self))
+        )
+        weakref.finalize(self, self._step_hook.remove)
 
     # --- gates ------------------------------------------------------------------------
     def make_gate(self, group_set: GroupSet) -> SCLMask:
         keep_one = self.keep_one and group_set.kind != "element"
         return SCLMask(group_set, self.init, self.ste, self.ste_slope, keep_one)
 
-    def _make_hook(self, set_name: str) -> Callable[[Tensor], None]:
+    def _mark_pending(self, set_name: str) -> Callable[[Tensor], None]:
+        def hook(_mask_variable: Tensor) -> None:
+            self._pending.add(set_name)
+
+        return hook
+
+    def before_optimizer_step(self) -> None:
+        """Normalise the task gradient of every mask variable and add the λ term (once per
+        step, whatever number of ``backward()`` calls accumulated it)."""
+        for name in sorted(self._pending):
+            self._processors[name](self.gates[name].mask_variable)
+        self._pending.clear()
+
+    def _make_processor(self, set_name: str) -> Callable[[Tensor], None]:
         group_set = next(s for s in self.plan.sets if s.name == set_name)
         structured = group_set.kind != "element"
 
@@ -327,11 +353,27 @@ class SCL(BudgetedMethod):
     def kept_indicator(self, gate: GroupGate) -> Tensor:
         return gate.current_mask()  # M of the last forward pass when S has not changed
 
+    def finalize(self) -> nn.Module:
+        self._step_hook.remove()
+        return super().finalize()
+
     def describe(self) -> str:
         return (
             f"scl (λ {self.lam:g}{self.budget_text()}, ste {self.ste}, "
             f"normalize {self.normalize}): {self.plan.describe()}"
         )
+
+
+def _process_before_step(method: weakref.ref[SCL]) -> Callable[..., None]:
+    """A pre-hook for every optimizer's ``step()``: the SCL method's pending mask gradients
+    processed first (a weak reference: the hook does not keep the method alive)."""
+
+    def hook(_optimizer: torch.optim.Optimizer, _args: Any, _kwargs: Any) -> None:
+        scl = method()
+        if scl is not None and scl._pending:
+            scl.before_optimizer_step()
+
+    return hook
 
 
 def _feature_count(group_set: GroupSet) -> int:
