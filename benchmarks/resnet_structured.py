@@ -11,7 +11,10 @@ Protocol (all runs start from the same trained dense model):
    FLOPs, then fine-tuned ``--epochs`` epochs;
 3. ``<method>-<k>``: SCL, DiffPrune and hard-concrete with ``coupled`` groups and
    ``target={"flops": k}``, initialised from the dense model, trained ``--epochs`` epochs;
-   their FLOPs are those of the compacted model (``final.json`` → ``compact``).
+   their FLOPs are those of the compacted model (``final.json`` → ``compact``);
+4. ``dessilbi``: DessiLBI has no budget to aim at: one run from the dense model with its
+   structured prox (group soft threshold per conv filter; the classifier not coupled), whose
+   last path point ``W ⊙ 1[Γ ≠ 0]`` is compacted and reported at whatever FLOPs it reached.
 
 The table gives each run's FLOPs ratio (dense / pruned, measured on the compact model) and
 its accuracy drop from dense. ``--train-subset`` and the epochs scale the whole thing to
@@ -41,12 +44,14 @@ from learnprune.models import build_model
 from learnprune.runner import load_init
 
 RESULTS = ROOT / "results" / "resnet20-fashion"
-METHODS = ("scl", "diffprune", "hardconcrete")
+METHODS = ("scl", "diffprune", "hardconcrete", "dessilbi")
 OPTIONS = {
     "scl": {"groups": "coupled", "lam": 0.001},
     "diffprune": {"groups": "coupled", "lam": 0.1},
     "hardconcrete": {"groups": "coupled", "lam": 0.01, "weight_decay": 0.0},
+    "dessilbi": {"kappa": 1.0, "nu": 5.0, "lam": 1.0, "prox": "auto", "exclude": ["fc"]},
 }
+BUDGETLESS = {"dessilbi"}
 OPTIMIZER = {"diffprune": ("adam", 1e-3), "hardconcrete": ("adam", 1e-3)}
 
 
@@ -158,12 +163,15 @@ def main() -> int:
     dense = json.loads((results / dense_name / "final.json").read_text())
     rows = [("dense", 1.0, dense["test_accuracy"], 0.0)]
     configurations = []
-    for keep in args.keep:
-        for method in args.methods:
+    init = str(scratch / "model.pt")
+    for method in args.methods:
+        if method in BUDGETLESS:
+            config = run_config(method, OPTIONS[method], args.epochs, args.train_subset, init)
+            configurations.append((f"{method}-{args.epochs}ep", config))
+            continue
+        for keep in args.keep:
             options = {**OPTIONS[method], "target": {"flops": keep}}
-            config = run_config(
-                method, options, args.epochs, args.train_subset, str(scratch / "model.pt")
-            )
+            config = run_config(method, options, args.epochs, args.train_subset, init)
             configurations.append((f"{method}-flops{keep:g}-{args.epochs}ep", config))
     run_all(configurations, results)
     for name, _config in configurations:
