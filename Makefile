@@ -25,7 +25,7 @@ install: $(VENV)/.installed
 $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --disable-pip-version-check $(TORCH)
-	$(PY) -m pip install -q --disable-pip-version-check -e '.[test,plot,yaml,export]'
+	$(PY) -m pip install -q --disable-pip-version-check -e '.[test,plot,yaml,export,lightning,hf]'
 	touch $@
 
 data: install

@@ -52,7 +52,7 @@ from __future__ import annotations
 import contextlib
 import fnmatch
 import math
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import Any
 
 import torch
@@ -88,6 +88,19 @@ def group_soft_threshold(z: Tensor, lam: float, rescaled: bool = False) -> Tenso
 def default_coupled(name: str, param: Tensor) -> bool:
     """The reference code couples every 2-D (Linear) and 4-D (conv) weight."""
     return param.ndim in (2, 4) and name.endswith("weight")
+
+
+def coupled_except(exclude: str | Sequence[str] = ()) -> Callable[[str, Tensor], bool]:
+    """:func:`default_coupled` but for the tensors and layers that match one of the
+    ``exclude`` patterns (``fnmatch``; ``"fc3"`` names the layer: ``fc3.weight`` stays plain)."""
+    patterns = [exclude] if isinstance(exclude, str) else list(exclude)
+
+    def coupled(name: str, param: Tensor) -> bool:
+        layer = name.rpartition(".")[0]
+        excluded = any(fnmatch.fnmatchcase(n, p) for p in patterns for n in (name, layer))
+        return default_coupled(name, param) and not excluded
+
+    return coupled
 
 
 class DessiLBI(torch.optim.Optimizer):
@@ -162,6 +175,20 @@ class DessiLBI(torch.optim.Optimizer):
                     state["gamma"] = torch.zeros_like(param)
                     state["first_epoch"] = torch.full_like(param, NEVER, dtype=torch.int32)
         self.support_history: list[dict[str, int]] = []
+
+    @classmethod
+    def for_model(
+        cls, model: nn.Module, lr: float, *, exclude: str | Sequence[str] = (), **options: Any
+    ) -> DessiLBI:
+        """DessiLBI over ``model.named_parameters()``, every Linear and conv weight coupled
+        but those matching ``exclude`` (``fnmatch`` patterns of tensor or layer names)::
+
+            optimizer = DessiLBI.for_model(model, lr=0.1, kappa=1.0, nu=100.0, momentum=0.9)
+
+        ``options`` are the other arguments of :class:`DessiLBI` (``kappa``, ``nu``,
+        ``momentum``, ``nesterov``, ``weight_decay``, ``prox``, ``lam``, ``conv_lam``,
+        ``variant``)."""
+        return cls(list(model.named_parameters()), lr, coupled=coupled_except(exclude), **options)
 
     # --- the update -------------------------------------------------------------------
     @torch.no_grad()
@@ -416,14 +443,7 @@ class DessiLBIMethod(PruningMethod):
         )
 
     def _make(self, **train: Any) -> DessiLBI:
-        def coupled(name: str, param: Tensor) -> bool:
-            layer = name.rpartition(".")[0]
-            excluded = any(fnmatch.fnmatchcase(n, p) for p in self.exclude for n in (name, layer))
-            return default_coupled(name, param) and not excluded
-
-        return DessiLBI(
-            list(self.model.named_parameters()), coupled=coupled, **train, **self.options
-        )
+        return DessiLBI.for_model(self.model, exclude=self.exclude, **train, **self.options)
 
     def build_optimizer(self, config: Any) -> DessiLBI:
         """The optimizer the engine trains with (``lr``, momentum, Nesterov, weight decay
