@@ -31,6 +31,7 @@ from learnprune.errors import (
 from learnprune.export import export as export_model
 from learnprune.export import load as load_export
 from learnprune.groups import GroupSet, build_groups, custom_group_set
+from learnprune.inspection import PrunabilityReport, prunability_report
 from learnprune.masking import finalize, read_masks
 from learnprune.methods import (
     GMP,
@@ -65,6 +66,7 @@ __all__ = [
     "HardConcrete",
     "LearnpruneError",
     "Magnitude",
+    "PrunabilityReport",
     "PruningMethod",
     "RunConfig",
     "TrainConfig",
@@ -83,6 +85,7 @@ __all__ = [
     "list_models",
     "load_dataset",
     "load_export",
+    "prunability_report",
     "read_masks",
     "run",
     "train",

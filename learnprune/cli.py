@@ -8,6 +8,7 @@
     learnprune eval runs/lenet300-gmp-20261126-140501
     learnprune report runs/lenet300-gmp-20261126-140501 [more runs ...]
     learnprune data fetch mnist
+    learnprune inspect --module mynets:TinyViT --groups coupled --input-shape 3,32,32
     learnprune list
 
 Errors a user can cause end in one line on stderr and exit code 2.
@@ -212,6 +213,26 @@ def _parser() -> argparse.ArgumentParser:
         "(default $LEARNPRUNE_DATA/<name>, $LEARNPRUNE_DATA = ~/.cache/learnprune)",
     )
 
+    # --- inspect (learnprune.inspection) ---
+    inspect = commands.add_parser(
+        "inspect", help="what a group kind prunes in a model, what it skips and why"
+    )
+    source = inspect.add_mutually_exclusive_group(required=True)
+    source.add_argument("--model", help="a built-in model (see learnprune list)")
+    source.add_argument(
+        "--module",
+        metavar="PATH.TO.MODULE:FACTORY",
+        help="your model: a class or no-argument function importable from Python "
+        "(the current directory included), e.g. mynets:TinyViT",
+    )
+    inspect.add_argument("--groups", default="element", help="a group kind, e.g. coupled")
+    inspect.add_argument(
+        "--input-shape", metavar="C,H,W", help="one example's shape; runs one forward pass"
+    )
+    inspect.add_argument("--exclude", action="append", default=[], help="layer name pattern")
+    inspect.add_argument("--json", action="store_true", help="print the report as JSON")
+    # --- end inspect ---
+
     commands.add_parser("list", help="models, methods, data sets and shipped recipes")
     return parser
 
@@ -222,7 +243,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return _dispatch(args)
     except LearnpruneError as err:
-        sys.stderr.write(f"learnprune: error: {err}\n")
+        if not getattr(err, "reported_by_rank_0", False):  # one message per torchrun job
+            sys.stderr.write(f"learnprune: error: {err}\n")
         return err.exit_code
     except KeyboardInterrupt:
         hint = ""
@@ -234,7 +256,10 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def _dispatch(args: argparse.Namespace) -> int:
     if args.command == "train":
-        return _train(args)
+        from learnprune.distributed import process_group_from_env
+
+        with process_group_from_env():  # under torchrun: one process of a DDP group
+            return _train(args)
     if args.command == "eval":
         return _eval(args)
     if args.command == "ticket":
@@ -253,11 +278,14 @@ def _dispatch(args: argparse.Namespace) -> int:
         return _compare(args)
     if args.command == "data":
         return _fetch(args)
+    if args.command == "inspect":
+        return _inspect(args)
     return _list()
 
 
 def _train(args: argparse.Namespace) -> int:
     from learnprune.config import RunConfig, apply_overrides, read_recipe
+    from learnprune.distributed import on_main
     from learnprune.runner import default_run_dir, read_run_config
 
     if args.resume:
@@ -317,7 +345,7 @@ def _train(args: argparse.Namespace) -> int:
             raise ConfigError(
                 "method dense prunes nothing; pass --method magnitude or gmp with --target"
             )
-        out = Path(args.out) if args.out else default_run_dir(config)
+        out = Path(args.out) if args.out else on_main(lambda: default_run_dir(config))
     return _run_and_report(args, config, out, resume=bool(args.resume))
 
 
@@ -334,7 +362,9 @@ def _run_and_report(args: argparse.Namespace, config: Any, out: Path, *, resume:
         quiet=args.quiet,
         progress=False if args.no_progress else None,
     )
-    if not args.quiet:
+    from learnprune.distributed import is_main
+
+    if not args.quiet and is_main():
         print()
         print(summary(result))
         print(f"\nresults in {result['run_dir']} (final.json, metrics.jsonl, model.pt)")
@@ -549,6 +579,22 @@ def _fetch(args: argparse.Namespace) -> int:
 
     where = fetch(args.name, args.root)
     print(f"{args.name} is ready in {where}")
+    return 0
+
+
+def _inspect(args: argparse.Namespace) -> int:
+    from learnprune.inspection import inspect_command
+
+    print(
+        inspect_command(
+            model=args.model,
+            module=args.module,
+            groups=args.groups,
+            input_shape=args.input_shape,
+            exclude=args.exclude,
+            as_json=args.json,
+        )
+    )
     return 0
 
 

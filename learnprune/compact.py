@@ -256,10 +256,14 @@ def compact(
     *,
     check: bool = True,
     atol: float = 1e-5,
+    example_inputs: Any = None,
 ) -> CompactResult:
     """Physically remove the channels that ``masks`` drop as whole groups.
 
     See the module docstring for when a channel may go. The caller's model is not changed.
+    A model with multi-head attention blocks (Hugging Face BERT/ViT-style layers,
+    ``nn.MultiheadAttention``) goes to :func:`learnprune.transformer_compact.compact_transformer`,
+    which removes dropped attention heads and MLP neurons and leaves other layers whole.
 
     Args:
         model: a plain model: a method's ``finalize()`` already run (masks baked in).
@@ -272,6 +276,10 @@ def compact(
         atol: the check's tolerance: the largest output difference accepted is
             ``atol · max(1, max |masked outputs|)`` (absolute for outputs up to 1, relative
             beyond, since float32 sums over fewer channels round differently).
+        example_inputs: what to run the model on instead of a random batch of
+            ``input_shape``: a tensor (``model(x)``), a tuple (``model(*x)``) or a dict
+            (``model(**x)``, e.g. ``{"input_ids": ..., "attention_mask": ...}``). For a
+            model without attention a tensor only gives the input shape.
 
     Returns:
         a :class:`CompactResult` holding the compact model and the report.
@@ -281,6 +289,16 @@ def compact(
         UnsupportedModelError: the dependency graph cannot trace the model, or the compact
             model's outputs differ from the masked model's.
     """
+    # --- transformers: heads and MLP neurons (learnprune.transformer_compact) ---
+    from learnprune.transformer_compact import compact_transformer, has_attention_blocks
+
+    if has_attention_blocks(model):
+        return compact_transformer(
+            model, masks, input_shape, example_inputs=example_inputs, check=check, atol=atol
+        )
+    if input_shape is None and isinstance(example_inputs, Tensor):
+        input_shape = tuple(example_inputs.shape[1:])
+    # --- end transformers ---
     _refuse_unsupported(model)
     shape = model_input_shape(model, input_shape)
     if shape is None:

@@ -8,10 +8,12 @@ residual add or a concat ties layers together, from every layer joined there. To
 together with everything tied to it, so one keep/drop decision covers them all.
 
 Group members that learnprune knows how to mask: Conv/Linear weights (output rows and
-input columns), their biases, BatchNorm affine entries, and depthwise convs. A dependency
-group that also touches another parameterised layer (LayerNorm, GroupNorm, PReLU,
-Embedding, attention, raw parameters, grouped convs) is skipped as a whole and reported,
-never masked half-way.
+input columns), their biases, BatchNorm affine entries, and depthwise convs (filter ``c``
+with input channel ``c``; with a channel multiplier only in the group of their own
+outputs). A dependency group that also touches another parameterised layer (LayerNorm,
+GroupNorm, PReLU, Embedding, attention, raw parameters, grouped convs, a depthwise conv's
+inputs under a channel multiplier) is skipped as a whole and reported, never masked
+half-way; so are the layers whose outputs it holds (``plan.skipped`` says which group).
 """
 
 from __future__ import annotations
@@ -74,18 +76,35 @@ def coupled_group_sets(
     sets: list[GroupSet] = []
     skipped: dict[str, str] = {}
     covered: set[str] = set()
+    refused: dict[str, str] = {}  # layer or BatchNorm -> why the group of its outputs was skipped
     for group in groups:
         root_name = names.get(group[0].dep.target.module, "?")
         pieces, problem = _group_pieces(graph, group, names)
         if problem:
             skipped[f"coupled:{root_name}"] = problem
+            for item in group.items:
+                module = item.dep.target.module
+                layer = names.get(module)
+                if (
+                    layer is not None
+                    and isinstance(module, (*PRUNABLE_LAYERS, _BatchNorm))
+                    and graph.is_out_channel_pruning_fn(item.dep.handler)
+                ):
+                    refused.setdefault(layer, f"outputs in coupled:{root_name}, which {problem}")
             continue
         num_groups = len(group[0].idxs)
         sets.append(GroupSet(f"coupled:{root_name}", "coupled", num_groups, tuple(pieces)))
         covered.update(p.module for p in pieces if p.role == "out")
     for name in layers:
         if name != classifier and name not in covered:
-            skipped.setdefault(f"{name}.weight", "outputs not in any prunable coupled group")
+            skipped.setdefault(
+                f"{name}.weight",
+                refused.get(name, "outputs not in any coupled group (not run in the trace?)"),
+            )
+    modules = dict(model.named_modules())
+    for name, why in refused.items():  # BatchNorm entries of skipped groups
+        if isinstance(modules[name], _BatchNorm) and name not in covered:
+            skipped.setdefault(f"{name}.weight", why)
     if classifier in layers:
         skipped.setdefault(
             f"{classifier}.weight", "classifier outputs (the classes) are never pruned"
@@ -111,9 +130,9 @@ def _group_pieces(
         if name is None:
             return [], f"contains an untraceable {type(module).__name__}"
         is_out = graph.is_out_channel_pruning_fn(dep.handler)
-        targets = _slices_for(module, is_out)
+        targets = _slices_for(module, is_out, module is group[0].dep.target.module)
         if targets is None:
-            return [], f"ties in {name} ({type(module).__name__}), which learnprune cannot mask yet"
+            return [], f"ties in {name} ({_describe(module)}), which learnprune cannot mask yet"
         for attr, dim, role in targets:
             tensor = getattr(module, attr)
             shapes[(name, attr)] = tuple(tensor.shape)
@@ -131,12 +150,21 @@ def _group_pieces(
     return pieces, ""
 
 
-def _slices_for(module: nn.Module, is_out: bool) -> list[tuple[str, int, str]] | None:
-    """``(attribute, dim, role)`` of a module's tensors that carry the channel, or None."""
+def _slices_for(
+    module: nn.Module, is_out: bool, is_root: bool
+) -> list[tuple[str, int, str]] | None:
+    """``(attribute, dim, role)`` of a module's tensors that carry the channel, or None.
+
+    A depthwise conv's filter ``c`` follows input channel ``c``. With a channel multiplier
+    (``k`` filters per input channel) Torch-Pruning still maps input ``c`` to filter ``c``,
+    not to filters ``c·k ... c·k + k - 1``, so only the group of its own outputs is taken.
+    """
     if isinstance(module, PRUNABLE_LAYERS):
         groups = getattr(module, "groups", 1)
         depthwise = groups > 1 and groups == module.in_channels
         if groups > 1 and not depthwise:
+            return None
+        if depthwise and module.out_channels != module.in_channels and not is_root:
             return None
         if is_out or depthwise:
             out = [("weight", 0, "out")]
@@ -149,3 +177,14 @@ def _slices_for(module: nn.Module, is_out: bool) -> list[tuple[str, int, str]] |
             return []
         return [("weight", 0, "out"), ("bias", 0, "out")]
     return None
+
+
+def _describe(module: nn.Module) -> str:
+    """A module's type, and what makes a conv's groups special."""
+    what = type(module).__name__
+    groups = getattr(module, "groups", 1)
+    if groups > 1 and groups == getattr(module, "in_channels", None):
+        return f"a depthwise {what}, {module.out_channels // groups} filters per input channel"
+    if groups > 1:
+        return f"a grouped {what}, groups={groups}"
+    return what

@@ -14,7 +14,9 @@ Group kinds (``build_groups(model, kind)``):
 ==============  ==============================================================
 ``element``     one group per weight (unstructured)
 ``out_channel`` one group per output unit / filter: weight row ``W[o]`` and ``b[o]``
-``in_channel``  one group per input unit / input map: weight column ``W[:, i]``
+``in_channel``  one group per input unit / input map: weight column ``W[:, i]``; for a
+                grouped or depthwise conv, the weights of every filter reading input
+                map ``i`` (its column within that filter's conv group)
 ``l0_units``    the hard-concrete L0 reference's gates: ``in_channel`` for Linear
                 layers (input neurons, the first layer's pixels included),
                 ``out_channel`` for convs (feature maps); LeNet-5-Caffe's kept
@@ -25,12 +27,24 @@ Group kinds (``build_groups(model, kind)``):
                 slice tied to that channel (the producing filters, their biases, the
                 BatchNorm entries, the consumers' input slices, every layer joined
                 by a residual add or a concat) lives or dies together
+``heads``       one group per attention head of a transformer block: the head's rows
+                of Q, K, V (weights, biases) and its columns of the output projection
+                (:mod:`learnprune.transformer_groups`)
+``mlp_neurons`` one group per hidden unit of a transformer block's feed-forward net:
+                its ``intermediate``/``fc1`` row and bias, its ``output``/``fc2`` column
+(both)          ``"heads+mlp_neurons"``: both kinds (``"neuron"`` alone is an alias of
+                ``out_channel``)
 custom          a list of :class:`GroupSet` built with :func:`custom_group_set`
 ==============  ==============================================================
 
 Targets by default are the weights of every ``Conv1d/2d/3d`` and ``Linear``;
 ``exclude`` removes layers by ``fnmatch`` pattern on the module or parameter name.
-Structured kinds never cut the classifier's outputs (they are the classes).
+Structured kinds never cut the classifier's outputs (they are the classes). Modules with
+trainable parameters that no kind covers (attention's ``in_proj_weight``, Embedding,
+ConvTranspose, RNN/LSTM, raw ``nn.Parameter`` s) stay dense and are listed in
+:attr:`GroupPlan.skipped`; :func:`learnprune.inspection.prunability_report` shows the whole
+picture, and a warning names them when they hold a significant share of the model
+(:func:`learnprune.inspection.warn_uncovered`).
 """
 
 from __future__ import annotations
@@ -64,7 +78,8 @@ class TensorSlices:
         shape: the tensor's shape.
         dim: the axis that carries the groups (``0`` output units, ``1`` inputs), or
             ``None`` for element-wise groups (group ``g`` = element ``g`` of the
-            flattened tensor) and for custom groups (``index`` has the tensor's shape).
+            flattened tensor) and for custom groups and a grouped conv's input channels
+            (``index`` has the tensor's shape).
         index: group id of every position along ``dim`` (``None``: position ``k`` is
             group ``k``), or for custom groups a tensor of the full shape; ids lie in
             ``[-1, G)``, ``-1`` meaning "in no group of this set, never masked by it".
@@ -344,6 +359,7 @@ def build_groups(
     *,
     exclude: Sequence[str] = (),
     input_shape: Sequence[int] | None = None,
+    allow_empty: bool = False,
 ) -> GroupPlan:
     """The group sets of ``kind`` over the model's Conv/Linear layers.
 
@@ -353,6 +369,10 @@ def build_groups(
         exclude: ``fnmatch`` patterns on layer or parameter names to leave dense.
         input_shape: one example's shape (C, H, W); needed for ``coupled`` groups and used
             to find the classifier; defaults to ``model.input_shape`` where it exists.
+        allow_empty: return a plan without sets instead of raising (for inspection).
+
+    Modules with trainable parameters that no kind covers go into ``plan.skipped``, with a
+    warning when they hold a significant share (:func:`learnprune.inspection.warn_uncovered`).
 
     Raises:
         ConfigError: unknown kind, or nothing left to prune.
@@ -366,10 +386,18 @@ def build_groups(
         if not plan.sets or not all(isinstance(s, GroupSet) for s in plan.sets):
             raise ConfigError("groups must be a kind name or a non-empty list of GroupSet")
         return plan
-    kind_name, n_of_m = parse_kind(kind)
+    # --- transformer kinds (heads, mlp_neurons): learnprune.transformer_groups ---
+    from learnprune.transformer_groups import parse_transformer_kind, transformer_group_sets
+
+    transformer_parts = parse_transformer_kind(kind)
+    kind_name, n_of_m = (kind, None) if transformer_parts else parse_kind(kind)
+    # --- end transformer kinds ---
     layers, skipped = prunable_layers(model, exclude)
     classifier = output_layer(model, shape) if kind_name in STRUCTURED_KINDS else None
-    if kind_name == "coupled":
+    if transformer_parts:
+        sets, more_skipped = transformer_group_sets(model, transformer_parts, exclude)
+        skipped.update(more_skipped)
+    elif kind_name == "coupled":
         from learnprune.coupling import coupled_group_sets
 
         if shape is None:
@@ -386,13 +414,17 @@ def build_groups(
                 skipped[f"{name}.weight"] = reason
             else:
                 sets.append(group_set)
-    if not sets:
+    if not sets and not allow_empty:
         raise ConfigError(
             "nothing to prune: no Conv/Linear weight is left "
             + (f"(exclude={list(exclude)})" if exclude else "in this model")
             + (f"; skipped: {skipped}" if skipped else "")
         )
-    return GroupPlan(sets, skipped)
+    from learnprune.inspection import warn_uncovered
+
+    plan = GroupPlan(sets, skipped)
+    warn_uncovered(model, plan, exclude)
+    return plan
 
 
 def _layer_group_set(
@@ -424,9 +456,29 @@ def _layer_group_set(
             pieces.append(TensorSlices(name, "bias", tuple(module.bias.shape), 0))
         return GroupSet(label, kind, shape[0], tuple(pieces)), ""
     # in_channel
+    conv_groups = getattr(module, "groups", 1)
+    if conv_groups > 1:  # column j of a grouped conv is input j of *each* group: index them
+        index = grouped_input_index(shape, conv_groups)
+        piece = TensorSlices(name, "weight", shape, None, index, "in")
+        return GroupSet(label, kind, shape[1] * conv_groups, (piece,)), ""
     return GroupSet(
         label, kind, shape[1], (TensorSlices(name, "weight", shape, 1, None, "in"),)
     ), ""
+
+
+def grouped_input_index(shape: Sequence[int], conv_groups: int) -> Tensor:
+    """Input channel of every weight of a grouped conv (weight shape ``(O, I/g, k...)``).
+
+    Filter ``o`` belongs to conv group ``o // (O/g)`` and reads input channels
+    ``[group · I/g, (group + 1) · I/g)``, so weight ``[o, j, ...]`` reads input channel
+    ``(o // (O/g)) · I/g + j``. A depthwise conv (``g = I``) gives input ``c`` the filters of
+    group ``c``.
+    """
+    out_channels, inputs_per_group = shape[0], shape[1]
+    conv_group = torch.arange(out_channels) // (out_channels // conv_groups)
+    channel = conv_group[:, None] * inputs_per_group + torch.arange(inputs_per_group)[None, :]
+    tail = (1,) * (len(shape) - 2)
+    return channel.view(out_channels, inputs_per_group, *tail).expand(tuple(shape)).contiguous()
 
 
 def param_counts(model: nn.Module, names: Iterable[str]) -> dict[str, int]:

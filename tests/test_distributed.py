@@ -152,7 +152,7 @@ def test_torchrun_cli_trains_on_mnist_and_writes_once(tmp_path: Path) -> None:
     # torchrun exits 1 for a failed worker and prints its own report (with the agent's
     # traceback); the workers exit 2 with learnprune's one message, printed by rank 0
     assert again.returncode == 1
-    assert again.stderr.count("exitcode  : 2") == 2
+    assert "exitcode  : 2" in again.stderr  # (torchrun may stop the second worker first)
     assert again.stderr.count("learnprune: error:") == 1
     assert again.stderr.count("already holds files") == 1
     assert json.loads((out / "final.json").read_text()) == final  # nothing lost

@@ -1,0 +1,410 @@
+"""Compaction of transformer blocks: dropped attention heads and MLP neurons removed for real.
+
+:func:`learnprune.compact` sends a model here when it holds attention blocks
+(:func:`~learnprune.transformer_groups.find_attention_blocks`): Torch-Pruning's dependency
+graph does not see that a head is ``d`` consecutive Q/K/V rows reshaped into ``(H, d)``,
+so the cut is done directly, block by block, on the structure that
+:mod:`learnprune.transformer_groups` finds.
+
+When a head or a neuron may go (the rules of :mod:`learnprune.compact`, per block):
+
+* **head** ``h`` (rows ``[h·d, (h+1)·d)`` of Q, K, V, columns of the output projection
+  ``W_o``): removed when nothing reads it (its ``W_o`` columns are zero), or when it is
+  provably zero: its value rows *and* value biases are zero (then ``softmax(·) V_h = 0``
+  whatever Q and K are) and the output projection saw exactly zero on its columns on the
+  probe batch;
+* **neuron** ``j`` of an MLP: removed when the reader's column ``j`` is zero, or when every
+  producer's row ``j`` and bias ``j`` are zero and the reader saw exactly zero on input ``j``
+  on the probe batch (a guard against activations with ``f(0) ≠ 0``).
+
+Every block keeps at least one head and one neuron. Removing heads shrinks the Q, K, V
+rows and the output projection's columns and sets the attention module's
+``num_attention_heads`` / ``num_heads`` / ``n_heads`` and ``all_head_size`` to the kept
+count; the shared ``config`` keeps the original sizes (heads now differ per layer), so
+save a compact Hugging Face model with ``torch.save``, not ``save_pretrained``. Heads of
+``nn.MultiheadAttention`` are masked but not removed (its forward pass assumes
+``embed_dim = H·d``); they are listed in :attr:`CompactResult.skipped`. Other layers
+(embeddings, the patch conv, the pooler, the classifier) are left as they are.
+
+The model runs on ``example_inputs``: a tensor (``model(x)``), a tuple (``model(*x)``) or a
+mapping (``model(**x)``, e.g. ``{"input_ids": ..., "attention_mask": ...}``); without them a
+Hugging Face model's ``dummy_inputs`` (text models) or a random batch of ``input_shape``.
+FLOPs are counted for the first example of the batch.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+from torch.utils.flop_counter import FlopCounterMode
+
+from learnprune.accounting import Counts, count, prunable_modules
+from learnprune.compact import (
+    CompactResult,
+    GroupDecision,
+    _checked_masks,
+    _layer_changes,
+    _layer_shapes,
+    _one_line,
+    _random_batch,
+    _refuse_unsupported,
+    apply_masks,
+    output_tensors,
+)
+from learnprune.errors import ConfigError, UnsupportedModelError
+from learnprune.groups import evaluation_mode, model_input_shape
+from learnprune.transformer_groups import (
+    AttentionBlock,
+    MLPBlock,
+    find_attention_blocks,
+    find_mlp_blocks,
+)
+
+_HEAD_COUNT_ATTRS = ("num_attention_heads", "num_heads", "n_heads")
+
+
+def has_attention_blocks(model: nn.Module) -> bool:
+    """Whether the model holds a multi-head attention that :mod:`transformer_groups` finds."""
+    blocks, _refused = find_attention_blocks(model)
+    return bool(blocks)
+
+
+def compact_transformer(
+    model: nn.Module,
+    masks: Mapping[str, Tensor] | None = None,
+    input_shape: Sequence[int] | None = None,
+    *,
+    example_inputs: Any = None,
+    check: bool = True,
+    atol: float = 1e-5,
+) -> CompactResult:
+    """Remove the dropped heads and MLP neurons of every transformer block.
+
+    Same contract as :func:`learnprune.compact` (the caller's model is untouched; the
+    result's outputs are checked against the masked model's), with the model run on
+    ``example_inputs`` (see the module docstring).
+    """
+    _refuse_unsupported(model)
+    keep_masks = _checked_masks(model, masks)
+    try:
+        work = copy.deepcopy(model)
+    except Exception as err:  # a module that cannot be copied
+        raise UnsupportedModelError(f"compact: cannot deep-copy the model ({err})") from err
+    work.eval()
+    apply_masks(work, keep_masks)
+    inputs = _inputs(work, example_inputs, input_shape)
+
+    attention, refused = find_attention_blocks(work)
+    mlps = find_mlp_blocks(work)
+    skipped = {f"heads:{name}": why for name, why in refused.items()}
+    readers = [work.get_submodule(b.output) for b in attention if not b.packed]
+    readers += [work.get_submodule(b.reader) for b in mlps]
+    expected, input_scale = _probe(work, inputs, readers)
+    before = _count(work, inputs)
+    shapes_before = _layer_shapes(work)
+
+    decisions: list[GroupDecision] = []
+    with torch.no_grad():
+        for block in attention:
+            if block.packed:
+                skipped[f"heads:{block.name}"] = (
+                    "nn.MultiheadAttention assumes embed_dim = heads x head_dim: heads are "
+                    "masked, not removed"
+                )
+                continue
+            decision = _decide_heads(work, block, input_scale)
+            _cut_heads(work, block, decision.removed)
+            decisions.append(decision)
+        for mlp in mlps:
+            decision = _decide_neurons(work, mlp, input_scale)
+            _cut_neurons(work, mlp, decision.removed)
+            decisions.append(decision)
+
+    max_abs_diff = _check(work, inputs, expected, atol) if check else None
+    work.train(model.training)
+    after = _count(work, inputs)
+    return CompactResult(
+        model=work,
+        layers=_layer_changes(shapes_before, _layer_shapes(work), before, after),
+        groups=decisions,
+        skipped=skipped,
+        before=before,
+        after=after,
+        max_abs_diff=max_abs_diff,
+    )
+
+
+# --------------------------------------------------------------------------------------------
+# inputs, probe, counts
+# --------------------------------------------------------------------------------------------
+
+
+def _inputs(model: nn.Module, example_inputs: Any, input_shape: Sequence[int] | None) -> Any:
+    """``example_inputs``, else a text model's ``dummy_inputs``, else a random batch."""
+    if example_inputs is not None:
+        return example_inputs
+    shape = model_input_shape(model, input_shape)
+    if shape is not None:
+        return _random_batch(model, shape)
+    dummy = getattr(model, "dummy_inputs", None)
+    if isinstance(dummy, Mapping) and getattr(model, "main_input_name", None) in dummy:
+        return dict(dummy)
+    raise ConfigError(
+        "compact: pass example_inputs= (a tensor, a tuple, or a dict such as "
+        "{'input_ids': ..., 'attention_mask': ...}) or input_shape= to run the model"
+    )
+
+
+def call_model(model: nn.Module, inputs: Any) -> Any:
+    """``model(**inputs)`` for a mapping, ``model(*inputs)`` for a tuple or list, else
+    ``model(inputs)``."""
+    if isinstance(inputs, Mapping):
+        return model(**inputs)
+    if isinstance(inputs, (tuple, list)):
+        return model(*inputs)
+    return model(inputs)
+
+
+def first_example(inputs: Any) -> Any:
+    """The batch cut to its first example (every tensor with a batch axis sliced ``[:1]``)."""
+    if isinstance(inputs, Tensor):
+        return inputs[:1] if inputs.dim() else inputs
+    if isinstance(inputs, Mapping):
+        return {key: first_example(value) for key, value in inputs.items()}
+    if isinstance(inputs, (tuple, list)):
+        return type(inputs)(first_example(value) for value in inputs)
+    return inputs
+
+
+@torch.no_grad()
+def _probe(
+    model: nn.Module, inputs: Any, readers: Sequence[nn.Module]
+) -> tuple[list[Tensor], dict[nn.Module, Tensor]]:
+    """The model's outputs on ``inputs`` and, per reader, ``max |x|`` of each input feature."""
+    input_scale: dict[nn.Module, Tensor] = {}
+
+    def read_input(module: nn.Module, args: tuple[Any, ...]) -> None:
+        x = args[0] if args else None
+        if isinstance(x, Tensor) and x.dim() > 0:
+            scale = x.abs().reshape(-1, x.shape[-1]).amax(0).float().cpu()
+            known = input_scale.get(module)
+            input_scale[module] = scale if known is None else torch.maximum(known, scale)
+
+    hooks = [reader.register_forward_pre_hook(read_input) for reader in readers]
+    try:
+        outputs = output_tensors(call_model(model, inputs))
+    except Exception as err:
+        raise UnsupportedModelError(
+            f"compact: the model does not run on the example inputs ({type(err).__name__}: "
+            f"{_one_line(err)})"
+        ) from err
+    finally:
+        for hook in hooks:
+            hook.remove()
+    if not outputs:
+        raise UnsupportedModelError("compact: the model's forward pass returns no tensor")
+    return outputs, input_scale
+
+
+@torch.no_grad()
+def _count(model: nn.Module, inputs: Any) -> Counts:
+    """:func:`~learnprune.accounting.count` with the FLOPs of one example of ``inputs``
+    (``count`` itself traces a random tensor of ``input_shape``, which a text model cannot
+    take)."""
+    counts = count(model)
+    positions: dict[str, int] = {}
+
+    def record(name: str) -> Callable[..., None]:
+        def hook(module: nn.Module, _args: object, output: Tensor) -> None:
+            channels = output.shape[-1] if isinstance(module, nn.Linear) else output.shape[1]
+            positions[name] = positions.get(name, 0) + output.numel() // channels
+
+        return hook
+
+    hooks = [m.register_forward_hook(record(n)) for n, m in prunable_modules(model)]
+    counter = FlopCounterMode(display=False)
+    try:
+        with counter, evaluation_mode(model):
+            call_model(model, first_example(inputs))
+    finally:
+        for hook in hooks:
+            hook.remove()
+    layers = [
+        dataclasses.replace(
+            layer,
+            flops=2 * layer.weights * positions.get(layer.name, 0),
+            effective_flops=2 * layer.nonzero_weights * positions.get(layer.name, 0),
+        )
+        for layer in counts.layers
+    ]
+    total = int(counter.get_total_flops())
+    saved = sum(layer.flops - layer.effective_flops for layer in layers)
+    return dataclasses.replace(counts, flops=total, effective_flops=total - saved, layers=layers)
+
+
+# --------------------------------------------------------------------------------------------
+# deciding and cutting
+# --------------------------------------------------------------------------------------------
+
+
+def _alive_rows(layer: nn.Linear, index: Tensor, groups: int) -> Tensor:
+    """Per group: does some output row (or bias entry) of ``layer`` in it hold a non-zero."""
+    rows = (layer.weight != 0).any(1)
+    if layer.bias is not None:
+        rows |= layer.bias != 0
+    return _any_per_group(rows.cpu(), index, groups)
+
+
+def _any_per_group(flags: Tensor, index: Tensor, groups: int) -> Tensor:
+    hits = torch.zeros(groups, dtype=torch.long).index_add_(0, index, flags.long())
+    return hits > 0
+
+
+def _removable(read: Tensor, writes: Tensor, seen: Tensor) -> tuple[int, ...]:
+    """Rule of the module docstring: nothing reads it, or it is zero and was seen zero;
+    the first group is kept when every group would go."""
+    removable = ~read | (~writes & ~seen)
+    if bool(removable.all()):
+        removable[0] = False
+    return tuple(int(k) for k in torch.nonzero(removable).flatten())
+
+
+def _seen(
+    reader: nn.Module, input_scale: Mapping[nn.Module, Tensor], index: Tensor, groups: int
+) -> Tensor:
+    scale = input_scale.get(reader)
+    if scale is None or scale.numel() != index.numel():
+        return torch.ones(groups, dtype=torch.bool)  # not observed: assume it reads something
+    return _any_per_group(scale != 0, index, groups)
+
+
+def _decide_heads(
+    model: nn.Module, block: AttentionBlock, input_scale: Mapping[nn.Module, Tensor]
+) -> GroupDecision:
+    heads, index = block.num_heads, torch.arange(block.num_heads * block.head_dim) // block.head_dim
+    output = model.get_submodule(block.output)
+    read = _any_per_group((output.weight != 0).any(0).cpu(), index, heads)
+    writes = _alive_rows(model.get_submodule(block.value), index, heads)
+    seen = _seen(output, input_scale, index, heads)
+    return GroupDecision(
+        root=block.name,
+        writers=(block.query, block.key, block.value),
+        readers=(block.output,),
+        channels=heads,
+        removed=_removable(read, writes, seen),
+    )
+
+
+def _decide_neurons(
+    model: nn.Module, block: MLPBlock, input_scale: Mapping[nn.Module, Tensor]
+) -> GroupDecision:
+    index = torch.arange(block.width)
+    reader = model.get_submodule(block.reader)
+    read = (reader.weight != 0).any(0).cpu()
+    writes = torch.zeros(block.width, dtype=torch.bool)
+    for name in block.producers:
+        writes |= _alive_rows(model.get_submodule(name), index, block.width)
+    seen = _seen(reader, input_scale, index, block.width)
+    return GroupDecision(
+        root=block.producers[0],
+        writers=block.producers,
+        readers=(block.reader,),
+        channels=block.width,
+        removed=_removable(read, writes, seen),
+    )
+
+
+def _kept_positions(groups: int, group_size: int, removed: Sequence[int]) -> Tensor:
+    dropped = set(removed)
+    kept = [g for g in range(groups) if g not in dropped]
+    return (torch.tensor(kept)[:, None] * group_size + torch.arange(group_size)).flatten()
+
+
+def _cut_heads(model: nn.Module, block: AttentionBlock, removed: Sequence[int]) -> None:
+    """Keep the other heads' Q/K/V rows and output columns; update the head counts."""
+    if not removed:
+        return
+    keep = _kept_positions(block.num_heads, block.head_dim, removed)
+    for name in (block.query, block.key, block.value):
+        shrink_linear(model.get_submodule(name), rows=keep)
+    shrink_linear(model.get_submodule(block.output), columns=keep)
+    attention = model.get_submodule(block.name)
+    kept_heads = block.num_heads - len(removed)
+    for attr in _HEAD_COUNT_ATTRS:
+        if isinstance(getattr(attention, attr, None), int):
+            setattr(attention, attr, kept_heads)
+    if isinstance(getattr(attention, "all_head_size", None), int):
+        attention.all_head_size = kept_heads * block.head_dim
+
+
+def _cut_neurons(model: nn.Module, block: MLPBlock, removed: Sequence[int]) -> None:
+    if not removed:
+        return
+    keep = _kept_positions(block.width, 1, removed)
+    for name in block.producers:
+        shrink_linear(model.get_submodule(name), rows=keep)
+    shrink_linear(model.get_submodule(block.reader), columns=keep)
+
+
+def shrink_linear(
+    layer: nn.Linear, *, rows: Tensor | None = None, columns: Tensor | None = None
+) -> None:
+    """Keep only output ``rows`` (weight rows and bias) and/or input ``columns`` of a Linear
+    layer, in place (the module object and its class stay)."""
+    weight = layer.weight.detach()
+    bias = None if layer.bias is None else layer.bias.detach()
+    if rows is not None:
+        weight = weight[rows.to(weight.device)]
+        bias = None if bias is None else bias[rows.to(bias.device)]
+        layer.out_features = weight.shape[0]
+    if columns is not None:
+        weight = weight[:, columns.to(weight.device)]
+        layer.in_features = weight.shape[1]
+    layer.weight = nn.Parameter(weight.clone(), requires_grad=layer.weight.requires_grad)
+    if bias is not None:
+        layer.bias = nn.Parameter(bias.clone(), requires_grad=layer.bias.requires_grad)
+
+
+@torch.no_grad()
+def _check(model: nn.Module, inputs: Any, expected: Sequence[Tensor], atol: float) -> float:
+    """Run the compact model; raise unless its outputs match the masked model's within
+    ``atol · max(1, max |outputs|)``."""
+    model.eval()
+    try:
+        outputs = output_tensors(call_model(model, inputs))
+    except Exception as err:
+        raise UnsupportedModelError(
+            f"compact: the compacted transformer no longer runs ({type(err).__name__}: "
+            f"{_one_line(err)})"
+        ) from err
+    if [t.shape for t in outputs] != [t.shape for t in expected]:
+        raise UnsupportedModelError(
+            "compact: the compacted transformer's outputs changed shape: "
+            f"{[tuple(t.shape) for t in outputs]} vs {[tuple(t.shape) for t in expected]}"
+        )
+    diff = max(
+        (float((a - b).abs().max()) for a, b in zip(outputs, expected, strict=True) if a.numel()),
+        default=0.0,
+    )
+    scale = max((float(t.abs().max()) for t in expected if t.numel()), default=0.0)
+    tolerance = atol * max(1.0, scale)
+    if not diff <= tolerance:
+        raise UnsupportedModelError(
+            f"compact: the compacted transformer's outputs differ from the masked model's by "
+            f"{diff:.3g} > {tolerance:.3g} (use check=False to inspect the result)"
+        )
+    return diff
+
+
+__all__ = [
+    "call_model",
+    "compact_transformer",
+    "first_example",
+    "has_attention_blocks",
+    "shrink_linear",
+]
