@@ -286,8 +286,8 @@ def train(
     net = distributed.wrap(model, device)  # the model itself in one process
 
     # the first step whose loss was not finite, tracked on the device; read (a sync) every
-    # step on CPU, every 50 steps on a GPU
-    check_every = 1 if device.type == "cpu" else 50
+    # step on CPU, every 50 steps on a GPU or across processes (there a collective op)
+    check_every = 1 if device.type == "cpu" and ranks == 1 else 50
     first_bad_step = torch.full((), -1, dtype=torch.long, device=device)
     last: dict[str, Any] = {}
     model.train()
