@@ -213,7 +213,7 @@ def _parser() -> argparse.ArgumentParser:
         "(default $LEARNPRUNE_DATA/<name>, $LEARNPRUNE_DATA = ~/.cache/learnprune)",
     )
 
-    # --- inspect (learnprune.inspection) ---
+    # inspect: learnprune.inspection
     inspect = commands.add_parser(
         "inspect", help="what a group kind prunes in a model, what it skips and why"
     )
@@ -231,7 +231,6 @@ def _parser() -> argparse.ArgumentParser:
     )
     inspect.add_argument("--exclude", action="append", default=[], help="layer name pattern")
     inspect.add_argument("--json", action="store_true", help="print the report as JSON")
-    # --- end inspect ---
 
     commands.add_parser("list", help="models, methods, data sets and shipped recipes")
     return parser

@@ -289,7 +289,7 @@ def compact(
         UnsupportedModelError: the dependency graph cannot trace the model, or the compact
             model's outputs differ from the masked model's.
     """
-    # --- transformers: heads and MLP neurons (learnprune.transformer_compact) ---
+    # transformers: heads and MLP neurons (learnprune.transformer_compact)
     from learnprune.transformer_compact import compact_transformer, has_attention_blocks
 
     if has_attention_blocks(model):
@@ -298,7 +298,6 @@ def compact(
         )
     if input_shape is None and isinstance(example_inputs, Tensor):
         input_shape = tuple(example_inputs.shape[1:])
-    # --- end transformers ---
     _refuse_unsupported(model)
     shape = model_input_shape(model, input_shape)
     if shape is None:

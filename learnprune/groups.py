@@ -386,12 +386,11 @@ def build_groups(
         if not plan.sets or not all(isinstance(s, GroupSet) for s in plan.sets):
             raise ConfigError("groups must be a kind name or a non-empty list of GroupSet")
         return plan
-    # --- transformer kinds (heads, mlp_neurons): learnprune.transformer_groups ---
+    # transformer kinds (heads, mlp_neurons): learnprune.transformer_groups
     from learnprune.transformer_groups import parse_transformer_kind, transformer_group_sets
 
     transformer_parts = parse_transformer_kind(kind)
     kind_name, n_of_m = (kind, None) if transformer_parts else parse_kind(kind)
-    # --- end transformer kinds ---
     layers, skipped = prunable_layers(model, exclude)
     classifier = output_layer(model, shape) if kind_name in STRUCTURED_KINDS else None
     if transformer_parts:

@@ -95,11 +95,21 @@ class GatedTensor(nn.Module):
     traffic) in every forward and backward pass. Any other change to ``W`` (an optimizer
     step, ``load_state_dict``, an in-place init) bumps the counter and the product is
     computed again, so the forward pass always sees exactly ``W ⊙ scatter(z)``.
+
+    One gate serves every member tensor of its group set, but only the first member's
+    parametrization registers it as a submodule (``owner``); the others hold a plain
+    reference. So the gate's tensors appear once in ``state_dict()`` and ``parameters()``
+    — serializers that refuse shared tensors (safetensors, the Hugging Face Trainer's
+    checkpoints) save a gated model as it is — while ``.to()``, ``train()`` and ``eval()``
+    reach the gate through its owner.
     """
 
-    def __init__(self, gate: GroupGate, piece: TensorSlices) -> None:
+    def __init__(self, gate: GroupGate, piece: TensorSlices, *, owner: bool = True) -> None:
         super().__init__()
-        self.gate = gate
+        if owner:
+            self.gate = gate
+        else:
+            self.__dict__["gate"] = gate  # not a submodule: its owner registers it
         self.dim = piece.dim
         self.shape = piece.shape
         self.role = piece.role
@@ -138,11 +148,12 @@ def attach(
     for group_set in plan.sets:
         gate = make_gate(group_set)
         gates[group_set.name] = gate
-        for piece in group_set.slices:
+        for position, piece in enumerate(group_set.slices):
             module = model.get_submodule(piece.module)
             if not hasattr(module, "_learnprune_order"):
                 module._learnprune_order = list(module._parameters)  # restored by finalize
-            parametrize.register_parametrization(module, piece.attr, GatedTensor(gate, piece))
+            gated = GatedTensor(gate, piece, owner=position == 0)
+            parametrize.register_parametrization(module, piece.attr, gated)
     return gates
 
 

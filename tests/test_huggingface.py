@@ -484,3 +484,56 @@ def test_real_trainer_with_scl_heads_and_neurons(tmp_path: Any) -> None:
     inputs = batch_of(TokenData(seed=2), labels=False)
     result = compact(model, callback.final_masks, example_inputs=inputs)
     assert torch.allclose(run(result.model, inputs), run(model, inputs), atol=1e-5)
+
+
+class MethodAtTrainBegin(transformers.TrainerCallback):
+    """The method's step and λ when a train begins (after the learnprune callback)."""
+
+    def __init__(self, callback: LearnpruneCallback) -> None:
+        self.callback = callback
+        self.seen: tuple[int, float] | None = None
+
+    def on_train_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        method = self.callback.method
+        self.seen = (method.step, float(method.current_lam))
+
+
+@pytest.mark.usefixtures("quiet")
+def test_real_trainer_resumes_the_method_state_from_its_checkpoint(tmp_path: Any) -> None:
+    pytest.importorskip("accelerate")
+
+    def trainer_for(model: nn.Module, callback: LearnpruneCallback, steps: int) -> Any:
+        args = transformers.TrainingArguments(
+            output_dir=str(tmp_path),
+            use_cpu=True,
+            report_to=[],
+            max_steps=steps,
+            per_device_train_batch_size=4,
+            save_strategy="steps",
+            save_steps=3,
+            disable_tqdm=True,
+        )
+        probe = MethodAtTrainBegin(callback)
+        trainer = transformers.Trainer(
+            model=model,
+            args=args,
+            train_dataset=TokenData(),
+            callbacks=[callback, probe],
+            optimizers=callback.optimizers(args),
+        )
+        return trainer, probe
+
+    torch.manual_seed(0)
+    first = LearnpruneCallback.build(tiny_bert(), "diffprune", lam=0.5, target=0.3)
+    trainer, _probe = trainer_for(first.method.model, first, steps=3)
+    trainer.train()
+    saved_lam = float(first.method.current_lam)  # λ after step 3, as checkpoint-3 holds it
+    assert (tmp_path / "checkpoint-3" / "learnprune_method.pt").is_file()
+
+    torch.manual_seed(1)  # another start: the state must come from the checkpoint
+    second = LearnpruneCallback.build(tiny_bert(), "diffprune", lam=0.5, target=0.3)
+    trainer, probe = trainer_for(second.method.model, second, steps=6)
+    trainer.train(resume_from_checkpoint=str(tmp_path / "checkpoint-3"))
+    assert probe.seen is not None and probe.seen[0] == 3
+    assert probe.seen[1] == pytest.approx(saved_lam)
+    assert second.method.step == 6

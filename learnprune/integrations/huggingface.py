@@ -49,13 +49,18 @@ does, event by event:
   once the step's gradients are complete (accumulated over ``gradient_accumulation_steps``,
   averaged over DDP ranks): SCL normalises its mask gradient and adds λ there, once per step.
 
-Checkpoints written during training hold the gates in ``model.state_dict()``.
+* **checkpoints** — the Trainer saves the gates with the model's ``state_dict()``; the
+  callback adds the method's own state (step count, λ controller, DessiLBI's path) as
+  ``learnprune_method.pt`` in each ``checkpoint-<step>`` folder (rank 0), and reads it back
+  when ``trainer.train(resume_from_checkpoint=...)`` resumes, so schedules and budgets go on
+  where they stopped.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
@@ -63,7 +68,8 @@ import torch
 from torch import Tensor, nn
 from transformers import TrainerCallback
 
-from learnprune.errors import ConfigError
+from learnprune import checkpoint
+from learnprune.errors import CheckpointError, ConfigError
 from learnprune.groups import GroupSet
 from learnprune.methods import METHODS, DessiLBI, DessiLBIMethod, PruningMethod
 from learnprune.methods.budgeted import BudgetedMethod
@@ -71,6 +77,15 @@ from learnprune.methods.budgeted import BudgetedMethod
 __all__ = ["LearnpruneCallback"]
 
 _UNSTRUCTURED = ("element", "n:m")
+
+
+METHOD_STATE = "learnprune_method.pt"
+"""The method's state in a Trainer checkpoint folder (``checkpoint.save_checkpoint`` format)."""
+
+
+def _checkpoint_folder(args: Any, step: int) -> Path:
+    """The Trainer's checkpoint folder of ``step`` (``<output_dir>/checkpoint-<step>``)."""
+    return Path(args.output_dir) / f"checkpoint-{step}"
 
 
 class LearnpruneCallback(TrainerCallback):
@@ -186,6 +201,7 @@ class LearnpruneCallback(TrainerCallback):
 
     # --- Trainer events -----------------------------------------------------------------
     def on_train_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        self._restore_method_state(args, state)
         optimizer = _unwrap(kwargs.get("optimizer"))
         if isinstance(optimizer, DessiLBI):
             self._dessilbi = optimizer
@@ -248,6 +264,29 @@ class LearnpruneCallback(TrainerCallback):
                 "loss (no labels in the batch?) or the Trainer computed the loss itself "
                 "(compute_loss_func, label smoothing, a compute_loss override)"
             )
+
+    def on_save(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        if getattr(state, "is_world_process_zero", True):
+            folder = _checkpoint_folder(args, state.global_step)
+            if folder.is_dir():
+                checkpoint.save_checkpoint(
+                    folder / METHOD_STATE, {"method_state": self.method.state_dict()}
+                )
+
+    def _restore_method_state(self, args: Any, state: Any) -> None:
+        """On a resumed train (the Trainer has restored ``global_step`` and the weights),
+        the method's state saved with that checkpoint."""
+        step = int(getattr(state, "global_step", 0) or 0)
+        if step == 0 or self.method.step == step:
+            return
+        path = _checkpoint_folder(args, step) / METHOD_STATE
+        if not path.is_file():
+            raise CheckpointError(
+                f"resuming at step {step} but {path} is missing: the method's schedule "
+                "and budget cannot be restored"
+            )
+        self.method.load_state_dict(checkpoint.load_checkpoint(path)["method_state"])
+        self.steps = step
 
     def on_epoch_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
         if self._dessilbi is not None:
