@@ -19,7 +19,7 @@ Definitions (printed with every result, see :data:`DEFINITIONS`):
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -170,6 +170,12 @@ def count(model: nn.Module, input_shape: Sequence[int] | None = None) -> Counts:
 def trace_layers(model: nn.Module, shape: Sequence[int]) -> tuple[dict[str, int], int]:
     """Run one example: output positions of every Conv/Linear layer, and the total FLOPs
     FlopCounterMode counts."""
+    return trace_call(model, lambda: model(example_input(model, tuple(shape))))
+
+
+def trace_call(model: nn.Module, call: Callable[[], object]) -> tuple[dict[str, int], int]:
+    """:func:`trace_layers` for any forward pass ``call()`` of ``model`` on one example
+    (e.g. a text model's ``model(**inputs)``), run in eval mode."""
     positions: dict[str, int] = {}
 
     def record(name: str):
@@ -183,7 +189,7 @@ def trace_layers(model: nn.Module, shape: Sequence[int]) -> tuple[dict[str, int]
     counter = FlopCounterMode(display=False)
     try:
         with counter, evaluation_mode(model):
-            model(example_input(model, tuple(shape)))
+            call()
     finally:
         for hook in hooks:
             hook.remove()

@@ -36,14 +36,13 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import torch
 from torch import Tensor, nn
-from torch.utils.flop_counter import FlopCounterMode
 
-from learnprune.accounting import Counts, count, prunable_modules
+from learnprune.accounting import Counts, count, trace_call
 from learnprune.compact import (
     CompactResult,
     GroupDecision,
@@ -57,7 +56,7 @@ from learnprune.compact import (
     output_tensors,
 )
 from learnprune.errors import ConfigError, UnsupportedModelError
-from learnprune.groups import evaluation_mode, model_input_shape
+from learnprune.groups import model_input_shape
 from learnprune.transformer_groups import (
     AttentionBlock,
     MLPBlock,
@@ -217,23 +216,7 @@ def _count(model: nn.Module, inputs: Any) -> Counts:
     (``count`` itself traces a random tensor of ``input_shape``, which a text model cannot
     take)."""
     counts = count(model)
-    positions: dict[str, int] = {}
-
-    def record(name: str) -> Callable[..., None]:
-        def hook(module: nn.Module, _args: object, output: Tensor) -> None:
-            channels = output.shape[-1] if isinstance(module, nn.Linear) else output.shape[1]
-            positions[name] = positions.get(name, 0) + output.numel() // channels
-
-        return hook
-
-    hooks = [m.register_forward_hook(record(n)) for n, m in prunable_modules(model)]
-    counter = FlopCounterMode(display=False)
-    try:
-        with counter, evaluation_mode(model):
-            call_model(model, first_example(inputs))
-    finally:
-        for hook in hooks:
-            hook.remove()
+    positions, total = trace_call(model, lambda: call_model(model, first_example(inputs)))
     layers = [
         dataclasses.replace(
             layer,
@@ -242,7 +225,6 @@ def _count(model: nn.Module, inputs: Any) -> Counts:
         )
         for layer in counts.layers
     ]
-    total = int(counter.get_total_flops())
     saved = sum(layer.flops - layer.effective_flops for layer in layers)
     return dataclasses.replace(counts, flops=total, effective_flops=total - saved, layers=layers)
 
