@@ -730,25 +730,38 @@ def _maps_zero_to_zero(norm: _BatchNorm) -> Tensor:
 
 @torch.no_grad()
 def _check_outputs(
-    model: nn.Module, batch: Tensor, expected: Sequence[Tensor], atol: float
+    model: nn.Module,
+    batch: Any,
+    expected: Sequence[Tensor],
+    atol: float,
+    *,
+    call: Callable[[nn.Module, Any], Any] | None = None,
+    cause: str = "Torch-Pruning mis-traced a channel dependency",
 ) -> float:
-    """Run the compact model on the probe batch; raise unless it matches the masked model."""
+    """Run the compact model on the probe batch (``call(model, batch)``, default
+    ``model(batch)``); raise unless its outputs match the masked model's within
+    ``atol · max(1, max |outputs|)``. ``cause``: the likely reason, named in the errors."""
     model.eval()
     try:
-        outputs = output_tensors(model(batch))
+        outputs = output_tensors(call(model, batch) if call else model(batch))
     except Exception as err:
         raise UnsupportedModelError(
             f"compact: the compacted model no longer runs ({type(err).__name__}: "
-            f"{_one_line(err)}); Torch-Pruning mis-traced a channel dependency"
+            f"{_one_line(err)}); {cause}"
         ) from err
     shapes = [tuple(t.shape) for t in outputs]
     if shapes != [tuple(t.shape) for t in expected]:
         raise UnsupportedModelError(
             f"compact: the compacted model's outputs have shapes {shapes}, the masked model's "
-            f"{[tuple(t.shape) for t in expected]}; Torch-Pruning mis-traced a dependency"
+            f"{[tuple(t.shape) for t in expected]}; {cause}"
         )
     diff = max(
-        (float((a - b).abs().max()) for a, b in zip(outputs, expected, strict=True)), default=0.0
+        (
+            float((a - b).abs().max())
+            for a, b in zip(outputs, expected, strict=True)
+            if a.numel()
+        ),
+        default=0.0,
     )
     scale = max((float(t.abs().max()) for t in expected if t.numel()), default=0.0)
     tolerance = atol * max(1.0, scale)

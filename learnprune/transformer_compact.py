@@ -46,6 +46,7 @@ from learnprune.accounting import Counts, count, trace_call
 from learnprune.compact import (
     CompactResult,
     GroupDecision,
+    _check_outputs,
     _checked_masks,
     _layer_changes,
     _layer_shapes,
@@ -124,7 +125,13 @@ def compact_transformer(
             _cut_neurons(work, mlp, decision.removed)
             decisions.append(decision)
 
-    max_abs_diff = _check(work, inputs, expected, atol) if check else None
+    max_abs_diff = (
+        _check_outputs(
+            work, inputs, expected, atol, call=call_model, cause="the head or neuron cut is wrong"
+        )
+        if check
+        else None
+    )
     work.train(model.training)
     after = _count(work, inputs)
     return CompactResult(
@@ -350,37 +357,6 @@ def shrink_linear(
     layer.weight = nn.Parameter(weight.clone(), requires_grad=layer.weight.requires_grad)
     if bias is not None:
         layer.bias = nn.Parameter(bias.clone(), requires_grad=layer.bias.requires_grad)
-
-
-@torch.no_grad()
-def _check(model: nn.Module, inputs: Any, expected: Sequence[Tensor], atol: float) -> float:
-    """Run the compact model; raise unless its outputs match the masked model's within
-    ``atol · max(1, max |outputs|)``."""
-    model.eval()
-    try:
-        outputs = output_tensors(call_model(model, inputs))
-    except Exception as err:
-        raise UnsupportedModelError(
-            f"compact: the compacted transformer no longer runs ({type(err).__name__}: "
-            f"{_one_line(err)})"
-        ) from err
-    if [t.shape for t in outputs] != [t.shape for t in expected]:
-        raise UnsupportedModelError(
-            "compact: the compacted transformer's outputs changed shape: "
-            f"{[tuple(t.shape) for t in outputs]} vs {[tuple(t.shape) for t in expected]}"
-        )
-    diff = max(
-        (float((a - b).abs().max()) for a, b in zip(outputs, expected, strict=True) if a.numel()),
-        default=0.0,
-    )
-    scale = max((float(t.abs().max()) for t in expected if t.numel()), default=0.0)
-    tolerance = atol * max(1.0, scale)
-    if not diff <= tolerance:
-        raise UnsupportedModelError(
-            f"compact: the compacted transformer's outputs differ from the masked model's by "
-            f"{diff:.3g} > {tolerance:.3g} (use check=False to inspect the result)"
-        )
-    return diff
 
 
 __all__ = [
