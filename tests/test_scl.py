@@ -119,6 +119,36 @@ def test_accumulated_gradient_is_processed_once_before_any_optimizer_step() -> N
     assert torch.allclose(variable.grad, expected, atol=1e-6)
 
 
+def test_a_step_with_a_closure_leaves_the_processing_to_the_loop() -> None:
+    """Lightning's order: micro-batch 1 backward, then ``step(closure)`` whose closure runs
+    micro-batch 2's backward and then ``before_optimizer_step``: the step must see
+    normalise(g₁ + g₂) + λ, not a normalised g₁ processed again."""
+    torch.manual_seed(0)
+    model, twin = _tiny(), _tiny()
+    twin.load_state_dict(model.state_dict())
+    lam = 0.01
+    method = SCL(model, lam=lam, normalize="l2")
+    reference = SCL(twin, lam=lam, normalize="l2")
+    x = torch.randn(8, 3)
+    F.mse_loss(twin(x), torch.zeros(8, 1)).backward()
+    reference.before_optimizer_step()
+    expected = reference.gates["0.weight"].mask_variable.grad.clone()
+
+    (0.5 * F.mse_loss(model(x[:4]), torch.zeros(4, 1))).backward()
+    variable = method.gates["0.weight"].mask_variable
+    optimizer = torch.optim.SGD([variable], lr=1.0)
+
+    def closure() -> torch.Tensor:
+        loss = 0.5 * F.mse_loss(model(x[4:]), torch.zeros(4, 1))
+        loss.backward()
+        method.before_optimizer_step()
+        return loss
+
+    before = variable.detach().clone()
+    optimizer.step(closure)
+    assert torch.allclose(before - variable.detach(), expected, atol=1e-6)
+
+
 def test_normalisation_applies_to_the_task_part_and_lambda_is_added_after() -> None:
     model = _tiny()
     lam = 0.01

@@ -366,9 +366,14 @@ class SCL(BudgetedMethod):
 
 def _process_before_step(method: weakref.ref[SCL]) -> Callable[..., None]:
     """A pre-hook for every optimizer's ``step()``: the SCL method's pending mask gradients
-    processed first (a weak reference: the hook does not keep the method alive)."""
+    processed first (a weak reference: the hook does not keep the method alive). A step
+    given a closure computes its gradients inside, after this hook: such loops (Lightning)
+    call :meth:`SCL.before_optimizer_step` themselves once the closure's backward is done."""
 
-    def hook(_optimizer: torch.optim.Optimizer, _args: Any, _kwargs: Any) -> None:
+    def hook(optimizer: torch.optim.Optimizer, args: Any, kwargs: Any) -> None:
+        positional = args[1:] if args and args[0] is optimizer else args  # (self, closure)
+        if any(a is not None for a in positional) or kwargs.get("closure") is not None:
+            return  # the gradients are computed inside step(): the loop calls us after them
         scl = method()
         if scl is not None and scl._pending:
             scl.before_optimizer_step()
