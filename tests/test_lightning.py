@@ -5,7 +5,11 @@ gradient accumulation, DessiLBI as the module's optimizer, and finalize."""
 from __future__ import annotations
 
 import csv
+import os
+import subprocess
+import sys
 from collections import OrderedDict
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -269,3 +273,33 @@ def test_options_are_checked_when_the_callback_is_made() -> None:
         LearnpruneCallback(lambda model: DiffPrune(model), lam=1.0)
     with pytest.raises(ConfigError, match="log_sparsity_every"):
         LearnpruneCallback("gmp", target=0.5, log_sparsity_every=-1)
+
+
+@pytest.mark.parametrize("method", ["scl", "diffprune"])
+def test_ddp_on_two_cpu_processes_matches_one_process(tmp_path, method: str) -> None:
+    """Lightning's ``strategy="ddp"`` (gloo): the gradients are averaged before the callback's
+    ``before_optimizer_step``, so the method's state is the same on both ranks and matches
+    one process on the same global batches (1e-5) after 8 steps."""
+    worker = Path(__file__).with_name("lightning_ddp_worker.py")
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    for key in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
+        env.pop(key, None)
+    for devices in ("1", "2"):
+        done = subprocess.run(
+            [sys.executable, str(worker), method, str(tmp_path), devices],
+            capture_output=True,
+            text=True,
+            timeout=300,
+            env=env,
+        )
+        assert done.returncode == 0, done.stderr[-3000:]
+    load = lambda name: torch.load(tmp_path / name, weights_only=False)  # noqa: E731
+    one, first, second = (load(f"{method}-{n}.pt") for n in ("1-rank0", "2-rank0", "2-rank1"))
+    assert first["world_size"] == 2 and one["world_size"] == 1
+    assert first["step"] == second["step"] == one["step"] == 8  # 2 epochs of 256 / 64
+    for key, value in first["tensors"].items():
+        assert torch.equal(value, second["tensors"][key]), key
+        torch.testing.assert_close(value, one["tensors"][key], rtol=1e-5, atol=1e-5)
+    for key, value in first["masks"].items():
+        assert torch.equal(value, second["masks"][key]), key
+        assert torch.equal(value, one["masks"][key]), key

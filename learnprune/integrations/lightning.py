@@ -301,7 +301,13 @@ class LearnpruneCallback(Callback):
             self.method.after_step()
         every = self.log_sparsity_every
         if every and trainer.global_step % every == 0:
-            pl_module.log("learnprune/sparsity", self.sparsity(), on_step=True, on_epoch=False)
+            pl_module.log(
+                "learnprune/sparsity",
+                self.sparsity(),
+                on_step=True,
+                on_epoch=False,
+                rank_zero_only=True,  # the same on every rank: nothing to reduce
+            )
 
     def on_train_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         """Record DessiLBI's path; log each layer's kept fraction and sparsity."""
@@ -317,7 +323,7 @@ class LearnpruneCallback(Callback):
                 metrics[f"learnprune/kept/{_layer(name)}"] = kept
                 metrics[f"learnprune/sparsity/{_layer(name)}"] = 1.0 - kept
         if metrics:
-            pl_module.log_dict(metrics, on_step=False, on_epoch=True)
+            pl_module.log_dict(metrics, on_step=False, on_epoch=True, rank_zero_only=True)
 
     def on_fit_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         """Finalize, unless ``finalize=False``."""
@@ -423,7 +429,13 @@ class LearnpruneCallback(Callback):
             if output is None:  # the batch is skipped
                 return None
             reg = method.regularizer()
-            pl_module.log("learnprune/regularizer", reg.detach(), on_step=True, on_epoch=False)
+            pl_module.log(
+                "learnprune/regularizer",
+                reg.detach(),
+                on_step=True,
+                on_epoch=False,
+                rank_zero_only=True,
+            )
             if isinstance(output, Tensor):
                 return output + reg
             if isinstance(output, Mapping) and "loss" in output:
