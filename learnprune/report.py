@@ -44,6 +44,24 @@ def summary(result: Mapping[str, Any]) -> str:
         )
     elif "error" in small:
         head += f"\nnot compacted: {small['error']}"
+    timings = (result.get("speed") or {}).get("timings", [])
+    by_batch: dict[int, dict[str, Any]] = {}
+    for timing in timings:
+        by_batch.setdefault(timing["batch"], {})[timing["form"]] = timing
+    parts = [
+        f"batch {batch}: dense {forms['dense']['median_ms']:.3g} ms"
+        + (
+            f", compact {forms['compact']['median_ms']:.3g} ms "
+            f"({forms['compact']['speedup']:.2f}x)"
+            if "compact" in forms
+            else ""
+        )
+        for batch, forms in sorted(by_batch.items())
+        if "dense" in forms
+    ]
+    if parts:
+        threads = result["speed"]["threads"]
+        head += f"\nmeasured ({threads} thread{'s' if threads > 1 else ''}): " + "; ".join(parts)
     return head + "\n" + format_table(result)
 
 

@@ -239,6 +239,7 @@ def _finish(
     counts = count(model.cpu(), data.input_shape)
     checkpoint.save_torch(run_dir / WEIGHTS, model.state_dict())
     compacted = compact_summary(model, data.input_shape)
+    speed = speed_summary(model, data.input_shape)
     result = {
         "method": config.method,
         "model": config.model,
@@ -251,6 +252,7 @@ def _finish(
         **before_finalize,
         **counts.as_dict(),
         "compact": compacted,
+        "speed": speed,
         "masked_tensors": sorted(masks),
         "seconds": last.get("elapsed", 0.0),
         "wall_seconds_this_process": time.perf_counter() - started,
@@ -280,6 +282,40 @@ def compact_summary(model: nn.Module, input_shape: Sequence[int]) -> dict[str, A
         "flops": result.after.flops,
         "effective_flops": result.after.effective_flops,
         "max_abs_diff": result.max_abs_diff,
+    }
+
+
+SPEED_BATCHES = (1, 64)
+SPEED_REPEATS = 9
+
+
+def speed_summary(model: nn.Module, input_shape: Sequence[int]) -> dict[str, Any]:
+    """A quick measured latency of the final model, dense and compacted, at batch 1 and 64
+    with this process's threads (:func:`learnprune.bench.measure`: warm-up, then the median
+    of 9 calls in alternating rounds). ``learnprune bench RUN_DIR`` measures properly (1 and
+    2 threads, 30 calls, the masked and CSR forms too). A model that cannot be compacted is
+    timed dense only."""
+    from learnprune.bench import measure
+
+    def timed(forms: tuple[str, ...]) -> list[Any]:
+        return measure(
+            model,
+            input_shape,
+            forms=forms,
+            batches=SPEED_BATCHES,
+            threads=(torch.get_num_threads(),),
+            warmup=2,
+            repeats=SPEED_REPEATS,
+        )
+
+    try:
+        timings = timed(("dense", "compact"))
+    except LearnpruneError:
+        timings = timed(("dense",))
+    return {
+        "threads": torch.get_num_threads(),
+        "repeats": SPEED_REPEATS,
+        "timings": [t.as_dict() for t in timings],
     }
 
 

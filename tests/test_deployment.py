@@ -105,3 +105,15 @@ def test_every_final_json_says_what_the_model_compacts_to(structured_run) -> Non
     kept_fc1 = int(small["architecture"].split("-")[1])  # 784-<fc1 units>-<fc2 units>
     assert kept_fc1 < 300
     assert small["max_abs_diff"] <= 1e-5
+
+
+def test_every_final_json_holds_a_measured_latency_of_dense_and_compact(structured_run) -> None:
+    final = json.loads((structured_run / "final.json").read_text())
+    speed = final["speed"]
+    by_form = {(t["form"], t["batch"]): t for t in speed["timings"]}
+    assert set(by_form) == {(form, batch) for form in ("dense", "compact") for batch in (1, 64)}
+    assert all(t["median_ms"] > 0 and t["threads"] == speed["threads"] for t in by_form.values())
+    assert by_form[("dense", 64)]["speedup"] == 1.0
+    assert by_form[("compact", 64)]["flops"] == final["compact"]["flops"]
+    code, out, _err = call("report", str(structured_run))
+    assert code == 0 and "measured (" in out and "batch 64: dense" in out
