@@ -8,7 +8,7 @@ import copy
 import pytest
 import torch
 import torch.nn.functional as F
-from torch import nn
+from torch import Tensor, nn
 
 from learnprune.errors import ConfigError
 from learnprune.masking import raw_tensor
@@ -94,21 +94,31 @@ def test_per_feature_normalisation_gives_each_feature_its_norm(norm: str) -> Non
     assert torch.allclose(rows[0] / rows[0].norm(), torch.tensor([0.6, 0.8, 0.0]))
 
 
-def test_accumulated_gradient_is_processed_once_before_any_optimizer_step() -> None:
-    """Two backward passes then ``optimizer.step()``: the step sees normalise(g₁ + g₂) + λ,
-    computed once by the optimizer pre-hook (no explicit call)."""
+def _with_full_batch_reference(lam: float = 0.01) -> tuple[nn.Module, SCL, Tensor, Tensor]:
+    """A model with SCL, a batch ``x``, and the processed mask gradient normalise(g) + λ
+    that a twin computes from the whole batch at once (the reference for split batches)."""
     torch.manual_seed(0)
     model, twin = _tiny(), _tiny()
     twin.load_state_dict(model.state_dict())
-    lam = 0.01
     method = SCL(model, lam=lam, normalize="l2")
     reference = SCL(twin, lam=lam, normalize="l2")
     x = torch.randn(8, 3)
-    for half in (x[:4], x[4:]):  # accumulated: the mean over the batch, in two halves
-        (0.5 * F.mse_loss(model(half), torch.zeros(4, 1))).backward()
     F.mse_loss(twin(x), torch.zeros(8, 1)).backward()
     reference.before_optimizer_step()
-    expected = reference.gates["0.weight"].mask_variable.grad.clone()
+    return model, method, x, reference.gates["0.weight"].mask_variable.grad.clone()
+
+
+def _half_loss(model: nn.Module, half: Tensor) -> Tensor:
+    """Half of the batch's mean loss: two of them sum to the full batch's."""
+    return 0.5 * F.mse_loss(model(half), torch.zeros(len(half), 1))
+
+
+def test_accumulated_gradient_is_processed_once_before_any_optimizer_step() -> None:
+    """Two backward passes then ``optimizer.step()``: the step sees normalise(g₁ + g₂) + λ,
+    computed once by the optimizer pre-hook (no explicit call)."""
+    model, method, x, expected = _with_full_batch_reference()
+    for half in (x[:4], x[4:]):
+        _half_loss(model, half).backward()
     variable = method.gates["0.weight"].mask_variable
     optimizer = torch.optim.SGD([variable], lr=1.0)
     before = variable.detach().clone()
@@ -123,23 +133,13 @@ def test_a_step_with_a_closure_leaves_the_processing_to_the_loop() -> None:
     """Lightning's order: micro-batch 1 backward, then ``step(closure)`` whose closure runs
     micro-batch 2's backward and then ``before_optimizer_step``: the step must see
     normalise(g₁ + g₂) + λ, not a normalised g₁ processed again."""
-    torch.manual_seed(0)
-    model, twin = _tiny(), _tiny()
-    twin.load_state_dict(model.state_dict())
-    lam = 0.01
-    method = SCL(model, lam=lam, normalize="l2")
-    reference = SCL(twin, lam=lam, normalize="l2")
-    x = torch.randn(8, 3)
-    F.mse_loss(twin(x), torch.zeros(8, 1)).backward()
-    reference.before_optimizer_step()
-    expected = reference.gates["0.weight"].mask_variable.grad.clone()
-
-    (0.5 * F.mse_loss(model(x[:4]), torch.zeros(4, 1))).backward()
+    model, method, x, expected = _with_full_batch_reference()
+    _half_loss(model, x[:4]).backward()
     variable = method.gates["0.weight"].mask_variable
     optimizer = torch.optim.SGD([variable], lr=1.0)
 
-    def closure() -> torch.Tensor:
-        loss = 0.5 * F.mse_loss(model(x[4:]), torch.zeros(4, 1))
+    def closure() -> Tensor:
+        loss = _half_loss(model, x[4:])
         loss.backward()
         method.before_optimizer_step()
         return loss
