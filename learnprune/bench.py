@@ -118,6 +118,31 @@ def measure(
 ) -> list[Timing]:
     """Time every form at every batch size and thread count (see the module docstring)."""
     built = build_forms(model, input_shape, forms, min_sparsity)
+    return time_forms(
+        built,
+        input_shape,
+        batches=batches,
+        threads=threads,
+        warmup=warmup,
+        repeats=repeats,
+        rounds=rounds,
+        progress=progress,
+    )
+
+
+def time_forms(
+    built: dict[str, nn.Module],
+    input_shape: Sequence[int],
+    *,
+    batches: Sequence[int] = (1, 64),
+    threads: Sequence[int] = (1, 2),
+    warmup: int = 3,
+    repeats: int = 30,
+    rounds: int = 3,
+    progress: Callable[[str], None] | None = None,
+) -> list[Timing]:
+    """:func:`measure` on forms already built (``{form name: model}``, ``"dense"`` the
+    reference of the speed-ups when present)."""
     flops = _flops(built, input_shape)
     before = torch.get_num_threads()
     timings: list[Timing] = []

@@ -238,8 +238,8 @@ def _finish(
     test_loss, test_accuracy = evaluate_now()
     counts = count(model.cpu(), data.input_shape)
     checkpoint.save_torch(run_dir / WEIGHTS, model.state_dict())
-    compacted = compact_summary(model, data.input_shape)
-    speed = speed_summary(model, data.input_shape)
+    compacted, small = compact_summary(model, data.input_shape)
+    speed = speed_summary(model, small, data.input_shape)
     result = {
         "method": config.method,
         "model": config.model,
@@ -265,17 +265,20 @@ def _finish(
     return result
 
 
-def compact_summary(model: nn.Module, input_shape: Sequence[int]) -> dict[str, Any]:
+def compact_summary(
+    model: nn.Module, input_shape: Sequence[int]
+) -> tuple[dict[str, Any], nn.Module | None]:
     """What the finalized model becomes once its dropped channels are removed for real
-    (:func:`learnprune.compact.compact`, outputs checked): kept units, parameters, FLOPs.
-    A model compaction cannot handle gets ``{"error": reason}``; the run still succeeds."""
+    (:func:`learnprune.compact.compact`, outputs checked): kept units, parameters, FLOPs;
+    and the compact model itself. A model compaction cannot handle gets ``{"error":
+    reason}`` and ``None``; the run still succeeds."""
     from learnprune.compact import compact
 
     try:
         result = compact(model, None, input_shape)
     except LearnpruneError as err:
-        return {"error": str(err)}
-    return {
+        return {"error": str(err)}, None
+    summary = {
         "architecture": result.architecture_after,
         "removed_channels": result.removed_channels,
         "params": result.after.params,
@@ -283,35 +286,32 @@ def compact_summary(model: nn.Module, input_shape: Sequence[int]) -> dict[str, A
         "effective_flops": result.after.effective_flops,
         "max_abs_diff": result.max_abs_diff,
     }
+    return summary, result.model
 
 
 SPEED_BATCHES = (1, 64)
 SPEED_REPEATS = 9
 
 
-def speed_summary(model: nn.Module, input_shape: Sequence[int]) -> dict[str, Any]:
-    """A quick measured latency of the final model, dense and compacted, at batch 1 and 64
-    with this process's threads (:func:`learnprune.bench.measure`: warm-up, then the median
-    of 9 calls in alternating rounds). ``learnprune bench RUN_DIR`` measures properly (1 and
-    2 threads, 30 calls, the masked and CSR forms too). A model that cannot be compacted is
-    timed dense only."""
-    from learnprune.bench import measure
+def speed_summary(
+    model: nn.Module, small: nn.Module | None, input_shape: Sequence[int]
+) -> dict[str, Any]:
+    """A quick measured latency of the final model (in eval mode) and its compact form
+    ``small`` (``None``: the model alone) at batch 1 and 64 with this process's threads
+    (:func:`learnprune.bench.time_forms`: warm-up, then the median of 9 calls in alternating
+    rounds). ``learnprune bench RUN_DIR`` measures properly (1 and 2 threads, 30 calls, the
+    masked and CSR forms too)."""
+    from learnprune.bench import time_forms
 
-    def timed(forms: tuple[str, ...]) -> list[Any]:
-        return measure(
-            model,
-            input_shape,
-            forms=forms,
-            batches=SPEED_BATCHES,
-            threads=(torch.get_num_threads(),),
-            warmup=2,
-            repeats=SPEED_REPEATS,
-        )
-
-    try:
-        timings = timed(("dense", "compact"))
-    except LearnpruneError:
-        timings = timed(("dense",))
+    built = {"dense": model} if small is None else {"dense": model, "compact": small.eval()}
+    timings = time_forms(
+        built,
+        input_shape,
+        batches=SPEED_BATCHES,
+        threads=(torch.get_num_threads(),),
+        warmup=2,
+        repeats=SPEED_REPEATS,
+    )
     return {
         "threads": torch.get_num_threads(),
         "repeats": SPEED_REPEATS,
