@@ -51,7 +51,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from torch import Tensor, nn
+from torch import nn
 from torch.nn.modules.batchnorm import _NormBase
 
 from learnprune.errors import ConfigError, LearnpruneError, UnsupportedModelError
@@ -500,6 +500,8 @@ def _used_parameters(model: nn.Module, shape: Sequence[int]) -> set[str]:
     """Names of the parameters one example's forward pass uses: those the outputs reach
     through autograd, and those of every module whose ``forward`` ran (a parameter read
     only on a non-differentiable path still counts)."""
+    from learnprune.compact import output_tensors  # Torch-Pruning only when a shape is given
+
     names = {p: n for n, p in model.named_parameters()}
     ran: set[str] = set()
     hooks = [
@@ -508,7 +510,7 @@ def _used_parameters(model: nn.Module, shape: Sequence[int]) -> set[str]:
     ]
     try:
         with evaluation_mode(model), torch.enable_grad():
-            outputs = _tensors(model(example_input(model, shape)))
+            outputs = output_tensors(model(example_input(model, shape)))
     finally:
         for hook in hooks:
             hook.remove()
@@ -524,17 +526,6 @@ def _used_parameters(model: nn.Module, shape: Sequence[int]) -> set[str]:
         grads = torch.autograd.grad(total, params, allow_unused=True)
         used.update(names[p] for p, grad in zip(params, grads, strict=True) if grad is not None)
     return used
-
-
-def _tensors(output: object) -> list[Tensor]:
-    """Every tensor in a model output (a tensor, or nested tuples, lists, dicts)."""
-    if isinstance(output, Tensor):
-        return [output]
-    if isinstance(output, dict):
-        return [t for value in output.values() for t in _tensors(value)]
-    if isinstance(output, (tuple, list)):
-        return [t for value in output for t in _tensors(value)]
-    return []
 
 
 def _parse_shape(text: str | None) -> tuple[int, ...] | None:
