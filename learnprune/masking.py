@@ -19,7 +19,7 @@ Keys of every mask dictionary are the parameter names of the *unmasked* model
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
 import torch
@@ -211,6 +211,16 @@ def read_masks(model: nn.Module) -> dict[str, Tensor]:
             keep = keep & more.keep_mask()
         masks[name] = keep
     return masks
+
+
+def kept_fractions(masks: Mapping[str, Tensor]) -> dict[str, float]:
+    """``{tensor name: fraction kept}`` of the Conv/Linear weights among ``masks`` (the
+    tensors sparsity is counted over: weights of two or more dimensions)."""
+    return {
+        name: float(keep.float().mean())
+        for name, keep in masks.items()
+        if name.endswith("weight") and keep.dim() >= 2
+    }
 
 
 def raw_tensor(module: nn.Module, attr: str) -> Tensor:

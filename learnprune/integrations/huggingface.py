@@ -71,6 +71,7 @@ from transformers import TrainerCallback
 from learnprune import checkpoint
 from learnprune.errors import CheckpointError, ConfigError
 from learnprune.groups import GroupSet
+from learnprune.masking import kept_fractions
 from learnprune.methods import METHODS, DessiLBI, DessiLBIMethod, PruningMethod
 from learnprune.methods.budgeted import BudgetedMethod
 
@@ -342,10 +343,8 @@ class LearnpruneCallback(TrainerCallback):
             entries[f"kept/{kind}"] = alive
             entries[f"groups/{kind}"] = total
         if self.log_layers:
-            for name, keep in self.method.masks().items():
-                if keep.dim() >= 2:
-                    layer = name.removesuffix(".weight")
-                    entries[f"sparsity/{layer}"] = 1.0 - float(keep.float().mean())
+            for name, kept in kept_fractions(self.method.masks()).items():
+                entries[f"sparsity/{name.removesuffix('.weight')}"] = 1.0 - kept
         return entries
 
 

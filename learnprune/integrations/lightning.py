@@ -102,6 +102,7 @@ except ImportError:  # only the standalone package installed
 
 from learnprune.accounting import count, prunable_modules
 from learnprune.errors import ConfigError
+from learnprune.masking import kept_fractions
 from learnprune.methods import METHODS, build_method
 from learnprune.methods.base import PruningMethod, TrainingContext
 from learnprune.methods.dessilbi import DessiLBI, DessiLBIMethod
@@ -317,11 +318,9 @@ class LearnpruneCallback(Callback):
             metrics["learnprune/support"] = float(sum(support.values()))
             for name, size in support.items():
                 metrics[f"learnprune/support/{_layer(name)}"] = float(size)
-        for name, keep in self.masks().items():
-            if name.endswith("weight") and keep.dim() >= 2:  # what sparsity() counts
-                kept = float(keep.float().mean())
-                metrics[f"learnprune/kept/{_layer(name)}"] = kept
-                metrics[f"learnprune/sparsity/{_layer(name)}"] = 1.0 - kept
+        for name, kept in kept_fractions(self.masks()).items():
+            metrics[f"learnprune/kept/{_layer(name)}"] = kept
+            metrics[f"learnprune/sparsity/{_layer(name)}"] = 1.0 - kept
         if metrics:
             pl_module.log_dict(metrics, on_step=False, on_epoch=True, rank_zero_only=True)
 
