@@ -151,9 +151,15 @@ def build_optimizer(method: PruningMethod, config: TrainConfig) -> torch.optim.O
     return torch.optim.SGD(groups, lr=config.lr, momentum=config.momentum, nesterov=config.nesterov)
 
 
-@torch.no_grad()
 def evaluate(model: nn.Module, x: Tensor, y: Tensor, batch_size: int = 1000) -> tuple[float, float]:
     """Mean cross-entropy and accuracy of ``model`` on ``(x, y)`` in eval mode."""
+    loss_sum, correct = _evaluation_sums(model, x, y, batch_size)
+    return loss_sum / len(x), correct / len(x)
+
+
+@torch.no_grad()
+def _evaluation_sums(model: nn.Module, x: Tensor, y: Tensor, batch_size: int) -> tuple[float, int]:
+    """Summed cross-entropy and number of correct predictions on ``(x, y)``, in eval mode."""
     was_training = model.training
     model.eval()
     loss_sum = 0.0
@@ -164,11 +170,14 @@ def evaluate(model: nn.Module, x: Tensor, y: Tensor, batch_size: int = 1000) -> 
         loss_sum += float(F.cross_entropy(logits, target, reduction="sum"))
         correct += int((logits.argmax(1) == target).sum())
     model.train(was_training)
-    return loss_sum / len(x), correct / len(x)
+    return loss_sum, correct
 
 
 def crop_flip(
-    images: Tensor, generator: torch.Generator, batch_size: int | None = None, start: int = 0,
+    images: Tensor,
+    generator: torch.Generator,
+    batch_size: int | None = None,
+    start: int = 0,
     stride: int = 1,
 ) -> Tensor:
     """Random 4-pixel-padded crop and horizontal flip (the standard CIFAR augmentation).
@@ -198,12 +207,8 @@ def evaluate_everywhere(
     distributed.broadcast_buffers(model)
     size, at = distributed.world_size(), distributed.rank()
     xs, ys = x[at::size], y[at::size]
-    loss, accuracy = evaluate(model, xs, ys, batch_size) if len(xs) else (0.0, 0.0)
-    sums = torch.tensor(
-        [loss * len(xs), round(accuracy * len(xs)), len(xs)],
-        dtype=torch.float64,
-        device=x.device,
-    )
+    loss_sum, correct = _evaluation_sums(model, xs, ys, batch_size)
+    sums = torch.tensor([loss_sum, correct, len(xs)], dtype=torch.float64, device=x.device)
     distributed.all_reduce_sum(sums)
     return float(sums[0] / sums[2]), float(sums[1] / sums[2])
 
