@@ -173,13 +173,8 @@ class LearnpruneCallback(TrainerCallback):
         groups: list[dict[str, Any]] = [
             {"params": [p for p in weights if p.dim() >= 2], "weight_decay": weight_decay},
             {"params": [p for p in weights if p.dim() < 2], "weight_decay": 0.0},
+            *self.method.external_optimizer_groups(),
         ]
-        for group in self.method.optimizer_groups():
-            group = dict(group)
-            own_lr = group.pop("base_lr", None)
-            if own_lr is not None:
-                group["lr"] = float(own_lr)
-            groups.append(group)
         optimizer = torch.optim.AdamW(
             [group for group in groups if group["params"]],
             lr=lr,

@@ -361,16 +361,10 @@ class LearnpruneCallback(Callback):
         rate, the method's ``base_lr``, as its ``lr``). Call in ``configure_optimizers``."""
         if self._module is None:
             raise ConfigError("parameter_groups() is for configure_optimizers, after setup")
-        own = self.method.optimizer_groups() if self.method is not None else []
+        own = self.method.external_optimizer_groups() if self.method is not None else []
         own_ids = {id(p) for group in own for p in group["params"]}
         weights = [p for p in self._module.parameters() if p.requires_grad and id(p) not in own_ids]
-        groups: list[dict[str, Any]] = [{"params": weights, "weight_decay": weight_decay}]
-        for group in own:
-            group = dict(group)
-            if "base_lr" in group:
-                group["lr"] = group.pop("base_lr")
-            groups.append(group)
-        return groups
+        return [{"params": weights, "weight_decay": weight_decay}, *own]
 
     def regularizer(self) -> Tensor:
         """The method's regularizer (zero without a method): for manual optimization."""

@@ -122,6 +122,18 @@ class PruningMethod:
         own = self.parameters()
         return [{"params": own, "weight_decay": 0.0}] if own else []
 
+    def external_optimizer_groups(self) -> list[dict[str, Any]]:
+        """:meth:`optimizer_groups` for an optimizer that learnprune's loop does not drive
+        (Lightning, the Hugging Face Trainer): a group's own rate ``base_lr`` becomes its
+        ``lr``, which that loop's schedule then scales like every group's."""
+        groups = []
+        for group in self.optimizer_groups():
+            group = dict(group)
+            if "base_lr" in group:
+                group["lr"] = float(group.pop("base_lr"))
+            groups.append(group)
+        return groups
+
     def build_optimizer(self, config: Any) -> torch.optim.Optimizer | None:
         """The optimizer to train with, for methods that are one (DessiLBI); ``None``: the
         engine builds SGD or Adam over :meth:`model_parameters` and :meth:`optimizer_groups`."""
