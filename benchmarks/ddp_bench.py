@@ -64,9 +64,14 @@ def main() -> int:
     rows = []
     for processes, threads in ((1, 1), (1, 2), (2, 1)):
         name = f"{processes}proc-{threads}thread"
-        row = train(args.recipe, args.epochs, results / f".{name}", processes, threads)
+        scratch = results / f".{name}"
+        row = train(args.recipe, args.epochs, scratch, processes, threads)
         rows.append({"name": name, **row})
-        shutil.rmtree(results / f".{name}")
+        kept = results / name  # the run's final.json, metrics.jsonl, config.json (no weights)
+        kept.mkdir(exist_ok=True)
+        for file in ("final.json", "metrics.jsonl", "config.json"):
+            shutil.copy(scratch / file, kept / file)
+        shutil.rmtree(scratch)
     base = rows[0]["median_epoch_seconds"]
     print("| processes × threads | s per epoch (median) | vs 1 × 1 | test accuracy | sparsity |")
     print("|---|---|---|---|---|")
