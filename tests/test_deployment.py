@@ -34,7 +34,10 @@ def test_compact_removes_the_dropped_neurons_and_keeps_the_accuracy(structured_r
     code, out, err = call("compact", str(structured_run))
     assert code == 0, err
     summary = json.loads((structured_run / "compact" / "compact.json").read_text())
-    assert summary["test_accuracy_compact"] == summary["test_accuracy_masked"]
+    # Smaller matrices sum in another order: on some CPUs one borderline test example of
+    # 10,000 flips (seen on an Intel Xeon: 0.7637 against 0.7638). The outputs themselves
+    # are checked to 1e-5 by compact.
+    assert abs(summary["test_accuracy_compact"] - summary["test_accuracy_masked"]) <= 0.00021
     final = json.loads((structured_run / "final.json").read_text())
     assert summary["test_accuracy_masked"] == pytest.approx(final["test_accuracy"])
     model = load(structured_run / "compact")
