@@ -96,6 +96,76 @@ def test_without_coupling_the_w_step_is_sgd_with_lr_times_kappa() -> None:
         assert torch.allclose(a, b, atol=1e-6)
 
 
+def test_weight_decay_enters_the_momentum_buffer_two_steps_by_hand() -> None:
+    """The code adds wd·W into the buffer: buf_t = m·buf_{t−1} + g_t + wd·W_t (biases: no
+    decay)."""
+    layer = nn.Linear(2, 2)
+    with torch.no_grad():
+        layer.weight.copy_(torch.tensor([[1.0, -2.0], [0.5, 3.0]]))
+        layer.bias.copy_(torch.tensor([1.0, -1.0]))
+    opt = DessiLBI(
+        list(nn.Sequential(layer).named_parameters()),
+        lr=0.1,
+        nu=10.0,
+        momentum=0.9,
+        weight_decay=0.01,
+    )
+    g = torch.tensor([[0.1, 0.2], [-0.3, 0.4]])
+    for _ in range(2):
+        layer.weight.grad = g.clone()
+        layer.bias.grad = torch.tensor([0.5, 0.5])
+        opt.step()
+    # step 1: buf = g + 0.01 W0 = [[0.11, 0.18], [-0.295, 0.43]]; Γ0 = 0, so
+    #   W1 = W0 − 0.1 buf − 0.01 (W0 − 0) = [[0.979, -1.998], [0.5245, 2.927]];
+    #   z1 = 0.01 W0 is below the threshold 1, Γ1 = 0
+    # step 2: buf = 0.9 [[0.11, 0.18], [-0.295, 0.43]] + g + 0.01 W1
+    #            = [[0.099 + 0.10979, 0.162 + 0.18002], [-0.2655 - 0.294755, 0.387 + 0.42927]]
+    #            = [[0.20879, 0.34202], [-0.560255, 0.81627]]
+    #   W2 = 0.99 W1 − 0.1 buf
+    #      = [[0.96921 - 0.020879, -1.97802 - 0.034202], [0.519255 + 0.0560255, 2.89773 - 0.081627]]
+    expected = torch.tensor([[0.948331, -2.012222], [0.5752805, 2.816103]])
+    assert torch.allclose(layer.weight, expected, atol=1e-6)
+    # adding 0.01 W after the momentum instead (the buffer without decay) would give
+    # W2[0, 0] = 0.96921 - 0.1 (1.9 · 0.1 + 0.00979) = 0.949231
+    assert abs(layer.weight[0, 0].item() - 0.949231) > 5e-4
+    # bias: buf 0.5, then 0.9 · 0.5 + 0.5 = 0.95; b2 = b0 − 0.05 − 0.095
+    assert torch.allclose(layer.bias, torch.tensor([0.855, -1.145]))
+
+
+def test_without_coupling_weight_decay_is_sgd_weight_decay_on_weights_only() -> None:
+    """ν → ∞: DessiLBI with wd is torch.optim.SGD with wd on the tensors of ndim > 1 (not
+    biases, not norm layers), heavy ball and Nesterov."""
+    for nesterov in (False, True):
+        torch.manual_seed(0)
+        model = nn.Sequential(nn.Linear(4, 3), nn.BatchNorm1d(3), nn.ReLU(), nn.Linear(3, 2))
+        twin = copy.deepcopy(model)
+        lbi = DessiLBI(
+            list(model.named_parameters()),
+            lr=0.05,
+            kappa=2.0,
+            nu=1e30,
+            momentum=0.9,
+            nesterov=nesterov,
+            weight_decay=0.1,
+        )
+        decayed = [p for p in twin.parameters() if p.ndim > 1]
+        plain = [p for p in twin.parameters() if p.ndim <= 1]
+        sgd = torch.optim.SGD(
+            [{"params": decayed, "weight_decay": 0.1}, {"params": plain}],
+            lr=0.1,
+            momentum=0.9,
+            nesterov=nesterov,
+        )
+        x, y = torch.randn(8, 4), torch.randint(0, 2, (8,))
+        for _ in range(5):
+            for net, opt in ((model, lbi), (twin, sgd)):
+                opt.zero_grad()
+                F.cross_entropy(net(x), y).backward()
+                opt.step()
+        for a, b in zip(model.parameters(), twin.parameters(), strict=True):
+            assert torch.allclose(a, b, atol=1e-6)
+
+
 def test_z_increment_uses_the_old_w_and_gamma() -> None:
     """(ii) z_{k+1} − z_k = (α/ν)(W_k − Γ_k)."""
     torch.manual_seed(0)

@@ -14,8 +14,8 @@ sparse structure ("winning tickets"), read out as ``W* = W ⊙ 1[Γ ≠ 0]``.
 The reference update (``variant="reference"``, ``code/slbi_opt.py``), per coupled tensor
 with gradient ``g`` (learning rate ``α``, momentum ``m``):
 
+    g   ← g + wd · W                          (weight decay, tensors of ndim > 1 only)
     buf ← m · buf + g                         (heavy ball; ``d = buf``, or ``g + m·buf`` Nesterov)
-    d   ← d + wd · W                          (weight decay, tensors of ndim > 1 only)
     W   ← W − α κ d − (α κ / ν) (W − Γ)        (the coupling term outside the momentum)
     z   ← z + (α / ν) (W_old − Γ)             (from the *old* W and Γ)
     Γ   ← κ · prox(z)
@@ -26,10 +26,16 @@ default for Linear weights) or the group soft threshold per output filter
 in the reference code. Tensors that are not coupled (biases, norm layers) take
 ``p ← p − α κ d``.
 
+Weight decay sits inside the momentum: the code adds ``wd · W`` to the buffer in place
+after ``buf ← m · buf + g``, so ``buf_t = m · buf_{t−1} + g_t + wd · W_t``, the same as
+decaying the gradient first (as ``torch.optim.SGD`` does). It decays the tensors of
+``ndim ≠ 1`` whose name lacks ``"bn"``; here those of ``ndim > 1`` (the name test only
+ever meets 1-D tensors, and a 0-d parameter, which the code would decay, is not decayed).
+
 Variants found in the official examples, as named options:
 
-* ``"lottery"`` (``example/lottery/slbi.py``): weight decay added to the gradient
-  *before* momentum for every tensor but biases; conv filters use the **rescaled group**
+* ``"lottery"`` (``example/lottery/slbi.py``): weight decay on every tensor but biases
+  (norm-layer weights included); conv filters use the **rescaled group**
   prox ``max(0, 1 − λ_conv / (‖z_g‖₂ / √d_g)) · z_g`` (``prox="rescaled_group"``).
 * ``"normalize"`` (``example/cifar_prune/slbi_noconv_with_normalize.py``): the W step uses
   ``α`` (not ``ακ``), the z step ``α/(νκ)``; the z increment ``(W_old − Γ)`` is multiplied by
@@ -210,12 +216,12 @@ class DessiLBI(torch.optim.Optimizer):
         momentum, variant = group["momentum"], group["variant"]
         state = self.state[param]
         grad = param.grad
-        # reference: decay tensors of ndim > 1 (not biases, not norm layers); lottery: all
-        # but biases, before the momentum
+        # decay before the momentum in every variant; which tensors: reference and
+        # normalize those of ndim > 1 (not biases, not norm layers), lottery all but biases
         decays = group["weight_decay"] > 0 and (
             not name.endswith("bias") if variant == "lottery" else param.ndim > 1
         )
-        if variant == "lottery" and decays:
+        if decays:
             grad = grad.add(param, alpha=group["weight_decay"])
         if momentum > 0:
             buffer = state.get("momentum_buffer")
@@ -226,8 +232,6 @@ class DessiLBI(torch.optim.Optimizer):
             direction = grad.add(buffer, alpha=momentum) if group["nesterov"] else buffer
         else:
             direction = grad
-        if variant != "lottery" and decays:
-            direction = direction.add(param, alpha=group["weight_decay"])
 
         if not group["coupled"]:
             param.add_(direction, alpha=-lr * kappa)
