@@ -276,6 +276,37 @@ def test_prune_order_of_conv_filters_is_per_filter() -> None:
     assert keep[:2].all() and not keep[2:].any()
 
 
+def test_prune_by_order_keeps_linear_weights_strictly_above_a_tied_threshold() -> None:
+    """Never-entered weights score |W| − 2000 in float32 (spacing 2⁻¹³ there): 0.5, 0.50001
+    and 0.50002 all score −1999.5, the 50th percentile of [−1999.5 ×3, −1999.0]; the
+    reference keeps a Linear weight only if its score is strictly greater."""
+    layer = _linear([[0.50001, 0.5], [0.50002, 1.0]])
+    opt = DessiLBI([("fc.weight", layer.weight)], lr=0.1)
+    scores = opt.prune_order_scores()["fc.weight"]
+    assert scores.dtype == torch.float32
+    assert torch.equal(scores, torch.tensor([[-1999.5, -1999.5], [-1999.5, -1999.0]]))
+    keep = opt.prune_by_order(50)["fc.weight"]
+    assert torch.equal(keep, torch.tensor([[False, False], [False, True]]))  # ≥ would keep all
+    assert opt.prune_by_order(0)["fc.weight"].all()
+
+
+def test_prune_by_order_uses_the_float32_percentile_and_keeps_conv_filters_at_it() -> None:
+    """Two one-weight filters scoring a = −1999.5 and b = a + 2⁻¹³ (adjacent float32
+    values); their 50th percentile a + 2⁻¹⁴ lies halfway, and numpy's float32
+    ``b − (b − a)·0.5`` rounds to even, a (1999.5·2¹³ = 16379904). A filter is kept if its
+    score ≥ the threshold, so both stay; a float64 threshold would drop the first."""
+    conv = nn.Conv2d(1, 2, 1, bias=False)
+    with torch.no_grad():
+        conv.weight.copy_(torch.tensor([0.5, 0.5 + 2**-13]).view(2, 1, 1, 1))
+    opt = DessiLBI([("conv.weight", conv.weight)], lr=0.1)
+    scores = opt.prune_order_scores()["conv.weight"]
+    assert scores.tolist() == [-1999.5, -1999.5 + 2**-13]
+    assert opt.prune_by_order(50)["conv.weight"].all()
+    # at 75 % the threshold a + 0.75·2⁻¹³ rounds to b: only the second filter stays
+    keep = opt.prune_by_order(75)["conv.weight"]
+    assert keep.flatten().tolist() == [False, True]
+
+
 def test_state_dict_round_trips_z_gamma_and_the_path() -> None:
     model, opt, _supports = _toy_path(epochs=4)
     state = copy.deepcopy(opt.state_dict())

@@ -61,6 +61,7 @@ import math
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import Any
 
+import numpy as np
 import torch
 from torch import Tensor, nn
 
@@ -330,7 +331,15 @@ class DessiLBI(torch.optim.Optimizer):
         self, percent: float, names: Sequence[str] | None = None
     ) -> dict[str, Tensor]:
         """Keep masks that drop, in each named tensor, the ``percent`` % lowest scores
-        (conv: whole filters); the reference's ``prune_layer_by_order_by_list``."""
+        (conv: whole filters); the reference's ``prune_layer_by_order_by_list``.
+
+        As there, the threshold ``t`` is ``numpy.percentile(score, percent)`` (linear
+        interpolation) in the score's own float dtype, and a conv filter is kept if
+        ``score ≥ t``, a Linear (or any other non-conv) weight only if ``score > t``. Ties
+        at ``t`` are common, the float32 scores ``|W| − 2000`` of weights never in
+        ``supp(Γ)`` being coarse (spacing 2⁻¹³), so a Linear weight may lose more than
+        ``percent`` %. ``percent = 0`` keeps everything (the reference's strict ``>`` would
+        drop each Linear weight's minimum)."""
         percent = validation.real("percent", percent)
         if not 0 <= percent <= 100:
             raise ConfigError(f"percent must lie in [0, 100], got {percent}")
@@ -340,9 +349,11 @@ class DessiLBI(torch.optim.Optimizer):
             param = params[name]
             keep = torch.ones_like(score, dtype=torch.bool)
             if percent > 0 and (names is None or name in names):
-                # numpy.percentile (linear interpolation), as the reference code
-                threshold = torch.quantile(score.flatten().double(), percent / 100)
-                keep = score.double() >= threshold
+                if score.dtype not in (torch.float32, torch.float64):
+                    score = score.float()  # numpy has no bfloat16
+                threshold = np.percentile(score.detach().cpu().numpy(), percent)
+                threshold = torch.as_tensor(threshold, dtype=score.dtype, device=score.device)
+                keep = score >= threshold if param.ndim == 4 else score > threshold
             if param.ndim == 4:  # one score per filter
                 keep = keep.view(-1, 1, 1, 1).expand_as(param).clone()
             masks[name] = keep
