@@ -307,6 +307,21 @@ def test_prune_by_order_uses_the_float32_percentile_and_keeps_conv_filters_at_it
     assert keep.flatten().tolist() == [False, True]
 
 
+def test_prune_bias_drops_the_biases_of_the_dropped_filters() -> None:
+    """Filter norms 3, 1, 2 score 3 − 2000, 1 − 2000, 2 − 2000; the median −1998 drops the
+    second filter, and with ``prune_bias`` its bias too (a Linear layer's bias stays)."""
+    model = nn.Sequential(nn.Conv2d(1, 3, 1), nn.Flatten(), nn.Linear(3, 2))
+    with torch.no_grad():
+        model[0].weight.copy_(torch.tensor([3.0, -1.0, 2.0]).view(3, 1, 1, 1))
+    opt = DessiLBI(list(model.named_parameters()), lr=0.1)
+    masks = opt.prune_by_order(50, names=["0.weight"], prune_bias=True)
+    assert set(masks) == {"0.weight", "0.bias", "2.weight"}
+    assert masks["0.weight"].flatten().tolist() == [True, False, True]
+    assert masks["0.bias"].tolist() == [True, False, True]
+    assert masks["2.weight"].all()  # not named: kept whole
+    assert set(opt.prune_by_order(50)) == {"0.weight", "2.weight"}  # weights only by default
+
+
 def test_state_dict_round_trips_z_gamma_and_the_path() -> None:
     model, opt, _supports = _toy_path(epochs=4)
     state = copy.deepcopy(opt.state_dict())

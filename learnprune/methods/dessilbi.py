@@ -328,10 +328,13 @@ class DessiLBI(torch.optim.Optimizer):
         return scores
 
     def prune_by_order(
-        self, percent: float, names: Sequence[str] | None = None
+        self, percent: float, names: Sequence[str] | None = None, prune_bias: bool = False
     ) -> dict[str, Tensor]:
         """Keep masks that drop, in each named tensor, the ``percent`` % lowest scores
-        (conv: whole filters); the reference's ``prune_layer_by_order_by_list``.
+        (conv: whole filters); the reference's ``prune_layer_by_order_by_list``. With
+        ``prune_bias`` (how the reference's prune example runs) the masks also cover the
+        bias of every conv layer the optimizer holds, dropping the biases of the dropped
+        filters (``{"conv3.bias": keep per filter}``).
 
         As there, the threshold ``t`` is ``numpy.percentile(score, percent)`` (linear
         interpolation) in the score's own float dtype, and a conv filter is kept if
@@ -345,6 +348,7 @@ class DessiLBI(torch.optim.Optimizer):
             raise ConfigError(f"percent must lie in [0, 100], got {percent}")
         masks = {}
         params = dict(self.coupled())
+        held = {n for group in self.param_groups for n in group["names"]}
         for name, score in self.prune_order_scores().items():
             param = params[name]
             keep = torch.ones_like(score, dtype=torch.bool)
@@ -355,6 +359,9 @@ class DessiLBI(torch.optim.Optimizer):
                 threshold = torch.as_tensor(threshold, dtype=score.dtype, device=score.device)
                 keep = score >= threshold if param.ndim == 4 else score > threshold
             if param.ndim == 4:  # one score per filter
+                bias = name.removesuffix("weight") + "bias"
+                if prune_bias and name.endswith("weight") and bias in held:
+                    masks[bias] = keep.clone()
                 keep = keep.view(-1, 1, 1, 1).expand_as(param).clone()
             masks[name] = keep
         return masks
