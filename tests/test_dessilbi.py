@@ -268,6 +268,7 @@ def test_prune_order_of_conv_filters_is_per_filter() -> None:
     conv = nn.Conv2d(1, 4, 3, bias=False)
     opt = DessiLBI([("conv.weight", conv.weight)], lr=0.1)
     opt.state[conv.weight]["first_epoch"][:2] = 1  # filters 0 and 1 entered in epoch 1
+    opt.record_epoch(2)  # Γ = 0: nothing enters; stores the order
     scores = opt.prune_order_scores()["conv.weight"]
     norms = conv.weight.detach().reshape(4, -1).norm(dim=1)
     assert torch.allclose(scores, norms - torch.tensor([1.0, 1.0, NEVER, NEVER]))
@@ -282,6 +283,7 @@ def test_prune_by_order_keeps_linear_weights_strictly_above_a_tied_threshold() -
     reference keeps a Linear weight only if its score is strictly greater."""
     layer = _linear([[0.50001, 0.5], [0.50002, 1.0]])
     opt = DessiLBI([("fc.weight", layer.weight)], lr=0.1)
+    opt.record_epoch(1)  # Γ = 0: no weight has entered
     scores = opt.prune_order_scores()["fc.weight"]
     assert scores.dtype == torch.float32
     assert torch.equal(scores, torch.tensor([[-1999.5, -1999.5], [-1999.5, -1999.0]]))
@@ -299,6 +301,7 @@ def test_prune_by_order_uses_the_float32_percentile_and_keeps_conv_filters_at_it
     with torch.no_grad():
         conv.weight.copy_(torch.tensor([0.5, 0.5 + 2**-13]).view(2, 1, 1, 1))
     opt = DessiLBI([("conv.weight", conv.weight)], lr=0.1)
+    opt.record_epoch(1)
     scores = opt.prune_order_scores()["conv.weight"]
     assert scores.tolist() == [-1999.5, -1999.5 + 2**-13]
     assert opt.prune_by_order(50)["conv.weight"].all()
@@ -314,12 +317,39 @@ def test_prune_bias_drops_the_biases_of_the_dropped_filters() -> None:
     with torch.no_grad():
         model[0].weight.copy_(torch.tensor([3.0, -1.0, 2.0]).view(3, 1, 1, 1))
     opt = DessiLBI(list(model.named_parameters()), lr=0.1)
+    opt.record_epoch(1)
     masks = opt.prune_by_order(50, names=["0.weight"], prune_bias=True)
     assert set(masks) == {"0.weight", "0.bias", "2.weight"}
     assert masks["0.weight"].flatten().tolist() == [True, False, True]
     assert masks["0.bias"].tolist() == [True, False, True]
     assert masks["2.weight"].all()  # not named: kept whole
     assert set(opt.prune_by_order(50)) == {"0.weight", "2.weight"}  # weights only by default
+
+
+def test_prune_by_order_uses_the_order_stored_at_the_last_epoch_end() -> None:
+    """The reference prunes by the order of ``update_prune_order``; ``order="current"``
+    recomputes it from the W of now. Stored from W = [[1, 2], [3, 4]] (Γ = 0): scores
+    W − 2000, threshold percentile 50 = −1997.5; W then becomes [[4, 3], [2, 1]]."""
+    layer = _linear([[1.0, 2.0], [3.0, 4.0]])
+    opt = DessiLBI([("fc.weight", layer.weight)], lr=0.1)
+    with pytest.raises(ConfigError, match="record_epoch"):
+        opt.prune_by_order(50)  # nothing stored yet
+    opt.record_epoch(1)
+    with torch.no_grad():
+        layer.weight.copy_(torch.tensor([[4.0, 3.0], [2.0, 1.0]]))
+    stored = torch.tensor([[-1999.0, -1998.0], [-1997.0, -1996.0]])
+    assert torch.equal(opt.prune_order_scores()["fc.weight"], stored)
+    assert torch.equal(opt.prune_order_scores("current")["fc.weight"], stored.flip(0).flip(1))
+    keep_stored = torch.tensor([[False, False], [True, True]])
+    assert torch.equal(opt.prune_by_order(50)["fc.weight"], keep_stored)
+    assert torch.equal(opt.prune_by_order(50, order="current")["fc.weight"], ~keep_stored)
+    # the stored order is optimizer state: it survives state_dict / load_state_dict
+    twin = _linear([[4.0, 3.0], [2.0, 1.0]])
+    twin_opt = DessiLBI([("fc.weight", twin.weight)], lr=0.1)
+    twin_opt.load_state_dict(copy.deepcopy(opt.state_dict()))
+    assert torch.equal(twin_opt.prune_by_order(50)["fc.weight"], keep_stored)
+    with pytest.raises(ConfigError):
+        opt.prune_by_order(50, order="newest")
 
 
 def test_state_dict_round_trips_z_gamma_and_the_path() -> None:
@@ -329,7 +359,7 @@ def test_state_dict_round_trips_z_gamma_and_the_path() -> None:
     twin_opt = DessiLBI(list(twin.named_parameters()), lr=0.1, nu=5.0, momentum=0.9)
     twin_opt.load_state_dict(state)
     for (_n, p), (_m, q) in zip(opt.coupled(), twin_opt.coupled(), strict=True):
-        for key in ("z", "gamma", "first_epoch", "momentum_buffer"):
+        for key in ("z", "gamma", "first_epoch", "prune_order", "momentum_buffer"):
             assert torch.equal(opt.state[p][key], twin_opt.state[q][key])
     assert twin_opt.support_history == opt.support_history and twin_opt.epoch == 4
     x = torch.randn(16, 10)

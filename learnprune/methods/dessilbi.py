@@ -43,9 +43,10 @@ Variants found in the official examples, as named options:
   ``Γ = κ · s · soft_threshold(z, λ)`` element-wise for conv and Linear weights.
 
 The path: :meth:`DessiLBI.record_epoch` stores, after every epoch, each weight's first
-epoch in ``supp(Γ)`` and the support itself; :meth:`ticket` returns the masks at an epoch,
-:meth:`prune_order_scores` / :meth:`prune_by_order` the reference's prune order
-(``‖W_filter‖₂ − first_epoch`` for conv filters, ``|W_ij| − first_epoch_ij`` for Linear).
+epoch in ``supp(Γ)``, the prune order (``‖W_filter‖₂ − first_epoch`` for conv filters,
+``|W_ij| − first_epoch_ij`` for Linear, from the ``W`` of that epoch end) and the support
+itself; :meth:`ticket` returns the masks at an epoch, :meth:`prune_by_order` the masks that
+prune by the stored order, as the reference does (or by the order of the current ``W``).
 
 Two pitfalls of the code (METHODS.md 2.6) concern the optimizer itself: it used the removed
 ``Tensor.add_(scalar, tensor)`` signature (here every update is written with ``alpha=`` or
@@ -71,6 +72,7 @@ from learnprune.methods.base import PruningMethod, TrainingContext
 
 VARIANTS = ("reference", "lottery", "normalize")
 PROXES = ("auto", "lasso", "group", "rescaled_group")
+ORDERS = ("stored", "current")
 NEVER = 2000
 """The reference code's sentinel ``first_epoch`` of a weight never in ``supp(Γ)``."""
 
@@ -298,13 +300,15 @@ class DessiLBI(torch.optim.Optimizer):
 
     @torch.no_grad()
     def record_epoch(self, epoch: int | None = None) -> dict[str, int]:
-        """Record the path after an epoch: each weight's first epoch in ``supp(Γ)`` (the
-        reference's ``update_prune_order``) and the support; return the support sizes."""
+        """Record the path after an epoch: each weight's first epoch in ``supp(Γ)`` and the
+        prune order from the current ``W`` (the reference's ``update_prune_order``), and
+        the support; return the support sizes."""
         self.epoch = self.epoch + 1 if epoch is None else int(epoch)
         for _name, param in self.coupled():
             state = self.state[param]
             entered = (state["gamma"] != 0) & (state["first_epoch"] == NEVER)
             state["first_epoch"][entered] = self.epoch
+            state["prune_order"] = self._prune_score(param)
         support = self.support()
         self.support_history.append(support)
         return support
@@ -314,27 +318,48 @@ class DessiLBI(torch.optim.Optimizer):
         that epoch, where the support only grew)."""
         return {name: self.state[p]["first_epoch"] <= epoch for name, p in self.coupled()}
 
-    def prune_order_scores(self) -> dict[str, Tensor]:
+    def prune_order_scores(self, order: str = "stored") -> dict[str, Tensor]:
         """The reference's prune order: conv ``‖W_filter‖₂ − min first_epoch(filter)`` (one
-        per filter), Linear ``|W_ij| − first_epoch_ij``; higher = keep."""
+        per filter), Linear ``|W_ij| − first_epoch_ij``; higher = keep.
+
+        ``order="stored"`` (the reference's): the scores :meth:`record_epoch` stored at the
+        last epoch end (from the ``W`` of then; kept in :meth:`state_dict`);
+        ``"current"``: recomputed from the current ``W``."""
+        order = validation.choice("order", order, ORDERS)
         scores = {}
         for name, param in self.coupled():
-            first = self.state[param]["first_epoch"].to(param.dtype)
-            if param.ndim == 4:
-                norms = param.detach().reshape(param.shape[0], -1).norm(dim=1)
-                scores[name] = norms - first.reshape(param.shape[0], -1).amin(dim=1)
+            if order == "current":
+                scores[name] = self._prune_score(param)
+            elif "prune_order" in self.state[param]:
+                scores[name] = self.state[param]["prune_order"].clone()
             else:
-                scores[name] = param.detach().abs() - first
+                raise ConfigError(
+                    f"no prune order stored for {name}: record_epoch() stores it at the end "
+                    'of each epoch, or use order="current"'
+                )
         return scores
 
+    def _prune_score(self, param: Tensor) -> Tensor:
+        first = self.state[param]["first_epoch"].to(param.dtype)
+        if param.ndim == 4:
+            norms = param.detach().reshape(param.shape[0], -1).norm(dim=1)
+            return norms - first.reshape(param.shape[0], -1).amin(dim=1)
+        return param.detach().abs() - first
+
     def prune_by_order(
-        self, percent: float, names: Sequence[str] | None = None, prune_bias: bool = False
+        self,
+        percent: float,
+        names: Sequence[str] | None = None,
+        prune_bias: bool = False,
+        order: str = "stored",
     ) -> dict[str, Tensor]:
         """Keep masks that drop, in each named tensor, the ``percent`` % lowest scores
         (conv: whole filters); the reference's ``prune_layer_by_order_by_list``. With
         ``prune_bias`` (how the reference's prune example runs) the masks also cover the
         bias of every conv layer the optimizer holds, dropping the biases of the dropped
-        filters (``{"conv3.bias": keep per filter}``).
+        filters (``{"conv3.bias": keep per filter}``). ``order``: the scores of
+        :meth:`prune_order_scores` (the reference prunes by the order ``"stored"`` at the
+        last :meth:`record_epoch`; ``"current"`` recomputes it from the current ``W``).
 
         As there, the threshold ``t`` is ``numpy.percentile(score, percent)`` (linear
         interpolation) in the score's own float dtype, and a conv filter is kept if
@@ -349,7 +374,7 @@ class DessiLBI(torch.optim.Optimizer):
         masks = {}
         params = dict(self.coupled())
         held = {n for group in self.param_groups for n in group["names"]}
-        for name, score in self.prune_order_scores().items():
+        for name, score in self.prune_order_scores(order).items():
             param = params[name]
             keep = torch.ones_like(score, dtype=torch.bool)
             if percent > 0 and (names is None or name in names):
