@@ -403,6 +403,53 @@ def test_variants_follow_their_code() -> None:
             assert torch.allclose(z, 0.1 / 20.0 * 0.01 * w0 / w1.abs().clamp(min=1))
 
 
+def test_normalize_steps_uncoupled_tensors_by_lr_not_lr_kappa() -> None:
+    layer = nn.Linear(2, 2)
+    with torch.no_grad():
+        layer.bias.copy_(torch.tensor([1.0, -1.0]))
+    opt = DessiLBI(
+        list(nn.Sequential(layer).named_parameters()),
+        lr=0.1,
+        kappa=2.0,
+        momentum=0.0,
+        variant="normalize",
+    )
+    layer.weight.grad = torch.zeros(2, 2)
+    layer.bias.grad = torch.tensor([0.5, 0.5])
+    opt.step()
+    # b ← b − α g = [1 − 0.05, −1 − 0.05] (ακ would give [0.9, −1.1])
+    assert torch.allclose(layer.bias, torch.tensor([0.95, -1.05]))
+
+
+def _normalize_z_after_two_steps(**options) -> torch.Tensor:
+    layer = _linear([[2.0, 0.5], [0.0, 0.0]])
+    opt = DessiLBI(
+        [("fc.weight", layer.weight)], lr=0.1, nu=10.0, momentum=0.0, variant="normalize", **options
+    )
+    for _ in range(2):
+        layer.weight.grad = torch.zeros(2, 2)
+        opt.step()
+    return opt.state[layer.weight]["z"][0]
+
+
+def test_normalize_lbi_momentum_two_steps_by_hand() -> None:
+    """No gradient, Γ stays 0: W1 = 0.99 W0 = [1.98, 0.495], W2 = 0.99 W1 = [1.9602, 0.49005];
+    increments u1 = W0 = [2, 0.5], u2 = W1; p = 0.01, s = max(|W_new|, 1), so
+    z2 = (0.1 / 10) · 0.01 · (b1 / s1 + b2 / s2) with b1 = u1 and b2 per rule."""
+    s1, s2 = torch.tensor([1.98, 1.0]), torch.tensor([1.9602, 1.0])
+    u1, u2 = torch.tensor([2.0, 0.5]), torch.tensor([1.98, 0.495])
+    cases = {
+        (): u2,  # no LBI momentum
+        (("lbi_momentum", 0.5),): 0.5 * u1 + u2,  # heavy ball: [2.98, 0.745]
+        (("lbi_momentum", 0.5), ("lbi_momentum_rule", "released")): 0.5 * u1,  # drops u2
+    }
+    for options, b2 in cases.items():
+        z = _normalize_z_after_two_steps(**dict(options))
+        assert torch.allclose(z, 1e-4 * (u1 / s1 + b2 / s2), rtol=1e-5, atol=0), options
+    # second entry by hand: 1e-4 · (0.5 + 0.745) with heavy ball
+    assert _normalize_z_after_two_steps(lbi_momentum=0.5)[1].item() == pytest.approx(1.245e-4)
+
+
 def test_bad_options_are_config_errors() -> None:
     layer = nn.Linear(2, 2)
     for kwargs in (
@@ -412,6 +459,9 @@ def test_bad_options_are_config_errors() -> None:
         {"lr": 0.1, "prox": "ridge"},
         {"lr": 0.1, "variant": "newest"},
         {"lr": 0.1, "momentum": 1.0},
+        {"lr": 0.1, "lbi_momentum": 0.5},  # normalize only
+        {"lr": 0.1, "variant": "normalize", "lbi_momentum": 1.0},
+        {"lr": 0.1, "variant": "normalize", "lbi_momentum_rule": "nesterov"},
     ):
         with pytest.raises(ConfigError):
             DessiLBI(list(nn.Sequential(layer).named_parameters()), **kwargs)

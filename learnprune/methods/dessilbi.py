@@ -37,10 +37,21 @@ Variants found in the official examples, as named options:
 * ``"lottery"`` (``example/lottery/slbi.py``): weight decay on every tensor but biases
   (norm-layer weights included); conv filters use the **rescaled group**
   prox ``max(0, 1 − λ_conv / (‖z_g‖₂ / √d_g)) · z_g`` (``prox="rescaled_group"``).
-* ``"normalize"`` (``example/cifar_prune/slbi_noconv_with_normalize.py``): the W step uses
-  ``α`` (not ``ακ``), the z step ``α/(νκ)``; the z increment ``(W_old − Γ)`` is multiplied by
-  ``p = min(1 − frac_nonzero(Γ), 0.01)`` and divided element-wise by ``s = max(|W_new|, 1)``;
-  ``Γ = κ · s · soft_threshold(z, λ)`` element-wise for conv and Linear weights.
+* ``"normalize"`` (``example/cifar_prune/slbi_noconv_with_normalize.py``): every W step,
+  coupled or not, uses ``α`` (not ``ακ``), the z step ``α/(νκ)``; the z increment
+  ``u = W_old − Γ`` is multiplied by ``p = min(1 − frac_nonzero(Γ), 0.01)`` and divided
+  element-wise by ``s = max(|W_new|, 1)``; ``Γ = κ · s · soft_threshold(z, λ)`` element-wise
+  for conv and Linear weights::
+
+      W ← W − α d − (α / ν) (W − Γ)             (uncoupled tensors: p ← p − α d)
+      b ← μ_z · b + u,  u ← b                   (LBI momentum, ``lbi_momentum`` μ_z > 0)
+      z ← z + (α / νκ) · p · u / s
+
+  The code's LBI momentum (``lbi_momentum``) starts ``b = u`` but then updates it with a
+  non-in-place add, ``b.mul_(μ_z).add(u)``, so from the second step on ``b ← μ_z · b``: the
+  increments are dropped and z stops moving. That is a bug (its script runs μ_z = 0), so the
+  default ``lbi_momentum_rule="heavy_ball"`` is the momentum above; ``"released"``
+  reproduces the released code.
 
 The path: :meth:`DessiLBI.record_epoch` stores, after every epoch, each weight's first
 epoch in ``supp(Γ)``, the prune order (``‖W_filter‖₂ − first_epoch`` for conv filters,
@@ -73,6 +84,7 @@ from learnprune.methods.base import PruningMethod, TrainingContext
 VARIANTS = ("reference", "lottery", "normalize")
 PROXES = ("auto", "lasso", "group", "rescaled_group")
 ORDERS = ("stored", "current")
+LBI_MOMENTUM_RULES = ("heavy_ball", "released")
 NEVER = 2000
 """The reference code's sentinel ``first_epoch`` of a weight never in ``supp(Γ)``."""
 
@@ -130,6 +142,9 @@ class DessiLBI(torch.optim.Optimizer):
         conv_lam: threshold of the rescaled group prox (the lottery code's ``conv_lambda``;
             default ``lam``).
         variant: ``"reference"``, ``"lottery"`` or ``"normalize"``.
+        lbi_momentum: ``μ_z``, momentum of the z increment (``variant="normalize"`` only).
+        lbi_momentum_rule: ``"heavy_ball"`` (``b ← μ_z · b + u``) or ``"released"`` (the
+            released code's ``b ← μ_z · b`` after the first step; see the module docstring).
         coupled: which named tensors get ``z`` and ``Γ`` (default: 2-D and 4-D weights).
     """
 
@@ -146,6 +161,8 @@ class DessiLBI(torch.optim.Optimizer):
         lam: float = 1.0,
         conv_lam: float | None = None,
         variant: str = "reference",
+        lbi_momentum: float = 0.0,
+        lbi_momentum_rule: str = "heavy_ball",
         coupled: Any = default_coupled,
     ) -> None:
         lr = validation.positive("lr", lr)
@@ -161,6 +178,14 @@ class DessiLBI(torch.optim.Optimizer):
         lam = validation.positive("lam", lam)
         conv_lam = lam if conv_lam is None else validation.positive("conv_lam", conv_lam)
         variant = validation.choice("variant", variant, VARIANTS)
+        lbi_momentum = validation.non_negative("lbi_momentum", lbi_momentum)
+        if lbi_momentum >= 1:
+            raise ConfigError(f"lbi_momentum must be < 1, got {lbi_momentum}")
+        if lbi_momentum > 0 and variant != "normalize":
+            raise ConfigError('lbi_momentum is an option of variant "normalize"')
+        lbi_momentum_rule = validation.choice(
+            "lbi_momentum_rule", lbi_momentum_rule, LBI_MOMENTUM_RULES
+        )
         groups = _param_groups(params, coupled)
         defaults = {
             "lr": lr,
@@ -173,6 +198,8 @@ class DessiLBI(torch.optim.Optimizer):
             "lam": lam,
             "conv_lam": conv_lam,
             "variant": variant,
+            "lbi_momentum": lbi_momentum,
+            "lbi_momentum_rule": lbi_momentum_rule,
         }
         super().__init__(groups, defaults)
         self.epoch = 0
@@ -196,7 +223,7 @@ class DessiLBI(torch.optim.Optimizer):
 
         ``options`` are the other arguments of :class:`DessiLBI` (``kappa``, ``nu``,
         ``momentum``, ``nesterov``, ``weight_decay``, ``prox``, ``lam``, ``conv_lam``,
-        ``variant``)."""
+        ``variant``, ``lbi_momentum``, ``lbi_momentum_rule``)."""
         return cls(list(model.named_parameters()), lr, coupled=coupled_except(exclude), **options)
 
     # --- the update -------------------------------------------------------------------
@@ -237,7 +264,7 @@ class DessiLBI(torch.optim.Optimizer):
             direction = grad
 
         if not group["coupled"]:
-            param.add_(direction, alpha=-lr * kappa)
+            param.add_(direction, alpha=-lr if variant == "normalize" else -lr * kappa)
             return
         z, gamma = state["z"], state["gamma"]
         coupling = param - gamma  # W_old − Γ_old
@@ -245,7 +272,8 @@ class DessiLBI(torch.optim.Optimizer):
             param.add_(direction, alpha=-lr).add_(coupling, alpha=-lr / nu)
             share = min(1.0 - float(torch.count_nonzero(gamma)) / gamma.numel(), 0.01)
             scale = param.abs().clamp(min=1.0)
-            z.add_(coupling * share / scale, alpha=lr / (nu * kappa))
+            increment = self._lbi_momentum(state, coupling, group)
+            z.add_(increment * share / scale, alpha=lr / (nu * kappa))
             gamma.copy_(kappa * scale * soft_threshold(z, group["lam"]))
             return
         # z ← z + (α/ν)(W_old − Γ), then W ← W − ακ d − (ακ/ν)(W_old − Γ), in place
@@ -253,6 +281,21 @@ class DessiLBI(torch.optim.Optimizer):
         param.add_(direction, alpha=-lr * kappa).add_(coupling, alpha=-lr * kappa / nu)
         prox = self._prox(z, group)
         state["gamma"] = prox.mul_(kappa) if kappa != 1.0 else prox
+
+    @staticmethod
+    def _lbi_momentum(state: dict[str, Any], increment: Tensor, group: Mapping[str, Any]) -> Tensor:
+        """``b ← μ_z · b + u`` (first step ``b = u``), or the released ``b ← μ_z · b``."""
+        mu_z = group["lbi_momentum"]
+        if mu_z == 0:
+            return increment
+        buffer = state.get("lbi_momentum_buffer")
+        if buffer is None:
+            buffer = state["lbi_momentum_buffer"] = increment.clone()
+        elif group["lbi_momentum_rule"] == "released":
+            buffer.mul_(mu_z)
+        else:
+            buffer.mul_(mu_z).add_(increment)
+        return buffer
 
     @staticmethod
     def _prox(z: Tensor, group: Mapping[str, Any]) -> Tensor:
@@ -452,15 +495,25 @@ class DessiLBIMethod(PruningMethod):
 
     The model keeps its plain weights (no gates): sparsity comes from the support of ``Γ``,
     which the iteration count controls. ``masks()`` and ``sparsity()`` read ``supp(Γ)``.
-    Recipe options: ``kappa``, ``nu``, ``prox``, ``lam``, ``conv_lam``, ``variant`` and
-    ``exclude`` (weights left uncoupled, ``fnmatch`` patterns); ``lr``, momentum, Nesterov
-    and weight decay come from ``[train]``.
+    Recipe options: ``kappa``, ``nu``, ``prox``, ``lam``, ``conv_lam``, ``variant``,
+    ``lbi_momentum``, ``lbi_momentum_rule`` and ``exclude`` (weights left uncoupled,
+    ``fnmatch`` patterns); ``lr``, momentum, Nesterov and weight decay come from ``[train]``.
     """
 
     name = "dessilbi"
     has_masks = False
     saves_initial_weights = True
-    recipe_options = ("kappa", "nu", "prox", "lam", "conv_lam", "variant", "exclude")
+    recipe_options = (
+        "kappa",
+        "nu",
+        "prox",
+        "lam",
+        "conv_lam",
+        "variant",
+        "lbi_momentum",
+        "lbi_momentum_rule",
+        "exclude",
+    )
 
     def __init__(
         self,
@@ -472,6 +525,8 @@ class DessiLBIMethod(PruningMethod):
         lam: float = 1.0,
         conv_lam: float | None = None,
         variant: str = "reference",
+        lbi_momentum: float = 0.0,
+        lbi_momentum_rule: str = "heavy_ball",
         exclude: Sequence[str] = (),
     ) -> None:
         super().__init__(model)
@@ -482,6 +537,8 @@ class DessiLBIMethod(PruningMethod):
             "lam": lam,
             "conv_lam": conv_lam,
             "variant": variant,
+            "lbi_momentum": lbi_momentum,
+            "lbi_momentum_rule": lbi_momentum_rule,
         }
         self.exclude = [exclude] if isinstance(exclude, str) else list(exclude)
         # build once to validate the options now, before any training
@@ -531,7 +588,10 @@ class DessiLBIMethod(PruningMethod):
         return self.model
 
     def describe(self) -> str:
-        options = ", ".join(f"{k} {v}" for k, v in self.options.items() if v is not None)
+        shown = {k: v for k, v in self.options.items() if v is not None}
+        if not shown["lbi_momentum"]:  # the z step has no momentum: nothing to say
+            del shown["lbi_momentum"], shown["lbi_momentum_rule"]
+        options = ", ".join(f"{k} {v}" for k, v in shown.items())
         coupled = sum(1 for _ in self.optimizer.coupled())
         return f"dessilbi ({options}): {coupled} coupled weight tensors"
 
