@@ -48,10 +48,10 @@ Variants found in the official examples, as named options:
       z ← z + (α / νκ) · p · u / s
 
   The code's LBI momentum (``lbi_momentum``) starts ``b = u`` but then updates it with a
-  non-in-place add, ``b.mul_(μ_z).add(u)``, so from the second step on ``b ← μ_z · b``: the
-  increments are dropped and z stops moving. That is a bug (its script runs μ_z = 0), so the
-  default ``lbi_momentum_rule="heavy_ball"`` is the momentum above; ``"released"``
-  reproduces the released code.
+  non-in-place add, ``b.mul_(μ_z).add(u)``, so from the second step on ``b ← μ_z · b``: every
+  later increment is dropped and z only moves by ever smaller copies of the first. That is
+  a bug (its script runs μ_z = 0), so the default ``lbi_momentum_rule="heavy_ball"`` is the
+  momentum above; ``"released"`` reproduces the released code.
 
 The path: :meth:`DessiLBI.record_epoch` stores, after every epoch, each weight's first
 epoch in ``supp(Γ)``, the prune order (``‖W_filter‖₂ − first_epoch`` for conv filters,
