@@ -96,6 +96,76 @@ def test_without_coupling_the_w_step_is_sgd_with_lr_times_kappa() -> None:
         assert torch.allclose(a, b, atol=1e-6)
 
 
+def test_weight_decay_enters_the_momentum_buffer_two_steps_by_hand() -> None:
+    """The code adds wd·W into the buffer: buf_t = m·buf_{t−1} + g_t + wd·W_t (biases: no
+    decay)."""
+    layer = nn.Linear(2, 2)
+    with torch.no_grad():
+        layer.weight.copy_(torch.tensor([[1.0, -2.0], [0.5, 3.0]]))
+        layer.bias.copy_(torch.tensor([1.0, -1.0]))
+    opt = DessiLBI(
+        list(nn.Sequential(layer).named_parameters()),
+        lr=0.1,
+        nu=10.0,
+        momentum=0.9,
+        weight_decay=0.01,
+    )
+    g = torch.tensor([[0.1, 0.2], [-0.3, 0.4]])
+    for _ in range(2):
+        layer.weight.grad = g.clone()
+        layer.bias.grad = torch.tensor([0.5, 0.5])
+        opt.step()
+    # step 1: buf = g + 0.01 W0 = [[0.11, 0.18], [-0.295, 0.43]]; Γ0 = 0, so
+    #   W1 = W0 − 0.1 buf − 0.01 (W0 − 0) = [[0.979, -1.998], [0.5245, 2.927]];
+    #   z1 = 0.01 W0 is below the threshold 1, Γ1 = 0
+    # step 2: buf = 0.9 [[0.11, 0.18], [-0.295, 0.43]] + g + 0.01 W1
+    #            = [[0.099 + 0.10979, 0.162 + 0.18002], [-0.2655 - 0.294755, 0.387 + 0.42927]]
+    #            = [[0.20879, 0.34202], [-0.560255, 0.81627]]
+    #   W2 = 0.99 W1 − 0.1 buf
+    #      = [[0.96921 - 0.020879, -1.97802 - 0.034202], [0.519255 + 0.0560255, 2.89773 - 0.081627]]
+    expected = torch.tensor([[0.948331, -2.012222], [0.5752805, 2.816103]])
+    assert torch.allclose(layer.weight, expected, atol=1e-6)
+    # adding 0.01 W after the momentum instead (the buffer without decay) would give
+    # W2[0, 0] = 0.96921 - 0.1 (1.9 · 0.1 + 0.00979) = 0.949231
+    assert abs(layer.weight[0, 0].item() - 0.949231) > 5e-4
+    # bias: buf 0.5, then 0.9 · 0.5 + 0.5 = 0.95; b2 = b0 − 0.05 − 0.095
+    assert torch.allclose(layer.bias, torch.tensor([0.855, -1.145]))
+
+
+def test_without_coupling_weight_decay_is_sgd_weight_decay_on_weights_only() -> None:
+    """ν → ∞: DessiLBI with wd is torch.optim.SGD with wd on the tensors of ndim > 1 (not
+    biases, not norm layers), heavy ball and Nesterov."""
+    for nesterov in (False, True):
+        torch.manual_seed(0)
+        model = nn.Sequential(nn.Linear(4, 3), nn.BatchNorm1d(3), nn.ReLU(), nn.Linear(3, 2))
+        twin = copy.deepcopy(model)
+        lbi = DessiLBI(
+            list(model.named_parameters()),
+            lr=0.05,
+            kappa=2.0,
+            nu=1e30,
+            momentum=0.9,
+            nesterov=nesterov,
+            weight_decay=0.1,
+        )
+        decayed = [p for p in twin.parameters() if p.ndim > 1]
+        plain = [p for p in twin.parameters() if p.ndim <= 1]
+        sgd = torch.optim.SGD(
+            [{"params": decayed, "weight_decay": 0.1}, {"params": plain}],
+            lr=0.1,
+            momentum=0.9,
+            nesterov=nesterov,
+        )
+        x, y = torch.randn(8, 4), torch.randint(0, 2, (8,))
+        for _ in range(5):
+            for net, opt in ((model, lbi), (twin, sgd)):
+                opt.zero_grad()
+                F.cross_entropy(net(x), y).backward()
+                opt.step()
+        for a, b in zip(model.parameters(), twin.parameters(), strict=True):
+            assert torch.allclose(a, b, atol=1e-6)
+
+
 def test_z_increment_uses_the_old_w_and_gamma() -> None:
     """(ii) z_{k+1} − z_k = (α/ν)(W_k − Γ_k)."""
     torch.manual_seed(0)
@@ -198,12 +268,88 @@ def test_prune_order_of_conv_filters_is_per_filter() -> None:
     conv = nn.Conv2d(1, 4, 3, bias=False)
     opt = DessiLBI([("conv.weight", conv.weight)], lr=0.1)
     opt.state[conv.weight]["first_epoch"][:2] = 1  # filters 0 and 1 entered in epoch 1
+    opt.record_epoch(2)  # Γ = 0: nothing enters; stores the order
     scores = opt.prune_order_scores()["conv.weight"]
     norms = conv.weight.detach().reshape(4, -1).norm(dim=1)
     assert torch.allclose(scores, norms - torch.tensor([1.0, 1.0, NEVER, NEVER]))
     keep = opt.prune_by_order(50)["conv.weight"]
     assert keep.shape == conv.weight.shape
     assert keep[:2].all() and not keep[2:].any()
+
+
+def test_prune_by_order_keeps_linear_weights_strictly_above_a_tied_threshold() -> None:
+    """Never-entered weights score |W| − 2000 in float32 (spacing 2⁻¹³ there): 0.5, 0.50001
+    and 0.50002 all score −1999.5, the 50th percentile of [−1999.5 ×3, −1999.0]; the
+    reference keeps a Linear weight only if its score is strictly greater."""
+    layer = _linear([[0.50001, 0.5], [0.50002, 1.0]])
+    opt = DessiLBI([("fc.weight", layer.weight)], lr=0.1)
+    opt.record_epoch(1)  # Γ = 0: no weight has entered
+    scores = opt.prune_order_scores()["fc.weight"]
+    assert scores.dtype == torch.float32
+    assert torch.equal(scores, torch.tensor([[-1999.5, -1999.5], [-1999.5, -1999.0]]))
+    keep = opt.prune_by_order(50)["fc.weight"]
+    assert torch.equal(keep, torch.tensor([[False, False], [False, True]]))  # ≥ would keep all
+    assert opt.prune_by_order(0)["fc.weight"].all()
+
+
+def test_prune_by_order_uses_the_float32_percentile_and_keeps_conv_filters_at_it() -> None:
+    """Two one-weight filters scoring a = −1999.5 and b = a + 2⁻¹³ (adjacent float32
+    values); their 50th percentile a + 2⁻¹⁴ lies halfway, and numpy's float32
+    ``b − (b − a)·0.5`` rounds to even, a (1999.5·2¹³ = 16379904). A filter is kept if its
+    score ≥ the threshold, so both stay; a float64 threshold would drop the first."""
+    conv = nn.Conv2d(1, 2, 1, bias=False)
+    with torch.no_grad():
+        conv.weight.copy_(torch.tensor([0.5, 0.5 + 2**-13]).view(2, 1, 1, 1))
+    opt = DessiLBI([("conv.weight", conv.weight)], lr=0.1)
+    opt.record_epoch(1)
+    scores = opt.prune_order_scores()["conv.weight"]
+    assert scores.tolist() == [-1999.5, -1999.5 + 2**-13]
+    assert opt.prune_by_order(50)["conv.weight"].all()
+    # at 75 % the threshold a + 0.75·2⁻¹³ rounds to b: only the second filter stays
+    keep = opt.prune_by_order(75)["conv.weight"]
+    assert keep.flatten().tolist() == [False, True]
+
+
+def test_prune_bias_drops_the_biases_of_the_dropped_filters() -> None:
+    """Filter norms 3, 1, 2 score 3 − 2000, 1 − 2000, 2 − 2000; the median −1998 drops the
+    second filter, and with ``prune_bias`` its bias too (a Linear layer's bias stays)."""
+    model = nn.Sequential(nn.Conv2d(1, 3, 1), nn.Flatten(), nn.Linear(3, 2))
+    with torch.no_grad():
+        model[0].weight.copy_(torch.tensor([3.0, -1.0, 2.0]).view(3, 1, 1, 1))
+    opt = DessiLBI(list(model.named_parameters()), lr=0.1)
+    opt.record_epoch(1)
+    masks = opt.prune_by_order(50, names=["0.weight"], prune_bias=True)
+    assert set(masks) == {"0.weight", "0.bias", "2.weight"}
+    assert masks["0.weight"].flatten().tolist() == [True, False, True]
+    assert masks["0.bias"].tolist() == [True, False, True]
+    assert masks["2.weight"].all()  # not named: kept whole
+    assert set(opt.prune_by_order(50)) == {"0.weight", "2.weight"}  # weights only by default
+
+
+def test_prune_by_order_uses_the_order_stored_at_the_last_epoch_end() -> None:
+    """The reference prunes by the order of ``update_prune_order``; ``order="current"``
+    recomputes it from the W of now. Stored from W = [[1, 2], [3, 4]] (Γ = 0): scores
+    W − 2000, threshold percentile 50 = −1997.5; W then becomes [[4, 3], [2, 1]]."""
+    layer = _linear([[1.0, 2.0], [3.0, 4.0]])
+    opt = DessiLBI([("fc.weight", layer.weight)], lr=0.1)
+    with pytest.raises(ConfigError, match="record_epoch"):
+        opt.prune_by_order(50)  # nothing stored yet
+    opt.record_epoch(1)
+    with torch.no_grad():
+        layer.weight.copy_(torch.tensor([[4.0, 3.0], [2.0, 1.0]]))
+    stored = torch.tensor([[-1999.0, -1998.0], [-1997.0, -1996.0]])
+    assert torch.equal(opt.prune_order_scores()["fc.weight"], stored)
+    assert torch.equal(opt.prune_order_scores("current")["fc.weight"], stored.flip(0).flip(1))
+    keep_stored = torch.tensor([[False, False], [True, True]])
+    assert torch.equal(opt.prune_by_order(50)["fc.weight"], keep_stored)
+    assert torch.equal(opt.prune_by_order(50, order="current")["fc.weight"], ~keep_stored)
+    # the stored order is optimizer state: it survives state_dict / load_state_dict
+    twin = _linear([[4.0, 3.0], [2.0, 1.0]])
+    twin_opt = DessiLBI([("fc.weight", twin.weight)], lr=0.1)
+    twin_opt.load_state_dict(copy.deepcopy(opt.state_dict()))
+    assert torch.equal(twin_opt.prune_by_order(50)["fc.weight"], keep_stored)
+    with pytest.raises(ConfigError):
+        opt.prune_by_order(50, order="newest")
 
 
 def test_state_dict_round_trips_z_gamma_and_the_path() -> None:
@@ -213,7 +359,7 @@ def test_state_dict_round_trips_z_gamma_and_the_path() -> None:
     twin_opt = DessiLBI(list(twin.named_parameters()), lr=0.1, nu=5.0, momentum=0.9)
     twin_opt.load_state_dict(state)
     for (_n, p), (_m, q) in zip(opt.coupled(), twin_opt.coupled(), strict=True):
-        for key in ("z", "gamma", "first_epoch", "momentum_buffer"):
+        for key in ("z", "gamma", "first_epoch", "prune_order", "momentum_buffer"):
             assert torch.equal(opt.state[p][key], twin_opt.state[q][key])
     assert twin_opt.support_history == opt.support_history and twin_opt.epoch == 4
     x = torch.randn(16, 10)
@@ -257,6 +403,53 @@ def test_variants_follow_their_code() -> None:
             assert torch.allclose(z, 0.1 / 20.0 * 0.01 * w0 / w1.abs().clamp(min=1))
 
 
+def test_normalize_steps_uncoupled_tensors_by_lr_not_lr_kappa() -> None:
+    layer = nn.Linear(2, 2)
+    with torch.no_grad():
+        layer.bias.copy_(torch.tensor([1.0, -1.0]))
+    opt = DessiLBI(
+        list(nn.Sequential(layer).named_parameters()),
+        lr=0.1,
+        kappa=2.0,
+        momentum=0.0,
+        variant="normalize",
+    )
+    layer.weight.grad = torch.zeros(2, 2)
+    layer.bias.grad = torch.tensor([0.5, 0.5])
+    opt.step()
+    # b ← b − α g = [1 − 0.05, −1 − 0.05] (ακ would give [0.9, −1.1])
+    assert torch.allclose(layer.bias, torch.tensor([0.95, -1.05]))
+
+
+def _normalize_z_after_two_steps(**options) -> torch.Tensor:
+    layer = _linear([[2.0, 0.5], [0.0, 0.0]])
+    opt = DessiLBI(
+        [("fc.weight", layer.weight)], lr=0.1, nu=10.0, momentum=0.0, variant="normalize", **options
+    )
+    for _ in range(2):
+        layer.weight.grad = torch.zeros(2, 2)
+        opt.step()
+    return opt.state[layer.weight]["z"][0]
+
+
+def test_normalize_lbi_momentum_two_steps_by_hand() -> None:
+    """No gradient, Γ stays 0: W1 = 0.99 W0 = [1.98, 0.495], W2 = 0.99 W1 = [1.9602, 0.49005];
+    increments u1 = W0 = [2, 0.5], u2 = W1; p = 0.01, s = max(|W_new|, 1), so
+    z2 = (0.1 / 10) · 0.01 · (b1 / s1 + b2 / s2) with b1 = u1 and b2 per rule."""
+    s1, s2 = torch.tensor([1.98, 1.0]), torch.tensor([1.9602, 1.0])
+    u1, u2 = torch.tensor([2.0, 0.5]), torch.tensor([1.98, 0.495])
+    cases = {
+        (): u2,  # no LBI momentum
+        (("lbi_momentum", 0.5),): 0.5 * u1 + u2,  # heavy ball: [2.98, 0.745]
+        (("lbi_momentum", 0.5), ("lbi_momentum_rule", "released")): 0.5 * u1,  # drops u2
+    }
+    for options, b2 in cases.items():
+        z = _normalize_z_after_two_steps(**dict(options))
+        assert torch.allclose(z, 1e-4 * (u1 / s1 + b2 / s2), rtol=1e-5, atol=0), options
+    # second entry by hand: 1e-4 · (0.5 + 0.745) with heavy ball
+    assert _normalize_z_after_two_steps(lbi_momentum=0.5)[1].item() == pytest.approx(1.245e-4)
+
+
 def test_bad_options_are_config_errors() -> None:
     layer = nn.Linear(2, 2)
     for kwargs in (
@@ -266,6 +459,9 @@ def test_bad_options_are_config_errors() -> None:
         {"lr": 0.1, "prox": "ridge"},
         {"lr": 0.1, "variant": "newest"},
         {"lr": 0.1, "momentum": 1.0},
+        {"lr": 0.1, "lbi_momentum": 0.5},  # normalize only
+        {"lr": 0.1, "variant": "normalize", "lbi_momentum": 1.0},
+        {"lr": 0.1, "variant": "normalize", "lbi_momentum_rule": "nesterov"},
     ):
         with pytest.raises(ConfigError):
             DessiLBI(list(nn.Sequential(layer).named_parameters()), **kwargs)

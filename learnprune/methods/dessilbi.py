@@ -14,8 +14,8 @@ sparse structure ("winning tickets"), read out as ``W* = W ⊙ 1[Γ ≠ 0]``.
 The reference update (``variant="reference"``, ``code/slbi_opt.py``), per coupled tensor
 with gradient ``g`` (learning rate ``α``, momentum ``m``):
 
+    g   ← g + wd · W                          (weight decay, tensors of ndim > 1 only)
     buf ← m · buf + g                         (heavy ball; ``d = buf``, or ``g + m·buf`` Nesterov)
-    d   ← d + wd · W                          (weight decay, tensors of ndim > 1 only)
     W   ← W − α κ d − (α κ / ν) (W − Γ)        (the coupling term outside the momentum)
     z   ← z + (α / ν) (W_old − Γ)             (from the *old* W and Γ)
     Γ   ← κ · prox(z)
@@ -26,20 +26,38 @@ default for Linear weights) or the group soft threshold per output filter
 in the reference code. Tensors that are not coupled (biases, norm layers) take
 ``p ← p − α κ d``.
 
+Weight decay sits inside the momentum: the code adds ``wd · W`` to the buffer in place
+after ``buf ← m · buf + g``, so ``buf_t = m · buf_{t−1} + g_t + wd · W_t``, the same as
+decaying the gradient first (as ``torch.optim.SGD`` does). It decays the tensors of
+``ndim ≠ 1`` whose name lacks ``"bn"``; here those of ``ndim > 1`` (the name test only
+ever meets 1-D tensors, and a 0-d parameter, which the code would decay, is not decayed).
+
 Variants found in the official examples, as named options:
 
-* ``"lottery"`` (``example/lottery/slbi.py``): weight decay added to the gradient
-  *before* momentum for every tensor but biases; conv filters use the **rescaled group**
+* ``"lottery"`` (``example/lottery/slbi.py``): weight decay on every tensor but biases
+  (norm-layer weights included); conv filters use the **rescaled group**
   prox ``max(0, 1 − λ_conv / (‖z_g‖₂ / √d_g)) · z_g`` (``prox="rescaled_group"``).
-* ``"normalize"`` (``example/cifar_prune/slbi_noconv_with_normalize.py``): the W step uses
-  ``α`` (not ``ακ``), the z step ``α/(νκ)``; the z increment ``(W_old − Γ)`` is multiplied by
-  ``p = min(1 − frac_nonzero(Γ), 0.01)`` and divided element-wise by ``s = max(|W_new|, 1)``;
-  ``Γ = κ · s · soft_threshold(z, λ)`` element-wise for conv and Linear weights.
+* ``"normalize"`` (``example/cifar_prune/slbi_noconv_with_normalize.py``): every W step,
+  coupled or not, uses ``α`` (not ``ακ``), the z step ``α/(νκ)``; the z increment
+  ``u = W_old − Γ`` is multiplied by ``p = min(1 − frac_nonzero(Γ), 0.01)`` and divided
+  element-wise by ``s = max(|W_new|, 1)``; ``Γ = κ · s · soft_threshold(z, λ)`` element-wise
+  for conv and Linear weights::
+
+      W ← W − α d − (α / ν) (W − Γ)             (uncoupled tensors: p ← p − α d)
+      b ← μ_z · b + u,  u ← b                   (LBI momentum, ``lbi_momentum`` μ_z > 0)
+      z ← z + (α / νκ) · p · u / s
+
+  The code's LBI momentum (``lbi_momentum``) starts ``b = u`` but then updates it with a
+  non-in-place add, ``b.mul_(μ_z).add(u)``, so from the second step on ``b ← μ_z · b``: every
+  later increment is dropped and z only moves by ever smaller copies of the first. That is
+  a bug (its script runs μ_z = 0), so the default ``lbi_momentum_rule="heavy_ball"`` is the
+  momentum above; ``"released"`` reproduces the released code.
 
 The path: :meth:`DessiLBI.record_epoch` stores, after every epoch, each weight's first
-epoch in ``supp(Γ)`` and the support itself; :meth:`ticket` returns the masks at an epoch,
-:meth:`prune_order_scores` / :meth:`prune_by_order` the reference's prune order
-(``‖W_filter‖₂ − first_epoch`` for conv filters, ``|W_ij| − first_epoch_ij`` for Linear).
+epoch in ``supp(Γ)``, the prune order (``‖W_filter‖₂ − first_epoch`` for conv filters,
+``|W_ij| − first_epoch_ij`` for Linear, from the ``W`` of that epoch end) and the support
+itself; :meth:`ticket` returns the masks at an epoch, :meth:`prune_by_order` the masks that
+prune by the stored order, as the reference does (or by the order of the current ``W``).
 
 Two pitfalls of the code (METHODS.md 2.6) concern the optimizer itself: it used the removed
 ``Tensor.add_(scalar, tensor)`` signature (here every update is written with ``alpha=`` or
@@ -55,6 +73,7 @@ import math
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import Any
 
+import numpy as np
 import torch
 from torch import Tensor, nn
 
@@ -64,6 +83,8 @@ from learnprune.methods.base import PruningMethod, TrainingContext
 
 VARIANTS = ("reference", "lottery", "normalize")
 PROXES = ("auto", "lasso", "group", "rescaled_group")
+ORDERS = ("stored", "current")
+LBI_MOMENTUM_RULES = ("heavy_ball", "released")
 NEVER = 2000
 """The reference code's sentinel ``first_epoch`` of a weight never in ``supp(Γ)``."""
 
@@ -121,6 +142,9 @@ class DessiLBI(torch.optim.Optimizer):
         conv_lam: threshold of the rescaled group prox (the lottery code's ``conv_lambda``;
             default ``lam``).
         variant: ``"reference"``, ``"lottery"`` or ``"normalize"``.
+        lbi_momentum: ``μ_z``, momentum of the z increment (``variant="normalize"`` only).
+        lbi_momentum_rule: ``"heavy_ball"`` (``b ← μ_z · b + u``) or ``"released"`` (the
+            released code's ``b ← μ_z · b`` after the first step; see the module docstring).
         coupled: which named tensors get ``z`` and ``Γ`` (default: 2-D and 4-D weights).
     """
 
@@ -137,6 +161,8 @@ class DessiLBI(torch.optim.Optimizer):
         lam: float = 1.0,
         conv_lam: float | None = None,
         variant: str = "reference",
+        lbi_momentum: float = 0.0,
+        lbi_momentum_rule: str = "heavy_ball",
         coupled: Any = default_coupled,
     ) -> None:
         lr = validation.positive("lr", lr)
@@ -152,6 +178,14 @@ class DessiLBI(torch.optim.Optimizer):
         lam = validation.positive("lam", lam)
         conv_lam = lam if conv_lam is None else validation.positive("conv_lam", conv_lam)
         variant = validation.choice("variant", variant, VARIANTS)
+        lbi_momentum = validation.non_negative("lbi_momentum", lbi_momentum)
+        if lbi_momentum >= 1:
+            raise ConfigError(f"lbi_momentum must be < 1, got {lbi_momentum}")
+        if lbi_momentum > 0 and variant != "normalize":
+            raise ConfigError('lbi_momentum is an option of variant "normalize"')
+        lbi_momentum_rule = validation.choice(
+            "lbi_momentum_rule", lbi_momentum_rule, LBI_MOMENTUM_RULES
+        )
         groups = _param_groups(params, coupled)
         defaults = {
             "lr": lr,
@@ -164,6 +198,8 @@ class DessiLBI(torch.optim.Optimizer):
             "lam": lam,
             "conv_lam": conv_lam,
             "variant": variant,
+            "lbi_momentum": lbi_momentum,
+            "lbi_momentum_rule": lbi_momentum_rule,
         }
         super().__init__(groups, defaults)
         self.epoch = 0
@@ -187,7 +223,7 @@ class DessiLBI(torch.optim.Optimizer):
 
         ``options`` are the other arguments of :class:`DessiLBI` (``kappa``, ``nu``,
         ``momentum``, ``nesterov``, ``weight_decay``, ``prox``, ``lam``, ``conv_lam``,
-        ``variant``)."""
+        ``variant``, ``lbi_momentum``, ``lbi_momentum_rule``)."""
         return cls(list(model.named_parameters()), lr, coupled=coupled_except(exclude), **options)
 
     # --- the update -------------------------------------------------------------------
@@ -210,12 +246,12 @@ class DessiLBI(torch.optim.Optimizer):
         momentum, variant = group["momentum"], group["variant"]
         state = self.state[param]
         grad = param.grad
-        # reference: decay tensors of ndim > 1 (not biases, not norm layers); lottery: all
-        # but biases, before the momentum
+        # decay before the momentum in every variant; which tensors: reference and
+        # normalize those of ndim > 1 (not biases, not norm layers), lottery all but biases
         decays = group["weight_decay"] > 0 and (
             not name.endswith("bias") if variant == "lottery" else param.ndim > 1
         )
-        if variant == "lottery" and decays:
+        if decays:
             grad = grad.add(param, alpha=group["weight_decay"])
         if momentum > 0:
             buffer = state.get("momentum_buffer")
@@ -226,11 +262,9 @@ class DessiLBI(torch.optim.Optimizer):
             direction = grad.add(buffer, alpha=momentum) if group["nesterov"] else buffer
         else:
             direction = grad
-        if variant != "lottery" and decays:
-            direction = direction.add(param, alpha=group["weight_decay"])
 
         if not group["coupled"]:
-            param.add_(direction, alpha=-lr * kappa)
+            param.add_(direction, alpha=-lr if variant == "normalize" else -lr * kappa)
             return
         z, gamma = state["z"], state["gamma"]
         coupling = param - gamma  # W_old − Γ_old
@@ -238,7 +272,8 @@ class DessiLBI(torch.optim.Optimizer):
             param.add_(direction, alpha=-lr).add_(coupling, alpha=-lr / nu)
             share = min(1.0 - float(torch.count_nonzero(gamma)) / gamma.numel(), 0.01)
             scale = param.abs().clamp(min=1.0)
-            z.add_(coupling * share / scale, alpha=lr / (nu * kappa))
+            increment = self._lbi_momentum(state, coupling, group)
+            z.add_(increment * share / scale, alpha=lr / (nu * kappa))
             gamma.copy_(kappa * scale * soft_threshold(z, group["lam"]))
             return
         # z ← z + (α/ν)(W_old − Γ), then W ← W − ακ d − (ακ/ν)(W_old − Γ), in place
@@ -246,6 +281,21 @@ class DessiLBI(torch.optim.Optimizer):
         param.add_(direction, alpha=-lr * kappa).add_(coupling, alpha=-lr * kappa / nu)
         prox = self._prox(z, group)
         state["gamma"] = prox.mul_(kappa) if kappa != 1.0 else prox
+
+    @staticmethod
+    def _lbi_momentum(state: dict[str, Any], increment: Tensor, group: Mapping[str, Any]) -> Tensor:
+        """``b ← μ_z · b + u`` (first step ``b = u``), or the released ``b ← μ_z · b``."""
+        mu_z = group["lbi_momentum"]
+        if mu_z == 0:
+            return increment
+        buffer = state.get("lbi_momentum_buffer")
+        if buffer is None:
+            buffer = state["lbi_momentum_buffer"] = increment.clone()
+        elif group["lbi_momentum_rule"] == "released":
+            buffer.mul_(mu_z)
+        else:
+            buffer.mul_(mu_z).add_(increment)
+        return buffer
 
     @staticmethod
     def _prox(z: Tensor, group: Mapping[str, Any]) -> Tensor:
@@ -293,13 +343,15 @@ class DessiLBI(torch.optim.Optimizer):
 
     @torch.no_grad()
     def record_epoch(self, epoch: int | None = None) -> dict[str, int]:
-        """Record the path after an epoch: each weight's first epoch in ``supp(Γ)`` (the
-        reference's ``update_prune_order``) and the support; return the support sizes."""
+        """Record the path after an epoch: each weight's first epoch in ``supp(Γ)`` and the
+        prune order from the current ``W`` (the reference's ``update_prune_order``), and
+        the support; return the support sizes."""
         self.epoch = self.epoch + 1 if epoch is None else int(epoch)
         for _name, param in self.coupled():
             state = self.state[param]
             entered = (state["gamma"] != 0) & (state["first_epoch"] == NEVER)
             state["first_epoch"][entered] = self.epoch
+            state["prune_order"] = self._prune_score(param)
         support = self.support()
         self.support_history.append(support)
         return support
@@ -309,37 +361,75 @@ class DessiLBI(torch.optim.Optimizer):
         that epoch, where the support only grew)."""
         return {name: self.state[p]["first_epoch"] <= epoch for name, p in self.coupled()}
 
-    def prune_order_scores(self) -> dict[str, Tensor]:
+    def prune_order_scores(self, order: str = "stored") -> dict[str, Tensor]:
         """The reference's prune order: conv ``‖W_filter‖₂ − min first_epoch(filter)`` (one
-        per filter), Linear ``|W_ij| − first_epoch_ij``; higher = keep."""
+        per filter), Linear ``|W_ij| − first_epoch_ij``; higher = keep.
+
+        ``order="stored"`` (the reference's): the scores :meth:`record_epoch` stored at the
+        last epoch end (from the ``W`` of then; kept in :meth:`state_dict`);
+        ``"current"``: recomputed from the current ``W``."""
+        order = validation.choice("order", order, ORDERS)
         scores = {}
         for name, param in self.coupled():
-            first = self.state[param]["first_epoch"].to(param.dtype)
-            if param.ndim == 4:
-                norms = param.detach().reshape(param.shape[0], -1).norm(dim=1)
-                scores[name] = norms - first.reshape(param.shape[0], -1).amin(dim=1)
+            if order == "current":
+                scores[name] = self._prune_score(param)
+            elif "prune_order" in self.state[param]:
+                scores[name] = self.state[param]["prune_order"].clone()
             else:
-                scores[name] = param.detach().abs() - first
+                raise ConfigError(
+                    f"no prune order stored for {name}: record_epoch() stores it at the end "
+                    'of each epoch, or use order="current"'
+                )
         return scores
 
+    def _prune_score(self, param: Tensor) -> Tensor:
+        first = self.state[param]["first_epoch"].to(param.dtype)
+        if param.ndim == 4:
+            norms = param.detach().reshape(param.shape[0], -1).norm(dim=1)
+            return norms - first.reshape(param.shape[0], -1).amin(dim=1)
+        return param.detach().abs() - first
+
     def prune_by_order(
-        self, percent: float, names: Sequence[str] | None = None
+        self,
+        percent: float,
+        names: Sequence[str] | None = None,
+        prune_bias: bool = False,
+        order: str = "stored",
     ) -> dict[str, Tensor]:
         """Keep masks that drop, in each named tensor, the ``percent`` % lowest scores
-        (conv: whole filters); the reference's ``prune_layer_by_order_by_list``."""
+        (conv: whole filters); the reference's ``prune_layer_by_order_by_list``. With
+        ``prune_bias`` (how the reference's prune example runs) the masks also cover the
+        bias of every conv layer the optimizer holds, dropping the biases of the dropped
+        filters (``{"conv3.bias": keep per filter}``). ``order``: the scores of
+        :meth:`prune_order_scores` (the reference prunes by the order ``"stored"`` at the
+        last :meth:`record_epoch`; ``"current"`` recomputes it from the current ``W``).
+
+        As there, the threshold ``t`` is ``numpy.percentile(score, percent)`` (linear
+        interpolation) in the score's own float dtype, and a conv filter is kept if
+        ``score ≥ t``, a Linear (or any other non-conv) weight only if ``score > t``. Ties
+        at ``t`` are common, the float32 scores ``|W| − 2000`` of weights never in
+        ``supp(Γ)`` being coarse (spacing 2⁻¹³), so a Linear weight may lose more than
+        ``percent`` %. ``percent = 0`` keeps everything (the reference's strict ``>`` would
+        drop each Linear weight's minimum)."""
         percent = validation.real("percent", percent)
         if not 0 <= percent <= 100:
             raise ConfigError(f"percent must lie in [0, 100], got {percent}")
         masks = {}
         params = dict(self.coupled())
-        for name, score in self.prune_order_scores().items():
+        held = {n for group in self.param_groups for n in group["names"]}
+        for name, score in self.prune_order_scores(order).items():
             param = params[name]
             keep = torch.ones_like(score, dtype=torch.bool)
             if percent > 0 and (names is None or name in names):
-                # numpy.percentile (linear interpolation), as the reference code
-                threshold = torch.quantile(score.flatten().double(), percent / 100)
-                keep = score.double() >= threshold
+                if score.dtype not in (torch.float32, torch.float64):
+                    score = score.float()  # numpy has no bfloat16
+                threshold = np.percentile(score.detach().cpu().numpy(), percent)
+                threshold = torch.as_tensor(threshold, dtype=score.dtype, device=score.device)
+                keep = score >= threshold if param.ndim == 4 else score > threshold
             if param.ndim == 4:  # one score per filter
+                bias = name.removesuffix("weight") + "bias"
+                if prune_bias and name.endswith("weight") and bias in held:
+                    masks[bias] = keep.clone()
                 keep = keep.view(-1, 1, 1, 1).expand_as(param).clone()
             masks[name] = keep
         return masks
@@ -405,15 +495,25 @@ class DessiLBIMethod(PruningMethod):
 
     The model keeps its plain weights (no gates): sparsity comes from the support of ``Γ``,
     which the iteration count controls. ``masks()`` and ``sparsity()`` read ``supp(Γ)``.
-    Recipe options: ``kappa``, ``nu``, ``prox``, ``lam``, ``conv_lam``, ``variant`` and
-    ``exclude`` (weights left uncoupled, ``fnmatch`` patterns); ``lr``, momentum, Nesterov
-    and weight decay come from ``[train]``.
+    Recipe options: ``kappa``, ``nu``, ``prox``, ``lam``, ``conv_lam``, ``variant``,
+    ``lbi_momentum``, ``lbi_momentum_rule`` and ``exclude`` (weights left uncoupled,
+    ``fnmatch`` patterns); ``lr``, momentum, Nesterov and weight decay come from ``[train]``.
     """
 
     name = "dessilbi"
     has_masks = False
     saves_initial_weights = True
-    recipe_options = ("kappa", "nu", "prox", "lam", "conv_lam", "variant", "exclude")
+    recipe_options = (
+        "kappa",
+        "nu",
+        "prox",
+        "lam",
+        "conv_lam",
+        "variant",
+        "lbi_momentum",
+        "lbi_momentum_rule",
+        "exclude",
+    )
 
     def __init__(
         self,
@@ -425,6 +525,8 @@ class DessiLBIMethod(PruningMethod):
         lam: float = 1.0,
         conv_lam: float | None = None,
         variant: str = "reference",
+        lbi_momentum: float = 0.0,
+        lbi_momentum_rule: str = "heavy_ball",
         exclude: Sequence[str] = (),
     ) -> None:
         super().__init__(model)
@@ -435,6 +537,8 @@ class DessiLBIMethod(PruningMethod):
             "lam": lam,
             "conv_lam": conv_lam,
             "variant": variant,
+            "lbi_momentum": lbi_momentum,
+            "lbi_momentum_rule": lbi_momentum_rule,
         }
         self.exclude = [exclude] if isinstance(exclude, str) else list(exclude)
         # build once to validate the options now, before any training
@@ -484,7 +588,10 @@ class DessiLBIMethod(PruningMethod):
         return self.model
 
     def describe(self) -> str:
-        options = ", ".join(f"{k} {v}" for k, v in self.options.items() if v is not None)
+        shown = {k: v for k, v in self.options.items() if v is not None}
+        if not shown["lbi_momentum"]:  # the z step has no momentum: nothing to say
+            del shown["lbi_momentum"], shown["lbi_momentum_rule"]
+        options = ", ".join(f"{k} {v}" for k, v in shown.items())
         coupled = sum(1 for _ in self.optimizer.coupled())
         return f"dessilbi ({options}): {coupled} coupled weight tensors"
 
