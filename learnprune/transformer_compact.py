@@ -12,16 +12,20 @@ When a head or a neuron may go (the rules of :mod:`learnprune.compact`, per bloc
   ``W_o``): removed when nothing reads it (its ``W_o`` columns are zero), or when it is
   provably zero: its value rows *and* value biases are zero (then ``softmax(·) V_h = 0``
   whatever Q and K are) and the output projection saw exactly zero on its columns on the
-  probe batch;
+  probe batch; with grouped-query attention the unit is a key/value group (a key/value
+  head and the ``r`` query heads that read it, see :mod:`learnprune.transformer_groups`),
+  removed when none of its query heads' ``W_o`` columns is read, or when its value rows are
+  zero and its columns were seen zero;
 * **neuron** ``j`` of an MLP: removed when the reader's column ``j`` is zero, or when every
   producer's row ``j`` and bias ``j`` are zero and the reader saw exactly zero on input ``j``
   on the probe batch (a guard against activations with ``f(0) ≠ 0``).
 
 Every block keeps at least one head and one neuron. Removing heads shrinks the Q, K, V
 rows and the output projection's columns and sets the attention module's
-``num_attention_heads`` / ``num_heads`` / ``n_heads`` and ``all_head_size`` to the kept
-count; the shared ``config`` keeps the original sizes (heads now differ per layer), so
-save a compact Hugging Face model with ``torch.save``, not ``save_pretrained``. Heads of
+``num_attention_heads`` / ``num_heads`` / ``n_heads``, ``num_key_value_heads`` and
+``all_head_size`` to the kept counts (``num_key_value_groups = H / H_kv`` is unchanged);
+the shared ``config`` keeps the original sizes (heads now differ per layer), so save a
+compact Hugging Face model with ``torch.save``, not ``save_pretrained``. Heads of
 ``nn.MultiheadAttention`` are masked but not removed (its forward pass assumes
 ``embed_dim = H·d``); they are listed in :attr:`CompactResult.skipped`. Other layers
 (embeddings, the patch conv, the pooler, the classifier) are left as they are.
@@ -59,13 +63,14 @@ from learnprune.compact import (
 from learnprune.errors import ConfigError, UnsupportedModelError
 from learnprune.groups import model_input_shape
 from learnprune.transformer_groups import (
+    HEAD_COUNT_ATTRS,
     AttentionBlock,
     MLPBlock,
     find_attention_blocks,
     find_mlp_blocks,
+    kv_group_index,
+    query_group_index,
 )
-
-_HEAD_COUNT_ATTRS = ("num_attention_heads", "num_heads", "n_heads")
 
 
 def has_attention_blocks(model: nn.Module) -> bool:
@@ -275,16 +280,18 @@ def _seen(
 def _decide_heads(
     model: nn.Module, block: AttentionBlock, input_scale: Mapping[nn.Module, Tensor]
 ) -> GroupDecision:
-    heads, index = block.num_heads, torch.arange(block.num_heads * block.head_dim) // block.head_dim
+    """Per key/value group (a head without grouped-query attention): the rule of the
+    module docstring over its query heads' output columns and its value rows."""
+    groups, index = block.num_groups, query_group_index(block)
     output = model.get_submodule(block.output)
-    read = _any_per_group((output.weight != 0).any(0).cpu(), index, heads)
-    writes = _alive_rows(model.get_submodule(block.value), index, heads)
-    seen = _seen(output, input_scale, index, heads)
+    read = _any_per_group((output.weight != 0).any(0).cpu(), index, groups)
+    writes = _alive_rows(model.get_submodule(block.value), kv_group_index(block), groups)
+    seen = _seen(output, input_scale, index, groups)
     return GroupDecision(
         root=block.name,
         writers=(block.query, block.key, block.value),
         readers=(block.output,),
-        channels=heads,
+        channels=groups,
         removed=_removable(read, writes, seen),
     )
 
@@ -315,18 +322,25 @@ def _kept_positions(groups: int, group_size: int, removed: Sequence[int]) -> Ten
 
 
 def _cut_heads(model: nn.Module, block: AttentionBlock, removed: Sequence[int]) -> None:
-    """Keep the other heads' Q/K/V rows and output columns; update the head counts."""
+    """Keep the other groups' Q/K/V rows and output columns; update the head counts
+    (``H_kv`` shrinks with ``H``, so ``r = H / H_kv`` and ``num_key_value_groups`` stay)."""
     if not removed:
         return
-    keep = _kept_positions(block.num_heads, block.head_dim, removed)
-    for name in (block.query, block.key, block.value):
-        shrink_linear(model.get_submodule(name), rows=keep)
-    shrink_linear(model.get_submodule(block.output), columns=keep)
+    groups, rows_per_group = block.num_groups, block.query_heads_per_group * block.head_dim
+    query_keep = _kept_positions(groups, rows_per_group, removed)
+    kv_keep = _kept_positions(groups, block.head_dim, removed)
+    shrink_linear(model.get_submodule(block.query), rows=query_keep)
+    for name in (block.key, block.value):
+        shrink_linear(model.get_submodule(name), rows=kv_keep)
+    shrink_linear(model.get_submodule(block.output), columns=query_keep)
     attention = model.get_submodule(block.name)
-    kept_heads = block.num_heads - len(removed)
-    for attr in _HEAD_COUNT_ATTRS:
+    kept_kv_heads = groups - len(removed)
+    kept_heads = kept_kv_heads * block.query_heads_per_group
+    for attr in HEAD_COUNT_ATTRS:
         if isinstance(getattr(attention, attr, None), int):
             setattr(attention, attr, kept_heads)
+    if isinstance(getattr(attention, "num_key_value_heads", None), int):
+        attention.num_key_value_heads = kept_kv_heads
     if isinstance(getattr(attention, "all_head_size", None), int):
         attention.all_head_size = kept_heads * block.head_dim
 

@@ -10,6 +10,17 @@ Two structured group kinds for transformers (``build_groups(model, kind)``):
         head h:  W_q[h·d:(h+1)·d, :], b_q[h·d:(h+1)·d], the same of W_k, b_k, W_v, b_v,
                  W_o[:, h·d:(h+1)·d]
 
+    With grouped-query attention (Llama, Mistral, Qwen2 with ``num_key_value_heads =
+    H_kv < H``) the ``H / H_kv = r`` query heads ``[g·r, (g+1)·r)`` share key/value head
+    ``g``; a query head cannot go alone (every key/value head must keep ``r`` query heads),
+    so the unit is the *key/value group*: one group per key/value head, owning its key and
+    value rows and its ``r`` query heads' rows and output columns::
+
+        group g:  W_k[g·d:(g+1)·d, :], W_v[g·d:(g+1)·d, :] (and biases),
+                  W_q[g·r·d:(g+1)·r·d, :], W_o[:, g·r·d:(g+1)·r·d]
+
+    (for ``H_kv = H`` this is one group per head, as above).
+
     For ``torch.nn.MultiheadAttention`` (``E = H·d``) the packed ``in_proj_weight`` (shape
     ``(3E, E)``) holds Q, K, V one after the other: head ``h`` owns its rows
     ``c·E + [h·d, (h+1)·d)`` for ``c = 0, 1, 2``, the same entries of ``in_proj_bias`` and
@@ -33,11 +44,14 @@ read by ``output.dense``), ViT/Llama-style ones (``q_proj``/``k_proj``/``v_proj`
 ``o_proj`` or ``out_proj``; ``mlp.fc1``/``fc2``, ``gate_proj``/``up_proj``/``down_proj``),
 DistilBERT (``q_lin``...``out_lin``, ``lin1``/``lin2``) and PyTorch's own
 ``nn.TransformerEncoderLayer`` (``self_attn``, ``linear1``/``linear2``) are all covered. The head
-count comes from the attention module's ``num_attention_heads``, ``num_heads`` or
-``n_heads`` attribute, else its ``config.num_attention_heads``; the head size is the query
-width over the head count. A block whose key/value width differs from the query's
-(grouped-query attention) or whose head count cannot be read is left out and listed in
-``plan.skipped``. ``exclude`` patterns leave out a block when they match any of its layers.
+size ``d`` is the attention module's ``head_dim`` or ``attention_head_size`` attribute
+(which stays true after compaction, when a Llama layer's shared ``config`` no longer does),
+else the query width over the head count read from ``num_attention_heads``, ``num_heads``
+or ``n_heads``, else ``config.num_attention_heads``; ``H`` is the query width over ``d``
+and ``H_kv`` the key width over ``d``. A block whose head count cannot be read, whose
+key and value widths differ, or whose ``H`` is not a multiple of ``H_kv`` is left out
+and listed in ``plan.skipped``. ``exclude`` patterns leave out a block when they match any
+of its layers.
 """
 
 from __future__ import annotations
@@ -78,7 +92,9 @@ _MLP_NAMES: tuple[tuple[tuple[str, ...], str], ...] = (
     (("gate_proj", "up_proj"), "down_proj"),
     (("up_proj",), "down_proj"),
 )
-_HEAD_COUNT_ATTRS = ("num_attention_heads", "num_heads", "n_heads")
+HEAD_COUNT_ATTRS = ("num_attention_heads", "num_heads", "n_heads")
+"""Attributes an attention module may hold its head count in (compaction updates them)."""
+_HEAD_DIM_ATTRS = ("head_dim", "attention_head_size")
 
 
 @dataclass(frozen=True)
@@ -92,6 +108,8 @@ class AttentionBlock:
         output: the Linear layer whose input columns read the heads.
         num_heads: ``H``.
         head_dim: ``d``; the query width is ``H·d``.
+        num_kv_heads: ``H_kv``, the key/value heads (``H`` without grouped-query
+            attention); the key and value widths are ``H_kv·d``.
         packed: an ``nn.MultiheadAttention`` with one ``in_proj_weight``.
     """
 
@@ -102,12 +120,23 @@ class AttentionBlock:
     output: str
     num_heads: int
     head_dim: int
+    num_kv_heads: int
     packed: bool = False
 
     @property
     def layers(self) -> tuple[str, ...]:
         """The member layers' names."""
         return tuple(dict.fromkeys((self.query, self.key, self.value, self.output)))
+
+    @property
+    def num_groups(self) -> int:
+        """Groups of the ``heads`` kind: one per key/value head, ``H_kv``."""
+        return self.num_kv_heads
+
+    @property
+    def query_heads_per_group(self) -> int:
+        """``r = H / H_kv``: query heads sharing one key/value head."""
+        return self.num_heads // self.num_kv_heads
 
 
 @dataclass(frozen=True)
@@ -156,7 +185,7 @@ def _linear(model: nn.Module, name: str) -> nn.Linear | None:
 
 def head_count(module: nn.Module) -> int | None:
     """The attention module's head count, from its own attributes or its config."""
-    for attr in _HEAD_COUNT_ATTRS:
+    for attr in HEAD_COUNT_ATTRS:
         value = getattr(module, attr, None)
         if isinstance(value, int) and value > 0:
             return value
@@ -188,7 +217,8 @@ def _packed_block(name: str, module: nn.MultiheadAttention) -> tuple[AttentionBl
     if module.bias_k is not None:
         return None, "nn.MultiheadAttention with add_bias_kv is not handled"
     out = _join(name, "out_proj")
-    return AttentionBlock(name, name, name, name, out, module.num_heads, module.head_dim, True), ""
+    heads = module.num_heads
+    return AttentionBlock(name, name, name, name, out, heads, module.head_dim, heads, True), ""
 
 
 def _split_block(
@@ -201,18 +231,36 @@ def _split_block(
     else:
         return None, ""
     query, key, value = (_join(name, n) for n in names)
-    heads = head_count(module)
-    if heads is None:
-        return None, "no num_attention_heads / num_heads attribute or config to read"
-    width = layers[0].out_features
-    if layers[1].out_features != width or layers[2].out_features != width:
-        return None, "key/value width differs from the query's (grouped-query attention)"
-    if width % heads:
-        return None, f"query width {width} is not a multiple of {heads} heads"
+    width, kv_width = layers[0].out_features, layers[1].out_features
+    if layers[2].out_features != kv_width:
+        return None, f"key width {kv_width} differs from the value width {layers[2].out_features}"
+    head_dim, reason = _head_dim(module, width)
+    if head_dim is None:
+        return None, reason
+    if width % head_dim or kv_width % head_dim:
+        return None, f"query width {width} or key width {kv_width} is not a multiple of {head_dim}"
+    heads, kv_heads = width // head_dim, kv_width // head_dim
+    if heads % kv_heads:
+        return None, f"{heads} query heads do not share {kv_heads} key/value heads evenly"
     output = _output_projection(model, name, module, width)
     if output is None:
         return None, "no output projection (o_proj, out_proj, or the parent's output.dense)"
-    return AttentionBlock(name, query, key, value, output, heads, width // heads), ""
+    return AttentionBlock(name, query, key, value, output, heads, head_dim, kv_heads), ""
+
+
+def _head_dim(module: nn.Module, query_width: int) -> tuple[int | None, str]:
+    """``d``: the module's own head size attribute, else the query width over the head
+    count; ``(None, why)`` when neither can be read."""
+    for attr in _HEAD_DIM_ATTRS:
+        value = getattr(module, attr, None)
+        if isinstance(value, int) and value > 0:
+            return value, ""
+    heads = head_count(module)
+    if heads is None:
+        return None, "no head_dim / num_attention_heads / num_heads attribute or config to read"
+    if query_width % heads:
+        return None, f"query width {query_width} is not a multiple of {heads} heads"
+    return query_width // heads, ""
 
 
 def _output_projection(model: nn.Module, name: str, module: nn.Module, width: int) -> str | None:
@@ -256,14 +304,22 @@ def find_mlp_blocks(model: nn.Module) -> list[MLPBlock]:
     return blocks
 
 
-def head_index(block: AttentionBlock) -> Tensor:
-    """Head of every query row (and output column): ``arange(H·d) // d``."""
-    return torch.arange(block.num_heads * block.head_dim) // block.head_dim
+def query_group_index(block: AttentionBlock) -> Tensor:
+    """Group of every query row (and output column): ``arange(H·d) // (r·d)`` (the head,
+    ``arange(H·d) // d``, without grouped-query attention)."""
+    return torch.arange(block.num_heads * block.head_dim) // (
+        block.query_heads_per_group * block.head_dim
+    )
+
+
+def kv_group_index(block: AttentionBlock) -> Tensor:
+    """Group of every key and value row: ``arange(H_kv·d) // d``."""
+    return torch.arange(block.num_kv_heads * block.head_dim) // block.head_dim
 
 
 def head_group_set(model: nn.Module, block: AttentionBlock) -> GroupSet:
     """The ``heads`` group set of one attention block (see the module docstring)."""
-    index = head_index(block)
+    index = query_group_index(block)
     pieces: list[TensorSlices] = []
     if block.packed:
         mha = model.get_submodule(block.name)
@@ -280,11 +336,12 @@ def head_group_set(model: nn.Module, block: AttentionBlock) -> GroupSet:
                 )
             )
     else:
-        for layer_name in (block.query, block.key, block.value):
-            pieces.extend(_rows(model.get_submodule(layer_name), layer_name, index))
+        pieces.extend(_rows(model.get_submodule(block.query), block.query, index))
+        for layer_name in (block.key, block.value):
+            pieces.extend(_rows(model.get_submodule(layer_name), layer_name, kv_group_index(block)))
     output = model.get_submodule(block.output)
     pieces.append(TensorSlices(block.output, "weight", tuple(output.weight.shape), 1, index, "in"))
-    return GroupSet(f"{HEADS}:{block.name}", HEADS, block.num_heads, tuple(pieces))
+    return GroupSet(f"{HEADS}:{block.name}", HEADS, block.num_groups, tuple(pieces))
 
 
 def neuron_group_set(model: nn.Module, block: MLPBlock) -> GroupSet:
