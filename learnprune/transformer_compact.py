@@ -61,7 +61,7 @@ from learnprune.compact import (
     output_tensors,
 )
 from learnprune.errors import ConfigError, UnsupportedModelError
-from learnprune.groups import model_input_shape
+from learnprune.groups import model_input_shape, weight_axes
 from learnprune.transformer_groups import (
     HEAD_COUNT_ATTRS,
     AttentionBlock,
@@ -246,12 +246,18 @@ def _count(model: nn.Module, inputs: Any) -> Counts:
 # --------------------------------------------------------------------------------------------
 
 
-def _alive_rows(layer: nn.Linear, index: Tensor, groups: int) -> Tensor:
-    """Per group: does some output row (or bias entry) of ``layer`` in it hold a non-zero."""
-    rows = (layer.weight != 0).any(1)
+def _alive_outputs(layer: nn.Module) -> Tensor:
+    """Per output of a Linear or ``Conv1D``: does its weight row (column) or bias hold a
+    non-zero."""
+    alive = (layer.weight != 0).any(weight_axes(layer)[1])
     if layer.bias is not None:
-        rows |= layer.bias != 0
-    return _any_per_group(rows.cpu(), index, groups)
+        alive |= layer.bias != 0
+    return alive.cpu()
+
+
+def _read_inputs(layer: nn.Module) -> Tensor:
+    """Per input of a Linear or ``Conv1D``: does its weight column (row) hold a non-zero."""
+    return (layer.weight != 0).any(weight_axes(layer)[0]).cpu()
 
 
 def _any_per_group(flags: Tensor, index: Tensor, groups: int) -> Tensor:
@@ -284,8 +290,11 @@ def _decide_heads(
     module docstring over its query heads' output columns and its value rows."""
     groups, index = block.num_groups, query_group_index(block)
     output = model.get_submodule(block.output)
-    read = _any_per_group((output.weight != 0).any(0).cpu(), index, groups)
-    writes = _alive_rows(model.get_submodule(block.value), kv_group_index(block), groups)
+    read = _any_per_group(_read_inputs(output), index, groups)
+    value_alive = _alive_outputs(model.get_submodule(block.value))
+    if block.fused:  # [Q, K, V]: the value outputs are the last H_kv·d
+        value_alive = value_alive[-block.num_kv_heads * block.head_dim :]
+    writes = _any_per_group(value_alive, kv_group_index(block), groups)
     seen = _seen(output, input_scale, index, groups)
     return GroupDecision(
         root=block.name,
@@ -301,10 +310,10 @@ def _decide_neurons(
 ) -> GroupDecision:
     index = torch.arange(block.width)
     reader = model.get_submodule(block.reader)
-    read = (reader.weight != 0).any(0).cpu()
+    read = _read_inputs(reader)
     writes = torch.zeros(block.width, dtype=torch.bool)
     for name in block.producers:
-        writes |= _alive_rows(model.get_submodule(name), index, block.width)
+        writes |= _alive_outputs(model.get_submodule(name))
     seen = _seen(reader, input_scale, index, block.width)
     return GroupDecision(
         root=block.producers[0],
@@ -329,13 +338,21 @@ def _cut_heads(model: nn.Module, block: AttentionBlock, removed: Sequence[int]) 
     groups, rows_per_group = block.num_groups, block.query_heads_per_group * block.head_dim
     query_keep = _kept_positions(groups, rows_per_group, removed)
     kv_keep = _kept_positions(groups, block.head_dim, removed)
-    shrink_linear(model.get_submodule(block.query), rows=query_keep)
-    for name in (block.key, block.value):
-        shrink_linear(model.get_submodule(name), rows=kv_keep)
+    if block.fused:  # [Q, K, V] outputs of one layer
+        query_width, kv_width = block.num_heads * block.head_dim, groups * block.head_dim
+        value_keep = query_width + kv_width + kv_keep
+        fused_keep = torch.cat((query_keep, query_width + kv_keep, value_keep))
+        shrink_linear(model.get_submodule(block.query), rows=fused_keep)
+    else:
+        shrink_linear(model.get_submodule(block.query), rows=query_keep)
+        for name in (block.key, block.value):
+            shrink_linear(model.get_submodule(name), rows=kv_keep)
     shrink_linear(model.get_submodule(block.output), columns=query_keep)
     attention = model.get_submodule(block.name)
     kept_kv_heads = groups - len(removed)
     kept_heads = kept_kv_heads * block.query_heads_per_group
+    if block.fused:  # GPT-2 splits c_attn's outputs into Q, K, V of split_size each
+        attention.split_size = kept_heads * block.head_dim
     for attr in HEAD_COUNT_ATTRS:
         if isinstance(getattr(attention, attr, None), int):
             setattr(attention, attr, kept_heads)
@@ -355,19 +372,23 @@ def _cut_neurons(model: nn.Module, block: MLPBlock, removed: Sequence[int]) -> N
 
 
 def shrink_linear(
-    layer: nn.Linear, *, rows: Tensor | None = None, columns: Tensor | None = None
+    layer: nn.Module, *, rows: Tensor | None = None, columns: Tensor | None = None
 ) -> None:
-    """Keep only output ``rows`` (weight rows and bias) and/or input ``columns`` of a Linear
-    layer, in place (the module object and its class stay)."""
+    """Keep only the outputs ``rows`` (weight rows and bias) and/or the inputs ``columns`` of
+    a Linear layer, in place (the module object and its class stay). A ``Conv1D`` (weight
+    ``(in, out)``) keeps the same outputs and inputs, its weight's columns and rows."""
     weight = layer.weight.detach()
     bias = None if layer.bias is None else layer.bias.detach()
+    out_axis, in_axis = weight_axes(layer)
     if rows is not None:
-        weight = weight[rows.to(weight.device)]
+        weight = weight.index_select(out_axis, rows.to(weight.device))
         bias = None if bias is None else bias[rows.to(bias.device)]
-        layer.out_features = weight.shape[0]
     if columns is not None:
-        weight = weight[:, columns.to(weight.device)]
-        layer.in_features = weight.shape[1]
+        weight = weight.index_select(in_axis, columns.to(weight.device))
+    if isinstance(layer, nn.Linear):
+        layer.out_features, layer.in_features = weight.shape
+    else:  # Conv1D: nf outputs, nx inputs
+        layer.nx, layer.nf = weight.shape
     layer.weight = nn.Parameter(weight.clone(), requires_grad=layer.weight.requires_grad)
     if bias is not None:
         layer.bias = nn.Parameter(bias.clone(), requires_grad=layer.bias.requires_grad)
