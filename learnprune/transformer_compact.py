@@ -23,12 +23,14 @@ When a head or a neuron may go (the rules of :mod:`learnprune.compact`, per bloc
 Every block keeps at least one head and one neuron. Removing heads shrinks the Q, K, V
 rows and the output projection's columns and sets the attention module's
 ``num_attention_heads`` / ``num_heads`` / ``n_heads``, ``num_key_value_heads`` and
-``all_head_size`` to the kept counts (``num_key_value_groups = H / H_kv`` is unchanged);
-the shared ``config`` keeps the original sizes (heads now differ per layer), so save a
-compact Hugging Face model with ``torch.save``, not ``save_pretrained``. Heads of
-``nn.MultiheadAttention`` are masked but not removed (its forward pass assumes
-``embed_dim = H·d``); they are listed in :attr:`CompactResult.skipped`. Other layers
-(embeddings, the patch conv, the pooler, the classifier) are left as they are.
+``all_head_size`` to the kept counts (``num_key_value_groups = H / H_kv`` is unchanged;
+GPT-2's fused ``c_attn``, a ``Conv1D``, loses the head's Q, K and V columns and
+``split_size`` follows); the shared ``config`` keeps the original sizes (heads now differ
+per layer), so save a compact Hugging Face model with ``torch.save``, not
+``save_pretrained``. Heads of ``nn.MultiheadAttention`` are masked but not removed (its
+forward pass assumes ``embed_dim = H·d``); they are listed in
+:attr:`CompactResult.skipped`. Other layers (embeddings, the patch conv, the pooler, the
+classifier) are left as they are.
 
 The model runs on ``example_inputs``: a tensor (``model(x)``), a tuple (``model(*x)``) or a
 mapping (``model(**x)``, e.g. ``{"input_ids": ..., "attention_mask": ...}``); without them a
