@@ -3,7 +3,8 @@
 Definitions (printed with every result, see :data:`DEFINITIONS`):
 
 * **params** — every parameter of the model (weights, biases, norm layers), as the forward
-  pass sees it; the gates' own variables (mask variables, gate logits) are not counted.
+  pass sees it, a tied tensor (GPT-2's ``lm_head.weight`` = ``transformer.wte.weight``)
+  once; the gates' own variables (mask variables, gate logits) are not counted.
 * **nonzero_params** — those of them that are not exactly zero.
 * **sparsity** — over the *weights of every Conv and Linear layer* (biases and norm layers
   excluded, excluded-from-pruning layers included): ``1 − nonzero_weights / weights``.
@@ -27,8 +28,14 @@ import torch
 from torch import Tensor, nn
 from torch.utils.flop_counter import FlopCounterMode
 
-from learnprune.groups import PRUNABLE_LAYERS, evaluation_mode, example_input
-from learnprune.masking import effective_parameters
+from learnprune.groups import (
+    evaluation_mode,
+    example_input,
+    is_linear_layer,
+    is_prunable_layer,
+    weight_axes,
+)
+from learnprune.masking import effective_parameters, raw_tensor
 
 SPARSITY_SCOPE = "weights of every Conv/Linear layer (biases and norm layers not counted)"
 DEFINITIONS = (
@@ -60,8 +67,8 @@ class LayerCount:
     def units(self) -> int:
         """The layer's width in the usual notation of structured pruning results
         (``20-25-45-462`` for LeNet-5-Caffe): kept output maps of a conv, kept input units
-        of a Linear layer."""
-        return self.kept_out if self.kind.startswith("Conv") else self.kept_in
+        of a Linear layer (``Conv1D`` included)."""
+        return self.kept_out if is_conv_kind(self.kind) else self.kept_in
 
 
 @dataclass
@@ -105,11 +112,25 @@ class Counts:
         return out
 
 
+def is_conv_kind(kind: str) -> bool:
+    """Whether a layer's kind (class name) is a convolution: ``Conv1d/2d/3d``, not
+    transformers' ``Conv1D``, a Linear layer with its weight stored transposed."""
+    return kind.startswith("Conv") and kind != "Conv1D"
+
+
 def prunable_modules(model: nn.Module) -> Iterator[tuple[str, nn.Module]]:
-    """Conv/Linear modules of the model (not the parametrization internals)."""
+    """Conv/Linear modules of the model (not the parametrization internals), each weight
+    tensor once: of two layers sharing one weight (tied) only the first is given."""
+    seen: set[int] = set()
     for name, module in model.named_modules():
-        if isinstance(module, PRUNABLE_LAYERS) and "parametrizations" not in name.split("."):
-            yield name, module
+        if is_prunable_layer(module) and "parametrizations" not in name.split("."):
+            try:
+                key = id(raw_tensor(module, "weight"))
+            except AttributeError:  # a foreign parametrization with several originals
+                key = id(module)
+            if key not in seen:
+                seen.add(key)
+                yield name, module
 
 
 @torch.no_grad()
@@ -140,7 +161,7 @@ def count(model: nn.Module, input_shape: Sequence[int] | None = None) -> Counts:
         weight: Tensor = module.weight
         nonzero = int(torch.count_nonzero(weight))
         layer_positions = positions.get(name, 0)
-        alive = weight.detach() != 0
+        alive = (weight.detach() != 0).movedim(weight_axes(module)[0], 0)
         layers.append(
             LayerCount(
                 name=name,
@@ -180,7 +201,7 @@ def trace_call(model: nn.Module, call: Callable[[], object]) -> tuple[dict[str, 
 
     def record(name: str):
         def hook(module: nn.Module, _inputs: object, output: Tensor) -> None:
-            channels = output.shape[1] if not isinstance(module, nn.Linear) else output.shape[-1]
+            channels = output.shape[-1] if is_linear_layer(module) else output.shape[1]
             positions[name] = positions.get(name, 0) + output.numel() // channels
 
         return hook

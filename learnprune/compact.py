@@ -75,11 +75,13 @@ from torch import Tensor, nn
 from torch.nn.modules.batchnorm import _BatchNorm
 from torch.nn.utils import parametrize
 
-from learnprune.accounting import Counts, count, human
+from learnprune.accounting import Counts, count, human, is_conv_kind
 from learnprune.errors import ConfigError, LearnpruneError, UnsupportedModelError
 from learnprune.groups import (
     PRUNABLE_LAYERS,
     build_groups,
+    is_prunable_layer,
+    layer_features,
     model_input_shape,
     output_layer,
     scatter_values,
@@ -123,12 +125,12 @@ class LayerChange:
     @property
     def units_before(self) -> int:
         """Width in the usual notation: output maps of a conv, inputs of a Linear layer."""
-        return self.out_before if self.kind.startswith("Conv") else self.in_before
+        return self.out_before if is_conv_kind(self.kind) else self.in_before
 
     @property
     def units_after(self) -> int:
         """:attr:`units_before` of the compact layer."""
-        return self.out_after if self.kind.startswith("Conv") else self.in_after
+        return self.out_after if is_conv_kind(self.kind) else self.in_after
 
 
 @dataclass
@@ -777,11 +779,10 @@ def _check_outputs(
 def _layer_shapes(model: nn.Module) -> dict[str, tuple[str, int, int, int]]:
     """``{layer: (kind, out, in, weight+bias parameters)}`` of every Conv/Linear layer."""
     shapes = {}
-    for name, module in _prunable(model):
-        if isinstance(module, nn.Linear):
-            out_units, in_units = module.out_features, module.in_features
-        else:
-            out_units, in_units = module.out_channels, module.in_channels
+    for name, module in model.named_modules():
+        if not is_prunable_layer(module):  # transformers' Conv1D included
+            continue
+        out_units, in_units = layer_features(module)
         params = sum(p.numel() for p in module.parameters(recurse=False))
         shapes[name] = (type(module).__name__, out_units, in_units, params)
     return shapes

@@ -37,8 +37,20 @@ Group kinds (``build_groups(model, kind)``):
 custom          a list of :class:`GroupSet` built with :func:`custom_group_set`
 ==============  ==============================================================
 
-Targets by default are the weights of every ``Conv1d/2d/3d`` and ``Linear``;
+Targets by default are the weights of every ``Conv1d/2d/3d`` and ``Linear``, and of
+transformers' ``Conv1D`` (GPT-2), a Linear whose weight is stored transposed, ``(in, out)``:
+its output units are *columns* (``out_channel`` masks ``W[:, o]`` and ``b[o]``), its inputs
+rows (``in_channel`` masks ``W[i, :]``), and ``n:m`` keeps ``n`` of every ``m`` consecutive
+inputs of an output unit (down a column) as for a Linear (:func:`weight_axes`);
 ``exclude`` removes layers by ``fnmatch`` pattern on the module or parameter name.
+
+Tied weights, one tensor reached by two module paths (GPT-2's ``lm_head.weight`` *is*
+``transformer.wte.weight``, :func:`tied_parameters`), are left out of every kind and listed
+in :attr:`GroupPlan.skipped` as tied: a gate parametrizes one module's attribute, so
+masking the tensor through one path would leave the other path reading it unmasked (soft
+gates during training), zero the embedding rows once the zeros are stored, and untie the
+two at ``finalize()``. Left dense, the tensor is counted once and is truthfully reported
+as skipped on both paths (LLM pruning usually keeps the embedding and its tied head dense).
 Structured kinds never cut the classifier's outputs (they are the classes). Modules with
 trainable parameters that no kind covers (attention's ``in_proj_weight``, Embedding,
 ConvTranspose, RNN/LSTM, raw ``nn.Parameter`` s) stay dense and are listed in
@@ -52,6 +64,7 @@ from __future__ import annotations
 import contextlib
 import fnmatch
 import re
+import sys
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 
@@ -61,11 +74,70 @@ from torch import Tensor, nn
 from learnprune.errors import ConfigError, UnsupportedModelError
 
 PRUNABLE_LAYERS: tuple[type[nn.Module], ...] = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
-"""Layer types whose ``weight`` is a default pruning target (and counts toward sparsity)."""
+"""Layer types whose ``weight`` is a default pruning target (and counts toward sparsity);
+:func:`prunable_layer_types` adds transformers' ``Conv1D``."""
 
 STRUCTURED_KINDS = ("out_channel", "in_channel", "coupled", "l0_units")
 KINDS = ("element", "out_channel", "in_channel", "n:m", "coupled", "l0_units")
 _N_OF_M = re.compile(r"^(\d+):(\d+)$")
+
+
+def transposed_linear_types() -> tuple[type[nn.Module], ...]:
+    """Layers computing ``y = x·W + b`` with ``W`` stored ``(in, out)``: transformers'
+    ``Conv1D`` (GPT-2, GPT, Conv1D-based heads), once transformers is loaded (a model holding
+    one has loaded it, so learnprune never imports transformers itself)."""
+    pytorch_utils = sys.modules.get("transformers.pytorch_utils")
+    conv1d = getattr(pytorch_utils, "Conv1D", None)
+    return (conv1d,) if isinstance(conv1d, type) else ()
+
+
+def prunable_layer_types() -> tuple[type[nn.Module], ...]:
+    """:data:`PRUNABLE_LAYERS` and the transposed Linears (:func:`transposed_linear_types`)."""
+    return PRUNABLE_LAYERS + transposed_linear_types()
+
+
+def is_prunable_layer(module: nn.Module) -> bool:
+    """Whether ``module`` is a Conv/Linear layer (a transposed Linear included)."""
+    return isinstance(module, prunable_layer_types())
+
+
+def is_linear_layer(module: object) -> bool:
+    """Whether ``module`` multiplies the last axis of its input: ``nn.Linear`` or ``Conv1D``."""
+    return isinstance(module, (nn.Linear, *transposed_linear_types()))
+
+
+def weight_axes(module: nn.Module) -> tuple[int, int]:
+    """``(output axis, input axis)`` of the layer's weight: ``(1, 0)`` for a transposed
+    Linear (``Conv1D``, weight ``(in, out)``), ``(0, 1)`` for Linear and convs."""
+    return (1, 0) if isinstance(module, transposed_linear_types()) else (0, 1)
+
+
+def layer_features(module: nn.Module) -> tuple[int, int]:
+    """``(outputs, inputs)`` of a Conv/Linear layer: features of a Linear or ``Conv1D``,
+    channels of a conv."""
+    if isinstance(module, nn.Linear):
+        return module.out_features, module.in_features
+    if isinstance(module, transposed_linear_types()):
+        return module.nf, module.nx
+    return module.out_channels, module.in_channels
+
+
+def tied_parameters(model: nn.Module) -> dict[str, tuple[str, ...]]:
+    """``{name: the other names of the same tensor}`` for every parameter that two module
+    paths reach (tied weights: GPT-2's ``lm_head.weight`` *is* ``transformer.wte.weight``).
+
+    ``model.named_parameters()`` names each such tensor once, by its first path; here
+    every path is listed.
+    """
+    paths: dict[int, list[str]] = {}
+    for name, param in model.named_parameters(remove_duplicate=False):
+        paths.setdefault(id(param), []).append(name)
+    return {
+        name: tuple(other for other in names if other != name)
+        for names in paths.values()
+        if len(names) > 1
+        for name in names
+    }
 
 
 @dataclass(frozen=True)
@@ -287,14 +359,26 @@ def prunable_layers(
     """Conv/Linear layers whose weights are targets, and the skipped ones with a reason."""
     chosen: dict[str, nn.Module] = {}
     skipped: dict[str, str] = {}
+    tied = tied_parameters(model)
     for name, module in model.named_modules():
-        if not isinstance(module, PRUNABLE_LAYERS) or "parametrizations" in name.split("."):
+        if not is_prunable_layer(module) or "parametrizations" in name.split("."):
             continue
         if _matches(exclude, name, f"{name}.weight"):
             skipped[f"{name}.weight"] = "excluded by pattern"
             continue
+        if f"{name}.weight" in tied:
+            skipped[f"{name}.weight"] = tied_reason(f"{name}.weight", tied)
+            continue
         chosen[name] = module
     return chosen, skipped
+
+
+def tied_reason(name: str, tied: Mapping[str, Sequence[str]]) -> str:
+    """Why a tied tensor stays dense (see the module docstring)."""
+    return (
+        f"tied to {', '.join(tied[name])} (the same tensor): left dense, since masking it "
+        "through one module would leave the other unmasked and untie them"
+    )
 
 
 def output_layer(model: nn.Module, input_shape: Sequence[int] | None = None) -> str | None:
@@ -303,7 +387,8 @@ def output_layer(model: nn.Module, input_shape: Sequence[int] | None = None) -> 
     With an ``input_shape`` it is the last Conv/Linear executed in a forward pass of one
     example; without one, the last Conv/Linear registered.
     """
-    layers = [n for n, m in model.named_modules() if isinstance(m, PRUNABLE_LAYERS)]
+    types = prunable_layer_types()
+    layers = [n for n, m in model.named_modules() if isinstance(m, types)]
     if not layers:
         return None
     if input_shape is None:
@@ -312,7 +397,7 @@ def output_layer(model: nn.Module, input_shape: Sequence[int] | None = None) -> 
     hooks = [
         module.register_forward_hook(lambda _m, _i, _o, name=name: order.append(name))
         for name, module in model.named_modules()
-        if isinstance(module, PRUNABLE_LAYERS)
+        if isinstance(module, types)
     ]
     try:
         with torch.no_grad(), evaluation_mode(model):
@@ -391,6 +476,8 @@ def build_groups(
 
     transformer_parts = parse_transformer_kind(kind)
     kind_name, n_of_m = (kind, None) if transformer_parts else parse_kind(kind)
+    if kind_name == "coupled":
+        _refuse_transposed_linears(model)
     layers, skipped = prunable_layers(model, exclude)
     classifier = output_layer(model, shape) if kind_name in STRUCTURED_KINDS else None
     if transformer_parts:
@@ -426,6 +513,18 @@ def build_groups(
     return plan
 
 
+def _refuse_transposed_linears(model: nn.Module) -> None:
+    """``coupled`` groups come from Torch-Pruning, whose graph does not know ``Conv1D``."""
+    transposed = transposed_linear_types()
+    holder = next((n for n, m in model.named_modules() if isinstance(m, transposed)), None)
+    if holder is not None:
+        raise UnsupportedModelError(
+            f"coupled groups: Torch-Pruning's dependency graph does not know transformers' "
+            f"Conv1D ({holder}, weight stored transposed); use groups='heads', "
+            "'mlp_neurons' or 'heads+mlp_neurons' (or element, out_channel, in_channel)"
+        )
+
+
 def _layer_group_set(
     name: str,
     module: nn.Module,
@@ -435,25 +534,29 @@ def _layer_group_set(
 ) -> tuple[GroupSet | None, str]:
     weight = module.weight
     shape = tuple(weight.shape)
+    out_axis, in_axis = weight_axes(module)
     weight_piece = TensorSlices(name, "weight", shape)
     label = f"{name}.weight"
     if kind == "l0_units":
-        kind = "in_channel" if isinstance(module, nn.Linear) else "out_channel"
+        kind = "in_channel" if is_linear_layer(module) else "out_channel"
     if kind == "element":
         return GroupSet(label, kind, weight.numel(), (weight_piece,)), ""
     if kind == "n:m":
         assert n_of_m is not None
-        row = weight[0].numel()
+        row = weight.numel() // shape[out_axis]
         if row % n_of_m[1]:
             return None, f"input row of {row} weights is not a multiple of m={n_of_m[1]}"
+        if out_axis:  # Conv1D: element g is entry g of the (out, in) transpose, W[i, o] ↦ o·I + i
+            index = torch.arange(weight.numel()).view(shape[1], shape[0]).t().contiguous()
+            weight_piece = TensorSlices(name, "weight", shape, None, index)
         return GroupSet(label, kind, weight.numel(), (weight_piece,), n_of_m), ""
     if kind == "out_channel":
         if name == classifier:
             return None, "classifier outputs (the classes) are never pruned"
-        pieces = [TensorSlices(name, "weight", shape, 0)]
+        pieces = [TensorSlices(name, "weight", shape, out_axis)]
         if getattr(module, "bias", None) is not None:
             pieces.append(TensorSlices(name, "bias", tuple(module.bias.shape), 0))
-        return GroupSet(label, kind, shape[0], tuple(pieces)), ""
+        return GroupSet(label, kind, shape[out_axis], tuple(pieces)), ""
     # in_channel
     conv_groups = getattr(module, "groups", 1)
     if conv_groups > 1:  # column j of a grouped conv is input j of *each* group: index them
@@ -461,7 +564,7 @@ def _layer_group_set(
         piece = TensorSlices(name, "weight", shape, None, index, "in")
         return GroupSet(label, kind, shape[1] * conv_groups, (piece,)), ""
     return GroupSet(
-        label, kind, shape[1], (TensorSlices(name, "weight", shape, 1, None, "in"),)
+        label, kind, shape[in_axis], (TensorSlices(name, "weight", shape, in_axis, None, "in"),)
     ), ""
 
 

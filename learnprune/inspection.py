@@ -30,6 +30,11 @@ What the kinds do with layers beyond plain Conv/Linear
   they are in (learnprune cannot mask them as one group yet).
 * Concatenations: ``coupled`` groups follow ``torch.cat`` (Torch-Pruning's graph maps each
   branch's channels onto their slice of the consumer's inputs).
+* transformers' ``Conv1D`` (GPT-2; weight ``(in, out)``) is a Linear layer to every kind
+  except ``coupled`` (Torch-Pruning does not know it: use ``heads`` / ``mlp_neurons``).
+* Tied tensors (GPT-2's ``lm_head.weight`` is ``transformer.wte.weight``) stay dense under
+  every kind (:mod:`learnprune.groups` says why) and are counted once, on the row of their
+  first module; each of their rows names the other.
 * Norm layers stay dense, except under ``coupled``, where BatchNorm entries follow their
   channel; Embedding, ConvTranspose, RNN/LSTM/GRU and raw parameters are never covered.
 
@@ -46,7 +51,7 @@ import re
 import sys
 import warnings
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -56,7 +61,6 @@ from torch.nn.modules.batchnorm import _NormBase
 
 from learnprune.errors import ConfigError, LearnpruneError, UnsupportedModelError
 from learnprune.groups import (
-    PRUNABLE_LAYERS,
     STRUCTURED_KINDS,
     GroupPlan,
     GroupSet,
@@ -64,8 +68,10 @@ from learnprune.groups import (
     build_groups,
     evaluation_mode,
     example_input,
+    is_prunable_layer,
     model_input_shape,
     output_layer,
+    tied_parameters,
 )
 
 NORM_LAYERS: tuple[type[nn.Module], ...] = (
@@ -251,8 +257,14 @@ def prunability_report(
     else:
         notes.append("pass input_shape to run one example: finds the classifier and unused modules")
     modules = dict(model.named_modules())
+    tied = tied_parameters(model)
     rows = [
-        _row(name, module, plan, exclude, used, kind, modules.get(name.rpartition(".")[0]))
+        _tied_note(
+            _row(name, module, plan, exclude, used, kind, modules.get(name.rpartition(".")[0])),
+            module,
+            tied,
+            set(tied) - set(dict(model.named_parameters())),
+        )
         for name, module in _owners(model)
     ]
     if shape is None and kind in STRUCTURED_KINDS:
@@ -283,7 +295,8 @@ def warn_uncovered(model: nn.Module, plan: GroupPlan, exclude: Sequence[str] = (
         attrs = _own_trainable(module)
         prefix = "" if name == ROOT else f"{name}."
         if (
-            isinstance(module, (*PRUNABLE_LAYERS, *NORM_LAYERS))
+            is_prunable_layer(module)
+            or isinstance(module, NORM_LAYERS)
             or _excluded(exclude, name, prefix, attrs)
             or any(f"{prefix}{attr}" in masked for attr in attrs)
         ):
@@ -435,6 +448,24 @@ def _row(
     return ModuleRow(**base, status=SKIPPED, reason=reason)
 
 
+def _tied_note(
+    row: ModuleRow, module: nn.Module, tied: dict[str, tuple[str, ...]], aliases: set[str]
+) -> ModuleRow:
+    """A tied tensor (:func:`learnprune.groups.tied_parameters`) counts on the row of its
+    first module only (``aliases``: its other names), and each of its rows says so."""
+    prefix = "" if row.name == ROOT else f"{row.name}."
+    shared = [f"{prefix}{a}" for a in _own_trainable(module) if f"{prefix}{a}" in tied]
+    if not shared:
+        return row
+    uncounted = sum(getattr(module, n.removeprefix(prefix)).numel() for n in shared if n in aliases)
+    note = "; ".join(
+        f"{name} is {', '.join(tied[name])}, counted {'there' if name in aliases else 'here'}"
+        for name in shared
+    )
+    reason = f"{row.reason}; {note}" if row.reason else note
+    return replace(row, params=row.params - uncounted, reason=reason)
+
+
 def _skip_reason(
     name: str,
     module: nn.Module,
@@ -454,7 +485,7 @@ def _skip_reason(
         )
     if f"{prefix}weight" in plan.skipped:
         return plan.skipped[f"{prefix}weight"]
-    if isinstance(module, PRUNABLE_LAYERS):
+    if is_prunable_layer(module):
         return f"{kind} groups do not cover it"
     return _why(module)
 
@@ -486,7 +517,7 @@ def _why(module: nn.Module) -> str:
 def _conv_note(module: nn.Module, kind: str) -> list[str]:
     """How a grouped or depthwise conv's groups are laid out."""
     conv_groups = getattr(module, "groups", 1)
-    if not isinstance(module, PRUNABLE_LAYERS) or conv_groups == 1:
+    if not is_prunable_layer(module) or conv_groups == 1:
         return []
     what = "depthwise" if conv_groups == module.in_channels else f"grouped (groups={conv_groups})"
     if kind == "in_channel":

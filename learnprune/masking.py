@@ -27,7 +27,7 @@ from torch import Tensor, nn
 from torch.nn.utils import parametrize
 
 from learnprune.errors import ConfigError
-from learnprune.groups import GroupPlan, GroupSet, TensorSlices, scatter_values
+from learnprune.groups import GroupPlan, GroupSet, TensorSlices, scatter_values, tied_parameters
 
 
 class GroupGate(nn.Module):
@@ -137,13 +137,26 @@ def attach(
     """Give every group set of ``plan`` a gate and parametrize its member tensors.
 
     Returns the gates keyed by group set name. Raises :class:`ConfigError` if the model
-    already carries learnprune gates (``finalize()`` the earlier method first).
+    already carries learnprune gates (``finalize()`` the earlier method first), or if a
+    group set holds a tied tensor (one reached by two modules, see
+    :func:`learnprune.groups.tied_parameters`): a parametrization gates one module's
+    attribute, so the other module would read the tensor unmasked, and ``finalize()`` would
+    untie them.
     """
     if any(True for _ in gated_tensors(model)):
         raise ConfigError(
             "this model already carries learnprune gates; call finalize() on the earlier "
             "method before attaching another"
         )
+    tied = tied_parameters(model)
+    for group_set in plan.sets:
+        shared = next((name for name in group_set.params if name in tied), None)
+        if shared is not None:
+            raise ConfigError(
+                f"group set {group_set.name} holds {shared}, which is tied to "
+                f"{', '.join(tied[shared])} (the same tensor); a gate on one module would "
+                "leave the other unmasked: leave it out of the groups"
+            )
     gates: dict[str, GroupGate] = {}
     for group_set in plan.sets:
         gate = make_gate(group_set)
@@ -267,16 +280,27 @@ def effective_parameters(model: nn.Module) -> Iterator[tuple[str, Tensor]]:
 
     Gated tensors give their gated value ``W ⊙ scatter(z)`` under their unmasked name; the
     gates' own parameters (mask variables, gate logits) are not model parameters and are
-    left out.
+    left out. A tied tensor (two modules holding one parameter) is given once, under its
+    first name, as ``model.named_parameters()`` does.
     """
+    seen: set[int] = set()
+
+    def first_time(tensor: Tensor | None) -> bool:
+        if tensor is None:  # a parametrization with several originals: not shared by us
+            return True
+        if id(tensor) in seen:
+            return False
+        seen.add(id(tensor))
+        return True
 
     def walk(module: nn.Module, prefix: str) -> Iterator[tuple[str, Tensor]]:
         # gated tensors first: for Conv/Linear/BatchNorm this restores (weight, bias) order
         if parametrize.is_parametrized(module):
             for attr in module.parametrizations:
-                yield prefix + attr, getattr(module, attr)
+                if first_time(getattr(module.parametrizations[attr], "original", None)):
+                    yield prefix + attr, getattr(module, attr)
         for attr, param in module._parameters.items():
-            if param is not None:
+            if param is not None and first_time(param):
                 yield prefix + attr, param
         for child_name, child in module._modules.items():
             if (

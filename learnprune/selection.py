@@ -29,9 +29,10 @@ from learnprune.errors import ConfigError
 from learnprune.groups import GroupPlan, GroupSet, scatter
 
 
-def keep_top_n_of_m(scores: Tensor, shape: tuple[int, ...], n: int, m: int) -> Tensor:
-    """Keep mask (flat) with the ``n`` highest scores of every ``m`` consecutive weights."""
-    blocks = scores.reshape(shape[0], -1, m)
+def keep_top_n_of_m(scores: Tensor, n: int, m: int) -> Tensor:
+    """Keep mask (flat) with the ``n`` highest scores of every ``m`` consecutive groups (the
+    ``n:m`` groups of a layer run along its input rows, whose length ``m`` divides)."""
+    blocks = scores.reshape(-1, m)
     best = blocks.topk(n, dim=-1).indices
     keep = torch.zeros_like(blocks, dtype=torch.bool).scatter_(-1, best, True)
     return keep.reshape(-1)
@@ -59,8 +60,7 @@ def select(
     for group_set in plan.sets:
         if group_set.n_of_m is not None:
             n, m = group_set.n_of_m
-            shape = group_set.slices[0].shape
-            keep[group_set.name] = keep_top_n_of_m(scores[group_set.name], shape, n, m)
+            keep[group_set.name] = keep_top_n_of_m(scores[group_set.name], n, m)
         else:
             ranked.append(group_set)
     if not ranked:

@@ -12,19 +12,25 @@ When a head or a neuron may go (the rules of :mod:`learnprune.compact`, per bloc
   ``W_o``): removed when nothing reads it (its ``W_o`` columns are zero), or when it is
   provably zero: its value rows *and* value biases are zero (then ``softmax(·) V_h = 0``
   whatever Q and K are) and the output projection saw exactly zero on its columns on the
-  probe batch;
+  probe batch; with grouped-query attention the unit is a key/value group (a key/value
+  head and the ``r`` query heads that read it, see :mod:`learnprune.transformer_groups`),
+  removed when none of its query heads' ``W_o`` columns is read, or when its value rows are
+  zero and its columns were seen zero;
 * **neuron** ``j`` of an MLP: removed when the reader's column ``j`` is zero, or when every
   producer's row ``j`` and bias ``j`` are zero and the reader saw exactly zero on input ``j``
   on the probe batch (a guard against activations with ``f(0) ≠ 0``).
 
 Every block keeps at least one head and one neuron. Removing heads shrinks the Q, K, V
 rows and the output projection's columns and sets the attention module's
-``num_attention_heads`` / ``num_heads`` / ``n_heads`` and ``all_head_size`` to the kept
-count; the shared ``config`` keeps the original sizes (heads now differ per layer), so
-save a compact Hugging Face model with ``torch.save``, not ``save_pretrained``. Heads of
-``nn.MultiheadAttention`` are masked but not removed (its forward pass assumes
-``embed_dim = H·d``); they are listed in :attr:`CompactResult.skipped`. Other layers
-(embeddings, the patch conv, the pooler, the classifier) are left as they are.
+``num_attention_heads`` / ``num_heads`` / ``n_heads``, ``num_key_value_heads`` and
+``all_head_size`` to the kept counts (``num_key_value_groups = H / H_kv`` is unchanged;
+GPT-2's fused ``c_attn``, a ``Conv1D``, loses the head's Q, K and V columns and
+``split_size`` follows); the shared ``config`` keeps the original sizes (heads now differ
+per layer), so save a compact Hugging Face model with ``torch.save``, not
+``save_pretrained``. Heads of ``nn.MultiheadAttention`` are masked but not removed (its
+forward pass assumes ``embed_dim = H·d``); they are listed in
+:attr:`CompactResult.skipped`. Other layers (embeddings, the patch conv, the pooler, the
+classifier) are left as they are.
 
 The model runs on ``example_inputs``: a tensor (``model(x)``), a tuple (``model(*x)``) or a
 mapping (``model(**x)``, e.g. ``{"input_ids": ..., "attention_mask": ...}``); without them a
@@ -57,15 +63,16 @@ from learnprune.compact import (
     output_tensors,
 )
 from learnprune.errors import ConfigError, UnsupportedModelError
-from learnprune.groups import model_input_shape
+from learnprune.groups import model_input_shape, weight_axes
 from learnprune.transformer_groups import (
+    HEAD_COUNT_ATTRS,
     AttentionBlock,
     MLPBlock,
     find_attention_blocks,
     find_mlp_blocks,
+    kv_group_index,
+    query_group_index,
 )
-
-_HEAD_COUNT_ATTRS = ("num_attention_heads", "num_heads", "n_heads")
 
 
 def has_attention_blocks(model: nn.Module) -> bool:
@@ -241,12 +248,18 @@ def _count(model: nn.Module, inputs: Any) -> Counts:
 # --------------------------------------------------------------------------------------------
 
 
-def _alive_rows(layer: nn.Linear, index: Tensor, groups: int) -> Tensor:
-    """Per group: does some output row (or bias entry) of ``layer`` in it hold a non-zero."""
-    rows = (layer.weight != 0).any(1)
+def _alive_outputs(layer: nn.Module) -> Tensor:
+    """Per output of a Linear or ``Conv1D``: does its weight row (column) or bias hold a
+    non-zero."""
+    alive = (layer.weight != 0).any(weight_axes(layer)[1])
     if layer.bias is not None:
-        rows |= layer.bias != 0
-    return _any_per_group(rows.cpu(), index, groups)
+        alive |= layer.bias != 0
+    return alive.cpu()
+
+
+def _read_inputs(layer: nn.Module) -> Tensor:
+    """Per input of a Linear or ``Conv1D``: does its weight column (row) hold a non-zero."""
+    return (layer.weight != 0).any(weight_axes(layer)[0]).cpu()
 
 
 def _any_per_group(flags: Tensor, index: Tensor, groups: int) -> Tensor:
@@ -275,16 +288,21 @@ def _seen(
 def _decide_heads(
     model: nn.Module, block: AttentionBlock, input_scale: Mapping[nn.Module, Tensor]
 ) -> GroupDecision:
-    heads, index = block.num_heads, torch.arange(block.num_heads * block.head_dim) // block.head_dim
+    """Per key/value group (a head without grouped-query attention): the rule of the
+    module docstring over its query heads' output columns and its value rows."""
+    groups, index = block.num_groups, query_group_index(block)
     output = model.get_submodule(block.output)
-    read = _any_per_group((output.weight != 0).any(0).cpu(), index, heads)
-    writes = _alive_rows(model.get_submodule(block.value), index, heads)
-    seen = _seen(output, input_scale, index, heads)
+    read = _any_per_group(_read_inputs(output), index, groups)
+    value_alive = _alive_outputs(model.get_submodule(block.value))
+    if block.fused:  # [Q, K, V]: the value outputs are the last H_kv·d
+        value_alive = value_alive[-block.num_kv_heads * block.head_dim :]
+    writes = _any_per_group(value_alive, kv_group_index(block), groups)
+    seen = _seen(output, input_scale, index, groups)
     return GroupDecision(
         root=block.name,
         writers=(block.query, block.key, block.value),
         readers=(block.output,),
-        channels=heads,
+        channels=groups,
         removed=_removable(read, writes, seen),
     )
 
@@ -294,10 +312,10 @@ def _decide_neurons(
 ) -> GroupDecision:
     index = torch.arange(block.width)
     reader = model.get_submodule(block.reader)
-    read = (reader.weight != 0).any(0).cpu()
+    read = _read_inputs(reader)
     writes = torch.zeros(block.width, dtype=torch.bool)
     for name in block.producers:
-        writes |= _alive_rows(model.get_submodule(name), index, block.width)
+        writes |= _alive_outputs(model.get_submodule(name))
     seen = _seen(reader, input_scale, index, block.width)
     return GroupDecision(
         root=block.producers[0],
@@ -315,18 +333,33 @@ def _kept_positions(groups: int, group_size: int, removed: Sequence[int]) -> Ten
 
 
 def _cut_heads(model: nn.Module, block: AttentionBlock, removed: Sequence[int]) -> None:
-    """Keep the other heads' Q/K/V rows and output columns; update the head counts."""
+    """Keep the other groups' Q/K/V rows and output columns; update the head counts
+    (``H_kv`` shrinks with ``H``, so ``r = H / H_kv`` and ``num_key_value_groups`` stay)."""
     if not removed:
         return
-    keep = _kept_positions(block.num_heads, block.head_dim, removed)
-    for name in (block.query, block.key, block.value):
-        shrink_linear(model.get_submodule(name), rows=keep)
-    shrink_linear(model.get_submodule(block.output), columns=keep)
+    groups, rows_per_group = block.num_groups, block.query_heads_per_group * block.head_dim
+    query_keep = _kept_positions(groups, rows_per_group, removed)
+    kv_keep = _kept_positions(groups, block.head_dim, removed)
+    if block.fused:  # [Q, K, V] outputs of one layer
+        query_width, kv_width = block.num_heads * block.head_dim, groups * block.head_dim
+        value_keep = query_width + kv_width + kv_keep
+        fused_keep = torch.cat((query_keep, query_width + kv_keep, value_keep))
+        shrink_linear(model.get_submodule(block.query), rows=fused_keep)
+    else:
+        shrink_linear(model.get_submodule(block.query), rows=query_keep)
+        for name in (block.key, block.value):
+            shrink_linear(model.get_submodule(name), rows=kv_keep)
+    shrink_linear(model.get_submodule(block.output), columns=query_keep)
     attention = model.get_submodule(block.name)
-    kept_heads = block.num_heads - len(removed)
-    for attr in _HEAD_COUNT_ATTRS:
+    kept_kv_heads = groups - len(removed)
+    kept_heads = kept_kv_heads * block.query_heads_per_group
+    if block.fused:  # GPT-2 splits c_attn's outputs into Q, K, V of split_size each
+        attention.split_size = kept_heads * block.head_dim
+    for attr in HEAD_COUNT_ATTRS:
         if isinstance(getattr(attention, attr, None), int):
             setattr(attention, attr, kept_heads)
+    if isinstance(getattr(attention, "num_key_value_heads", None), int):
+        attention.num_key_value_heads = kept_kv_heads
     if isinstance(getattr(attention, "all_head_size", None), int):
         attention.all_head_size = kept_heads * block.head_dim
 
@@ -341,19 +374,23 @@ def _cut_neurons(model: nn.Module, block: MLPBlock, removed: Sequence[int]) -> N
 
 
 def shrink_linear(
-    layer: nn.Linear, *, rows: Tensor | None = None, columns: Tensor | None = None
+    layer: nn.Module, *, rows: Tensor | None = None, columns: Tensor | None = None
 ) -> None:
-    """Keep only output ``rows`` (weight rows and bias) and/or input ``columns`` of a Linear
-    layer, in place (the module object and its class stay)."""
+    """Keep only the outputs ``rows`` (weight rows and bias) and/or the inputs ``columns`` of
+    a Linear layer, in place (the module object and its class stay). A ``Conv1D`` (weight
+    ``(in, out)``) keeps the same outputs and inputs, its weight's columns and rows."""
     weight = layer.weight.detach()
     bias = None if layer.bias is None else layer.bias.detach()
+    out_axis, in_axis = weight_axes(layer)
     if rows is not None:
-        weight = weight[rows.to(weight.device)]
+        weight = weight.index_select(out_axis, rows.to(weight.device))
         bias = None if bias is None else bias[rows.to(bias.device)]
-        layer.out_features = weight.shape[0]
     if columns is not None:
-        weight = weight[:, columns.to(weight.device)]
-        layer.in_features = weight.shape[1]
+        weight = weight.index_select(in_axis, columns.to(weight.device))
+    if isinstance(layer, nn.Linear):
+        layer.out_features, layer.in_features = weight.shape
+    else:  # Conv1D: nf outputs, nx inputs
+        layer.nx, layer.nf = weight.shape
     layer.weight = nn.Parameter(weight.clone(), requires_grad=layer.weight.requires_grad)
     if bias is not None:
         layer.bias = nn.Parameter(bias.clone(), requires_grad=layer.bias.requires_grad)
