@@ -2,9 +2,13 @@
 
 Every file a run writes goes to a temporary name in the same directory first and is then
 renamed over the target (``os.replace`` is atomic on POSIX), so an interrupted write never
-leaves a half-written checkpoint that looks valid. Checkpoints are read with
-``torch.load(weights_only=True)``: they hold tensors, numbers, strings and containers only,
-never pickled code.
+leaves a half-written checkpoint that looks valid.
+
+Checkpoints and weights are written with ``torch.save`` (a zip archive holding a CRC-32
+checksum of every record) and read with ``torch.load(weights_only=True)``: they hold
+tensors, numbers, strings and containers only, never pickled code. ``torch.load`` does not
+check the checksums, so :func:`verify_checksums` does first: a file changed after it was
+written (a flipped byte keeps its size) is refused instead of loaded as wrong weights.
 """
 
 from __future__ import annotations
@@ -14,6 +18,7 @@ import json
 import os
 import random
 import tempfile
+import zipfile
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -64,10 +69,40 @@ def _json_default(value: Any) -> Any:
 
 
 def save_torch(path: Path, value: Any) -> None:
-    """``torch.save`` through :func:`atomic_write_bytes`."""
+    """``torch.save`` (with its CRC-32 checksums, even where a user turned them off)
+    through :func:`atomic_write_bytes`."""
     buffer = io.BytesIO()
-    torch.save(value, buffer)
+    crc32_before = torch.serialization.get_crc32_options()
+    torch.serialization.set_crc32_options(True)
+    try:
+        torch.save(value, buffer)
+    finally:
+        torch.serialization.set_crc32_options(crc32_before)
     atomic_write_bytes(path, buffer.getvalue())
+
+
+def verify_checksums(path: Path) -> None:
+    """Refuse (``CheckpointError``) a ``torch.save`` file whose records do not match the
+    CRC-32 checksums stored beside them in its zip archive. Files in torch's legacy format
+    (not a zip) and archives written without checksums (every one stored as 0) carry none
+    to check and pass."""
+    path = Path(path)
+    if not zipfile.is_zipfile(path):
+        return  # torch.load tells what it is
+    try:
+        with zipfile.ZipFile(path) as archive:
+            records = archive.infolist()
+            if all(record.CRC == 0 for record in records):
+                return
+            for record in records:
+                with archive.open(record) as stream:
+                    while stream.read(1 << 22):
+                        pass
+    except (zipfile.BadZipFile, EOFError, OSError, ValueError, NotImplementedError) as err:
+        raise CheckpointError(
+            f"{path} is corrupt: {str(err).splitlines()[0] if str(err) else 'unreadable'} "
+            "(its content no longer matches the checksums written with it)"
+        ) from err
 
 
 def rng_state() -> dict[str, Any]:
@@ -147,6 +182,7 @@ def _load(path: Path, what: str) -> Any:
     """``torch.load(weights_only=True)`` with one clear error for every way it can fail."""
     if not path.is_file():
         raise CheckpointError(f"no {what} at {path}")
+    verify_checksums(path)
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:
