@@ -2,7 +2,9 @@
 
 Every file a run writes goes to a temporary name in the same directory first and is then
 renamed over the target (``os.replace`` is atomic on POSIX), so an interrupted write never
-leaves a half-written checkpoint that looks valid.
+leaves a half-written checkpoint that looks valid; a process killed mid-write leaves only
+the temporary file (``.<name>.<random>.tmp``), which :func:`is_temporary_leftover`
+recognises so the next start can remove it.
 
 Checkpoints and weights are written with ``torch.save`` (a zip archive holding a CRC-32
 checksum of every record) and read with ``torch.load(weights_only=True)``: they hold
@@ -30,6 +32,12 @@ from learnprune.errors import CheckpointError
 
 FORMAT = "learnprune-checkpoint"
 VERSION = 1
+
+
+def is_temporary_leftover(name: str, targets: tuple[str, ...]) -> bool:
+    """Whether ``name`` is the temporary file of an :func:`atomic_write_bytes` of one of
+    ``targets`` (left behind only by a process killed while writing)."""
+    return name.endswith(".tmp") and any(name.startswith(f".{target}.") for target in targets)
 
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:

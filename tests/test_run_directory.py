@@ -8,19 +8,28 @@ Runs through the Python API train LeNet-300-100 for an epoch on a small syntheti
 
 from __future__ import annotations
 
+import datetime as _dt
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 import torch
 from conftest import call_cli
 
-from learnprune import checkpoint
+from learnprune import checkpoint, runner
 from learnprune.checkpoint import load_checkpoint, save_torch
 from learnprune.config import RunConfig, TrainConfig
 from learnprune.data import Dataset
-from learnprune.errors import CheckpointError
+from learnprune.errors import CheckpointError, ConfigError
+from learnprune.run_directory import LOCK_FILE, claim, claim_new
 from learnprune.runner import run
 
+REPO = Path(__file__).resolve().parent.parent
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
@@ -51,6 +60,13 @@ def one_error_line(err: str) -> str:
     return lines[0]
 
 
+def train_argv(out: Path) -> list[str]:
+    return [
+        "train", "--model", "lenet300", "--data", "mnist", "--method", "dense", "--epochs",
+        "1", "--train-subset", "200", "--out", str(out), "--no-progress", "--quiet",
+    ]  # fmt: skip
+
+
 def flip_middle_bytes(path: Path, count: int = 8) -> None:
     """Invert ``count`` bytes in the middle of ``path``; its size stays."""
     data = bytearray(path.read_bytes())
@@ -62,6 +78,159 @@ def flip_middle_bytes(path: Path, count: int = 8) -> None:
 
 def names(directory: Path) -> list[str]:
     return sorted(p.name for p in directory.iterdir())
+
+
+# ------------------------------------------------------------------------------------------
+# 3.1 One run at a time per directory
+# ------------------------------------------------------------------------------------------
+
+
+def test_a_run_into_a_directory_another_process_holds_stops_in_one_line(tmp_path):
+    """A second ``train --out X`` while another process holds X: exit 2, one line, nothing
+    written. That process killed with SIGKILL: its lock file is left but blocks nothing."""
+    out = tmp_path / "run"
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import sys, time; from learnprune import run_directory; "
+         "run_directory.claim(sys.argv[1]); print('claimed', flush=True); time.sleep(120)",
+         str(out)],
+        stdout=subprocess.PIPE, text=True, env={**os.environ, "PYTHONPATH": str(REPO)},
+    )  # fmt: skip
+    try:
+        assert holder.stdout is not None and holder.stdout.readline().strip() == "claimed"
+        code, _stdout, err = call_cli(*train_argv(out))
+        assert code == 2
+        line = one_error_line(err)
+        assert f"another learnprune run (process {holder.pid}) is writing into {out}" in line
+        assert names(out) == [LOCK_FILE]
+    finally:
+        holder.send_signal(signal.SIGKILL)
+        holder.wait(timeout=30)
+    assert names(out) == [LOCK_FILE]  # what a kill -9 leaves
+    code, _stdout, err = call_cli(*train_argv(out))
+    assert code == 0, err
+    assert {"config.json", "final.json", "model.pt"} <= set(names(out))
+    assert LOCK_FILE not in names(out)
+    assert len((out / "metrics.jsonl").read_text().splitlines()) == 1
+
+
+def test_resume_while_the_run_is_held_is_refused(tmp_path, synthetic):
+    out = tmp_path / "run"
+    (out).mkdir()
+    checkpoint.atomic_write_json(out / "config.json", config_of().as_dict())
+    held = claim(out)
+    try:
+        with pytest.raises(ConfigError, match="another learnprune run"):
+            run(config_of(), out, resume=True, quiet=True, data=synthetic)
+        with pytest.raises(ConfigError, match="another learnprune run"):
+            run(config_of(), out, quiet=True, data=synthetic)
+    finally:
+        held.release()
+    assert names(out) == ["config.json"]
+
+
+def test_two_default_runs_in_the_same_second_get_their_own_directories(
+    tmp_path, monkeypatch, synthetic
+):
+    class SameSecond(_dt.datetime):
+        @classmethod
+        def now(cls, tz=None):
+            return cls(2026, 12, 1, 9, 0, 0)
+
+    monkeypatch.setattr(runner._dt, "datetime", SameSecond)
+    monkeypatch.chdir(tmp_path)
+    first = run(config_of(), quiet=True, data=synthetic)
+    second = run(config_of(), quiet=True, data=synthetic)
+    base = "runs/lenet300-dense-20261201-090000"
+    assert (first["run_dir"], second["run_dir"]) == (base, f"{base}-2")
+    for result in (first, second):
+        assert len((tmp_path / result["run_dir"] / "metrics.jsonl").read_text().splitlines()) == 1
+
+
+def test_claim_new_takes_the_next_free_suffix_while_the_first_is_held(tmp_path):
+    first = claim_new(tmp_path / "runs" / "name")
+    second = claim_new(tmp_path / "runs" / "name")
+    try:
+        assert (first.path.name, second.path.name) == ("name", "name-2")
+    finally:
+        second.release()
+        first.release()
+    assert names(tmp_path) == []  # both empty: removed, and the runs/ the first created
+
+
+def test_a_run_that_fails_before_writing_removes_the_directories_it_created(tmp_path):
+    out = tmp_path / "a" / "b" / "run"
+    code, _stdout, err = call_cli(*train_argv(out)[:-1], "--train-subset", "70000")
+    assert code == 2 and "60000" in one_error_line(err)
+    assert names(tmp_path) == []
+    empty = tmp_path / "mine"
+    empty.mkdir()  # the user's own empty directory stays
+    code, _stdout, _err = call_cli(*train_argv(empty)[:-1], "--train-subset", "70000")
+    assert code == 2 and names(empty) == []
+
+
+# ------------------------------------------------------------------------------------------
+# 3.4 Every state a kill can leave: resumable or restartable
+# ------------------------------------------------------------------------------------------
+
+
+def test_killed_while_writing_the_first_config_the_directory_can_be_started_again(
+    tmp_path, synthetic
+):
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / ".config.json.3f9a0c1d2e4b.tmp").write_text('{"model": "lenet3')  # cut short
+    (out / LOCK_FILE).write_text("12345\n")  # the killed process's lock file
+    with pytest.raises(CheckpointError, match=f"start it again with --out {out}"):
+        run(config_of(), out, resume=True, quiet=True, data=synthetic)
+    result = run(config_of(), out, quiet=True, data=synthetic)
+    assert result["run_dir"] == str(out)
+    assert not [name for name in names(out) if name.endswith(".tmp") or name == LOCK_FILE]
+    assert json.loads((out / "config.json").read_text())["model"] == "lenet300"
+
+
+def test_a_users_own_file_still_blocks_a_new_run(tmp_path, synthetic):
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / ".notes.tmp").write_text("mine")  # not the temporary file of a run file
+    with pytest.raises(ConfigError, match="already holds files"):
+        run(config_of(), out, quiet=True, data=synthetic)
+    assert names(out) == [".notes.tmp"]
+
+
+def test_resume_removes_the_temporary_file_of_a_killed_checkpoint_write(tmp_path, synthetic):
+    out = tmp_path / "run"
+    run(config_of(epochs=2), out, quiet=True, data=synthetic)
+    for done in ("final.json", "model.pt"):
+        (out / done).unlink()
+    (out / ".checkpoint.pt.0123456789ab.tmp").write_bytes(b"half a checkpoint")
+    result = run(config_of(epochs=2), out, resume=True, quiet=True, data=synthetic)
+    assert result["epochs"] == 2
+    assert not [name for name in names(out) if name.endswith(".tmp")]
+
+
+@pytest.fixture(scope="module")
+def dessilbi_run(tmp_path_factory, synthetic) -> Path:
+    out = tmp_path_factory.mktemp("dessilbi") / "run"
+    run(config_of("dessilbi"), out, quiet=True, data=synthetic)
+    return out
+
+
+@pytest.mark.parametrize("killed", ["after config.json", "after the first checkpoint"])
+def test_dessilbi_killed_before_init_pt_resumes_with_the_same_init_pt(
+    tmp_path, synthetic, dessilbi_run, killed
+):
+    """``init.pt`` (the start of lottery tickets) missing on resume is written again: the
+    same starting weights, bit for bit, as the uninterrupted run's."""
+    out = tmp_path / "run"
+    out.mkdir()
+    kept = ["config.json"] if killed == "after config.json" else ["config.json", "checkpoint.pt"]
+    for name in kept:
+        shutil.copy(dessilbi_run / name, out / name)
+    run(config_of("dessilbi"), out, resume=True, quiet=True, data=synthetic)
+    written = torch.load(out / "init.pt", weights_only=True)
+    original = torch.load(dessilbi_run / "init.pt", weights_only=True)
+    assert written.keys() == original.keys()
+    assert all(torch.equal(written[k], original[k]) for k in original)
 
 
 # ------------------------------------------------------------------------------------------
