@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import datetime as _dt
 import json
+import math
 import platform
 import time
 from collections.abc import Sequence
@@ -54,7 +55,12 @@ from learnprune.engine import (
     seed_everything,
     train,
 )
-from learnprune.errors import CheckpointError, ConfigError, LearnpruneError
+from learnprune.errors import (
+    CheckpointError,
+    ConfigError,
+    LearnpruneError,
+    TrainingDivergedError,
+)
 from learnprune.methods import build_method
 from learnprune.methods.base import PruningMethod, TrainingContext
 from learnprune.models import build_model
@@ -290,6 +296,11 @@ def _finish(
     method.finalize()
     model.eval()
     test_loss, test_accuracy = evaluate_now()
+    if not math.isfinite(test_loss):
+        raise TrainingDivergedError(
+            f"the finalized model's test loss is {test_loss}; nothing was written for it "
+            f"(the last checkpoint is {run_dir / CHECKPOINT})"
+        )
     counts = count(model.cpu(), data.input_shape)
     checkpoint.save_torch(run_dir / WEIGHTS, model.state_dict())
     compacted, small = compact_summary(model, data.input_shape)

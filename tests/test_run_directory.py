@@ -10,22 +10,26 @@ from __future__ import annotations
 
 import datetime as _dt
 import json
+import math
 import os
 import shutil
 import signal
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
+import numpy as np
 import pytest
 import torch
 from conftest import call_cli
 
-from learnprune import checkpoint, runner
-from learnprune.checkpoint import load_checkpoint, save_torch
+from learnprune import checkpoint, run_directory, runner
+from learnprune.checkpoint import atomic_write_bytes, json_text, load_checkpoint, save_torch
 from learnprune.config import RunConfig, TrainConfig
 from learnprune.data import Dataset
-from learnprune.errors import CheckpointError, ConfigError
+from learnprune.errors import CheckpointError, ConfigError, TrainingDivergedError
+from learnprune.growing import GrowConfig, grow_run
 from learnprune.run_directory import LOCK_FILE, claim, claim_new
 from learnprune.runner import run
 
@@ -287,3 +291,115 @@ def test_an_intact_checkpoint_passes_the_check(tmp_path):
     checkpoint.save_checkpoint(path, {"epoch": 3, "model_state": {"w": torch.ones(2)}})
     checkpoint.verify_checksums(path)
     assert load_checkpoint(path)["epoch"] == 3
+
+
+# ------------------------------------------------------------------------------------------
+# 3.6 Strict JSON, the umask, grow cleans up
+# ------------------------------------------------------------------------------------------
+
+
+def test_json_writes_non_finite_numbers_as_null_with_the_reason():
+    value: dict[str, Any] = {
+        "test_loss": math.inf,
+        "speed": {"timings": [1.5, float("nan")], "threads": 1},
+        "ratio": np.float64(-np.inf),
+        "loss": torch.tensor(2.0),
+    }
+    assert json.loads(json_text(value)) == {
+        "test_loss": None,
+        "speed": {"timings": [1.5, None], "threads": 1, "non_finite": {"timings[1]": "nan"}},
+        "ratio": None,
+        "loss": 2.0,
+        "non_finite": {"test_loss": "inf", "ratio": "-inf"},
+    }
+    with pytest.raises(ValueError, match="non-finite"):
+        json_text([1.0, math.inf])
+
+
+def test_a_finalized_model_with_a_non_finite_loss_writes_no_results(
+    tmp_path, monkeypatch, synthetic
+):
+    original_build = runner.build
+
+    def build_breaking_finalize(config, data):
+        model, method = original_build(config, data)
+        finalize = method.finalize
+
+        def finalize_then_break() -> None:
+            finalize()
+            with torch.no_grad():
+                model.fc1.weight.fill_(float("nan"))
+
+        method.finalize = finalize_then_break
+        return model, method
+
+    monkeypatch.setattr(runner, "build", build_breaking_finalize)
+    out = tmp_path / "run"
+    with pytest.raises(TrainingDivergedError, match="finalized model's test loss is nan"):
+        run(config_of(), out, quiet=True, data=synthetic)
+    assert not (out / "final.json").exists() and not (out / "model.pt").exists()
+
+
+@pytest.mark.parametrize(("umask", "mode"), [(0o022, 0o644), (0o077, 0o600), (0o002, 0o664)])
+def test_files_honour_the_umask(tmp_path, umask, mode):
+    before = os.umask(umask)
+    try:
+        atomic_write_bytes(tmp_path / "config.json", b"{}")
+        save_torch(tmp_path / "model.pt", {"w": torch.zeros(1)})
+    finally:
+        os.umask(before)
+    for name in ("config.json", "model.pt"):
+        assert (tmp_path / name).stat().st_mode & 0o777 == mode
+
+
+def test_run_files_are_not_private_under_the_usual_umask(tmp_path, synthetic):
+    before = os.umask(0o022)
+    try:
+        run(config_of(), tmp_path / "run", quiet=True, data=synthetic)
+    finally:
+        os.umask(before)
+    modes = {p.name: p.stat().st_mode & 0o777 for p in (tmp_path / "run").iterdir()}
+    assert modes and set(modes.values()) == {0o644}, modes
+
+
+def tiny_grow_data() -> Dataset:
+    torch.manual_seed(0)
+    x, y = torch.randn(48, 1, 32, 32), torch.randint(0, 3, (48,))
+    return Dataset("mnist", x[:32], y[:32], x[32:], y[32:], num_classes=3)
+
+
+def test_grow_that_fails_removes_the_directory_it_created(tmp_path, monkeypatch):
+    grow_config = GrowConfig(start_width=4, local_epochs=1, max_rounds=1, finetune_epochs=0)
+    out = tmp_path / "a" / "grown"
+    with pytest.raises(ConfigError, match="growing needs one of"):
+        grow_run("lenet5", tiny_grow_data(), "mnist", TrainConfig(), grow_config, out)
+    assert names(tmp_path) == []
+
+    def failing_train(*args: Any, **kwargs: Any) -> None:
+        raise ConfigError("refused in the first round")
+
+    monkeypatch.setattr("learnprune.growing.train", failing_train)
+    with pytest.raises(ConfigError, match="first round"):
+        grow_run("resnet20", tiny_grow_data(), "mnist", TrainConfig(), grow_config, out)
+    assert names(tmp_path) == []
+
+
+def test_grow_into_a_held_directory_is_refused(tmp_path):
+    held = claim(tmp_path / "grown")
+    try:
+        with pytest.raises(ConfigError, match="another learnprune run"):
+            grow_run(
+                "resnet20", tiny_grow_data(), "mnist", TrainConfig(), GrowConfig(),
+                tmp_path / "grown",
+            )  # fmt: skip
+    finally:
+        held.release()
+    assert names(tmp_path) == []
+
+
+def test_release_leaves_a_directory_that_holds_results(tmp_path):
+    held = run_directory.claim(tmp_path / "run")
+    (tmp_path / "run" / "final.json").write_text("{}")
+    held.release()
+    held.release()  # twice is harmless
+    assert names(tmp_path / "run") == ["final.json"]
