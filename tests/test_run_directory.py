@@ -33,7 +33,6 @@ from learnprune.growing import GrowConfig, grow_run
 from learnprune.run_directory import LOCK_FILE, claim, claim_new
 from learnprune.runner import run
 
-REPO = Path(__file__).resolve().parent.parent
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
@@ -89,15 +88,21 @@ def names(directory: Path) -> list[str]:
 # ------------------------------------------------------------------------------------------
 
 
-def test_a_run_into_a_directory_another_process_holds_stops_in_one_line(tmp_path):
+def test_a_run_into_a_directory_another_process_holds_stops_in_one_line(tmp_path, synthetic):
     """A second ``train --out X`` while another process holds X: exit 2, one line, nothing
     written. That process killed with SIGKILL: its lock file is left but blocks nothing."""
     out = tmp_path / "run"
+    out.mkdir()
+    # the holder takes the lock as run_directory.claim does (without importing torch: fast)
+    holds_the_lock = (
+        "import fcntl, os, sys, time; "
+        "fd = os.open(sys.argv[1], os.O_RDWR | os.O_CREAT, 0o666); "
+        "fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB); os.write(fd, b'%d' % os.getpid()); "
+        "print('claimed', flush=True); time.sleep(120)"
+    )
     holder = subprocess.Popen(
-        [sys.executable, "-c", "import sys, time; from learnprune import run_directory; "
-         "run_directory.claim(sys.argv[1]); print('claimed', flush=True); time.sleep(120)",
-         str(out)],
-        stdout=subprocess.PIPE, text=True, env={**os.environ, "PYTHONPATH": str(REPO)},
+        [sys.executable, "-c", holds_the_lock, str(out / LOCK_FILE)],
+        stdout=subprocess.PIPE, text=True,
     )  # fmt: skip
     try:
         assert holder.stdout is not None and holder.stdout.readline().strip() == "claimed"
@@ -110,8 +115,7 @@ def test_a_run_into_a_directory_another_process_holds_stops_in_one_line(tmp_path
         holder.send_signal(signal.SIGKILL)
         holder.wait(timeout=30)
     assert names(out) == [LOCK_FILE]  # what a kill -9 leaves
-    code, _stdout, err = call_cli(*train_argv(out))
-    assert code == 0, err
+    run(config_of(), out, quiet=True, data=synthetic)
     assert {"config.json", "final.json", "model.pt"} <= set(names(out))
     assert LOCK_FILE not in names(out)
     assert len((out / "metrics.jsonl").read_text().splitlines()) == 1
