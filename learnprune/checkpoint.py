@@ -2,18 +2,30 @@
 
 Every file a run writes goes to a temporary name in the same directory first and is then
 renamed over the target (``os.replace`` is atomic on POSIX), so an interrupted write never
-leaves a half-written checkpoint that looks valid. Checkpoints are read with
-``torch.load(weights_only=True)``: they hold tensors, numbers, strings and containers only,
-never pickled code.
+leaves a half-written checkpoint that looks valid; a process killed mid-write leaves only
+the temporary file (``.<name>.<random>.tmp``), which :func:`is_temporary_leftover`
+recognises so the next start can remove it. Files get the permissions ``0o666 & ~umask``
+like any file the user creates.
+
+JSON is written strictly (no ``NaN`` or ``Infinity``, which are not JSON): a non-finite
+number becomes ``null`` and the object holding it says why (:func:`json_text`).
+
+Checkpoints and weights are written with ``torch.save`` (a zip archive holding a CRC-32
+checksum of every record) and read with ``torch.load(weights_only=True)``: they hold
+tensors, numbers, strings and containers only, never pickled code. ``torch.load`` does not
+check the checksums, so :func:`verify_checksums` does first: a file changed after it was
+written (a flipped byte keeps its size) is refused instead of loaded as wrong weights.
 """
 
 from __future__ import annotations
 
 import io
 import json
+import math
 import os
 import random
-import tempfile
+import secrets
+import zipfile
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -25,13 +37,33 @@ from learnprune.errors import CheckpointError
 
 FORMAT = "learnprune-checkpoint"
 VERSION = 1
+NON_FINITE = "non_finite"
+"""The key under which a JSON object lists the non-finite numbers written as ``null``."""
+
+
+def _temporary_name(path: Path) -> Path:
+    return path.with_name(f".{path.name}.{secrets.token_hex(6)}.tmp")
+
+
+def is_temporary_leftover(name: str, targets: tuple[str, ...]) -> bool:
+    """Whether ``name`` is the temporary file of an :func:`atomic_write_bytes` of one of
+    ``targets`` (left behind only by a process killed while writing)."""
+    return name.endswith(".tmp") and any(name.startswith(f".{target}.") for target in targets)
 
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` through a temporary file and a rename."""
+    """Write ``data`` to ``path`` through a temporary file and a rename. The temporary file
+    is created with mode ``0o666`` (less the umask), so ``path`` gets the usual
+    permissions (``tempfile.mkstemp`` would make it ``0o600``)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    while True:
+        temporary = _temporary_name(path)
+        try:
+            handle = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+            break
+        except FileExistsError:  # 48 random bits taken: draw again
+            continue
     try:
         with os.fdopen(handle, "wb") as stream:
             stream.write(data)
@@ -39,7 +71,7 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
             os.fsync(stream.fileno())
         os.replace(temporary, path)
     except BaseException:
-        Path(temporary).unlink(missing_ok=True)
+        temporary.unlink(missing_ok=True)
         raise
 
 
@@ -48,7 +80,39 @@ def atomic_write_text(path: Path, text: str) -> None:
 
 
 def atomic_write_json(path: Path, value: Any) -> None:
-    atomic_write_text(path, json.dumps(value, indent=2, default=_json_default) + "\n")
+    """``value`` as indented JSON (see :func:`json_text`), written atomically."""
+    atomic_write_text(path, json_text(value, indent=2) + "\n")
+
+
+def json_text(value: Any, *, indent: int | None = None) -> str:
+    """``value`` as strict JSON. Each non-finite float (NaN, ±inf: not JSON) is written as
+    ``null``, and the innermost object holding it gets an entry ``"non_finite": {key:
+    "inf"}`` naming it and its value; one outside any object is refused (``ValueError``).
+    Numpy numbers, tensors, paths and tuples become numbers, lists and strings."""
+    return json.dumps(_strict_json(value, None, ""), indent=indent, allow_nan=False)
+
+
+def _strict_json(value: Any, notes: dict[str, str] | None, where: str) -> Any:
+    """``value`` with non-finite floats replaced by ``None`` and noted in ``notes`` under
+    their place ``where`` (``None``: no object to note them in)."""
+    if isinstance(value, float):
+        if math.isfinite(value):
+            return value
+        if notes is None:
+            raise ValueError(f"cannot write the non-finite number {value} to JSON")
+        notes[where] = str(value)
+        return None
+    if isinstance(value, (str, int, bool)) or value is None:
+        return value
+    if isinstance(value, Mapping):
+        own: dict[str, str] = {}
+        result = {key: _strict_json(item, own, str(key)) for key, item in value.items()}
+        if own:
+            result[NON_FINITE] = {**result.get(NON_FINITE, {}), **own}
+        return result
+    if isinstance(value, list):
+        return [_strict_json(item, notes, f"{where}[{i}]") for i, item in enumerate(value)]
+    return _strict_json(_json_default(value), notes, where)
 
 
 def _json_default(value: Any) -> Any:
@@ -64,10 +128,40 @@ def _json_default(value: Any) -> Any:
 
 
 def save_torch(path: Path, value: Any) -> None:
-    """``torch.save`` through :func:`atomic_write_bytes`."""
+    """``torch.save`` (with its CRC-32 checksums, even where a user turned them off)
+    through :func:`atomic_write_bytes`."""
     buffer = io.BytesIO()
-    torch.save(value, buffer)
+    crc32_before = torch.serialization.get_crc32_options()
+    torch.serialization.set_crc32_options(True)
+    try:
+        torch.save(value, buffer)
+    finally:
+        torch.serialization.set_crc32_options(crc32_before)
     atomic_write_bytes(path, buffer.getvalue())
+
+
+def verify_checksums(path: Path) -> None:
+    """Refuse (``CheckpointError``) a ``torch.save`` file whose records do not match the
+    CRC-32 checksums stored beside them in its zip archive. Files in torch's legacy format
+    (not a zip) and archives written without checksums (every one stored as 0) carry none
+    to check and pass."""
+    path = Path(path)
+    if not zipfile.is_zipfile(path):
+        return  # torch.load tells what it is
+    try:
+        with zipfile.ZipFile(path) as archive:
+            records = archive.infolist()
+            if all(record.CRC == 0 for record in records):
+                return
+            for record in records:
+                with archive.open(record) as stream:
+                    while stream.read(1 << 22):
+                        pass
+    except (zipfile.BadZipFile, EOFError, OSError, ValueError, NotImplementedError) as err:
+        raise CheckpointError(
+            f"{path} is corrupt: {str(err).splitlines()[0] if str(err) else 'unreadable'} "
+            "(its content no longer matches the checksums written with it)"
+        ) from err
 
 
 def rng_state() -> dict[str, Any]:
@@ -147,6 +241,7 @@ def _load(path: Path, what: str) -> Any:
     """``torch.load(weights_only=True)`` with one clear error for every way it can fail."""
     if not path.is_file():
         raise CheckpointError(f"no {what} at {path}")
+    verify_checksums(path)
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:

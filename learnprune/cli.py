@@ -245,10 +245,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         if not getattr(err, "reported_by_rank_0", False):  # one message per torchrun job
             sys.stderr.write(f"learnprune: error: {err}\n")
         return err.exit_code
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as interrupt:
         hint = ""
-        if getattr(args, "command", None) == "train" and getattr(args, "_run_dir", None):
-            hint = f"; continue with: learnprune train --resume {args._run_dir}"
+        run_dir = getattr(interrupt, "resumable_run_dir", None)  # set by runner.run
+        if run_dir is not None:
+            hint = f"; continue with: learnprune train --resume {run_dir}"
         sys.stderr.write(f"learnprune: interrupted{hint}\n")
         return EXIT_INTERRUPTED
 
@@ -284,8 +285,7 @@ def _dispatch(args: argparse.Namespace) -> int:
 
 def _train(args: argparse.Namespace) -> int:
     from learnprune.config import RunConfig, apply_overrides, read_recipe
-    from learnprune.distributed import on_main
-    from learnprune.runner import default_run_dir, read_run_config
+    from learnprune.runner import read_run_config
 
     if args.resume:
         given = [
@@ -312,7 +312,7 @@ def _train(args: argparse.Namespace) -> int:
         config = read_run_config(args.resume)
         if args.device:
             config.train.device = args.device
-        out: Path = Path(args.resume)
+        out: Path | None = Path(args.resume)
     else:
         raw: dict[str, Any] = read_recipe(args.recipe) if args.recipe else {}
         overrides: dict[tuple[str, ...], Any] = {
@@ -344,16 +344,18 @@ def _train(args: argparse.Namespace) -> int:
             raise ConfigError(
                 "method dense prunes nothing; pass --method magnitude or gmp with --target"
             )
-        out = Path(args.out) if args.out else on_main(lambda: default_run_dir(config))
+        out = Path(args.out) if args.out else None  # None: a new runs/<name> directory
     return _run_and_report(args, config, out, resume=bool(args.resume))
 
 
-def _run_and_report(args: argparse.Namespace, config: Any, out: Path, *, resume: bool) -> int:
-    """Run ``config`` into ``out`` and print the summary (unless quiet)."""
+def _run_and_report(
+    args: argparse.Namespace, config: Any, out: Path | None, *, resume: bool
+) -> int:
+    """Run ``config`` into ``out`` (``None``: a new directory under ``runs/``) and print
+    the summary (unless quiet)."""
     from learnprune.report import summary
     from learnprune.runner import run
 
-    args._run_dir = out  # for the interrupt message
     result = run(
         config,
         out,
@@ -383,7 +385,7 @@ def _parsed_sets(texts: list[str]) -> dict[tuple[str, ...], Any]:
 
 def _ticket(args: argparse.Namespace) -> int:
     from learnprune.config import RunConfig, apply_overrides
-    from learnprune.runner import INITIAL_WEIGHTS, default_run_dir, read_run_config
+    from learnprune.runner import INITIAL_WEIGHTS, read_run_config
 
     source = Path(args.run_dir)
     found = read_run_config(source)
@@ -405,7 +407,7 @@ def _ticket(args: argparse.Namespace) -> int:
     }
     overrides.update(_parsed_sets(args.set))
     config = RunConfig.from_dict(apply_overrides(raw, overrides)).validate()
-    out = Path(args.out) if args.out else default_run_dir(config)
+    out = Path(args.out) if args.out else None
     return _run_and_report(args, config, out, resume=False)
 
 

@@ -36,7 +36,7 @@ from tqdm import tqdm
 from learnprune import checkpoint, distributed
 from learnprune.config import TrainConfig
 from learnprune.data import Dataset
-from learnprune.errors import CheckpointError, TrainingDivergedError
+from learnprune.errors import CheckpointError, ConfigError, TrainingDivergedError
 from learnprune.methods.base import PruningMethod
 
 CHECKPOINT = "checkpoint.pt"
@@ -92,8 +92,6 @@ def resolve_device(name: str) -> torch.device:
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     device = torch.device(name)
     if device.type == "cuda" and not torch.cuda.is_available():
-        from learnprune.errors import ConfigError
-
         raise ConfigError("device cuda was asked for but no CUDA device is available")
     return device
 
@@ -243,12 +241,16 @@ def train(
         log: where epoch lines go (default: print to stdout).
 
     Raises:
-        TrainingDivergedError: the loss became NaN or infinite (the last checkpoint stays).
+        ConfigError: ``method`` is attached to another model (training ``model`` would
+            leave it unpruned).
+        TrainingDivergedError: the loss became NaN or infinite, or the last steps of an
+            epoch made the weights or the test loss so (the last checkpoint stays).
         CheckpointError: ``resume`` with a corrupt or foreign checkpoint (a run directory
             without a checkpoint yet, interrupted in its first epoch, starts over).
     """
     configure_torch()
     config.validate()
+    _check_attached(method, model)
     out = Path(out_dir) if out_dir is not None else None
     info = dict(run_info or {})
     main = distributed.is_main()
@@ -362,6 +364,9 @@ def train(
             return evaluate_everywhere(model, x_test, y_test, config.eval_batch_size)
 
         test_loss, test_accuracy = evaluate_now()
+        if not (math.isfinite(test_loss) and _finite_weights(model)):
+            # an update after the last loss was checked (the epoch's last step) blew up
+            raise _diverged(epoch, step, out, after_step=True)
         extra = method.epoch_end(epoch + 1, evaluate_now)
         seconds = time.perf_counter() - epoch_start
         elapsed += seconds
@@ -438,21 +443,46 @@ def _restore(
     checkpoint.set_rng_state(state["rng"])
 
 
-def _diverged(epoch: int, step: int, out: Path | None) -> TrainingDivergedError:
+def _check_attached(method: PruningMethod, model: nn.Module) -> None:
+    """``method`` must act on ``model`` (its model, or a module inside ``model``, as in a
+    wrapper or ``torch.compile``'s module): otherwise its gates are not in the trained
+    forward pass and ``model`` would train unpruned."""
+    if not any(module is method.model for module in model.modules()):
+        raise ConfigError(
+            f"the {method.name} method is attached to another model "
+            f"({type(method.model).__name__}), not to the {type(model).__name__} given to "
+            "train; build the method on the model you train"
+        )
+
+
+def _finite_weights(model: nn.Module) -> bool:
+    """Whether every parameter of ``model`` is finite (one sync)."""
+    flags = [torch.isfinite(p).all() for p in model.parameters()]
+    return bool(torch.stack(flags).all()) if flags else True
+
+
+def _diverged(
+    epoch: int, step: int, out: Path | None, *, after_step: bool = False
+) -> TrainingDivergedError:
     where = (
         f"; the last good checkpoint is {out / CHECKPOINT}"
         if out and (out / CHECKPOINT).exists()
         else ""
     )
+    what = (
+        f"the weights or the test loss became NaN or infinite after the last step of epoch "
+        f"{epoch + 1} (step {step})"
+        if after_step
+        else f"the loss became NaN or infinite in epoch {epoch + 1} (step {step})"
+    )
     return TrainingDivergedError(
-        f"the loss became NaN or infinite in epoch {epoch + 1} (step {step}){where}; "
-        "lower the learning rate or the regularization strength"
+        f"{what}{where}; lower the learning rate or the regularization strength"
     )
 
 
 def _append_metrics(path: Path, row: Mapping[str, Any]) -> None:
     existing = path.read_text() if path.exists() else ""
-    checkpoint.atomic_write_text(path, existing + json.dumps(dict(row)) + "\n")
+    checkpoint.atomic_write_text(path, existing + checkpoint.json_text(dict(row)) + "\n")
 
 
 def _truncate_metrics(path: Path, epochs: int) -> None:

@@ -37,7 +37,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from learnprune import validation
+from learnprune import run_directory, validation
 from learnprune.accounting import count
 from learnprune.checkpoint import atomic_write_json, save_torch
 from learnprune.config import TrainConfig
@@ -48,6 +48,7 @@ from learnprune.methods.base import Dense
 from learnprune.methods.dessilbi import DessiLBIMethod
 from learnprune.models import build_model
 
+GROW_FILES = ("grow.json", "model.pt", "final.json")
 GROWABLE = ("vgg16", "resnet20", "resnet32", "resnet44", "resnet56", "resnet110")
 
 
@@ -232,12 +233,33 @@ def grow_run(
     *,
     quiet: bool = False,
 ) -> dict[str, Any]:
-    """:func:`grow` into a run directory (``grow.json``, ``model.pt``, ``final.json``)."""
+    """:func:`grow` into a run directory (``grow.json``, ``model.pt``, ``final.json``).
+
+    The directory is claimed (:func:`learnprune.run_directory.claim`) for the whole run; a
+    grow that fails removes what it created unless a round was recorded in ``grow.json``."""
+    initial_widths(model_name.lower(), config.start_width)  # refuse a model before mkdir
+    claimed = run_directory.claim(out)
+    try:
+        if claimed.foreign_files(GROW_FILES):
+            raise ConfigError(f"{out} already holds files; choose another --out")
+        claimed.remove_leftovers(GROW_FILES)
+        return _grow_into(model_name, data, data_name, train_config, config, out, quiet=quiet)
+    finally:
+        claimed.release()
+
+
+def _grow_into(
+    model_name: str,
+    data: Dataset,
+    data_name: str,
+    train_config: TrainConfig,
+    config: GrowConfig,
+    out: Path,
+    *,
+    quiet: bool,
+) -> dict[str, Any]:
     from learnprune.runner import environment
 
-    if out.exists() and any(out.iterdir()):
-        raise ConfigError(f"{out} already holds files; choose another --out")
-    out.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
     model, config = grow(
         model_name,

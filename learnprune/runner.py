@@ -3,26 +3,35 @@
 The flow is the one of the design: recipe -> data + model -> method attaches -> engine trains
 -> masks baked in -> accounting -> ``final.json``. A run directory holds
 
-==================  ==========================================================
-``config.json``     the full configuration (written first)
-``metrics.jsonl``   one line per epoch
-``checkpoint.pt``   the last epoch's model, method, optimizer and RNG states
-``model.pt``        the final weights, masks baked in (a plain ``state_dict``)
-``init.pt``         the starting weights, for methods that find lottery tickets
-``final.json``      the results (written last: its presence means the run is done)
-==================  ==========================================================
+====================  ==========================================================
+``config.json``       the full configuration (written first)
+``metrics.jsonl``     one line per epoch
+``checkpoint.pt``     the last epoch's model, method, optimizer and RNG states
+``model.pt``          the final weights, masks baked in (a plain ``state_dict``)
+``init.pt``           the starting weights, for methods that find lottery tickets
+``final.json``        the results (written last: its presence means the run is done)
+``.learnprune.lock``  held while a process writes the directory (removed at the end)
+====================  ==========================================================
 
 A run never writes into a directory that holds another run's files (unless resuming it),
-so a failed or mistaken run cannot destroy earlier results. Under ``torchrun`` every rank
-builds and trains; rank 0 alone chooses and checks the directory and writes to it (an
-error there stops every rank with the same message), and its results are returned on
-every rank.
+so a failed or mistaken run cannot destroy earlier results. It claims its directory
+(:mod:`learnprune.run_directory`: created exclusively, or locked) before anything slow
+happens, so a second run into the same directory stops at once. A run that fails before it
+wrote ``config.json`` removes what it created. Every state a kill can leave is resumable or
+can be started again: before ``config.json`` exists the directory holds nothing of the run
+and a new run may use it (temporary files of killed writes are removed on the next start);
+once it exists, ``--resume`` continues (and writes ``init.pt`` if the kill came before it).
+
+Under ``torchrun`` every rank builds and trains; rank 0 alone chooses, claims and checks the
+directory and writes to it (an error there stops every rank with the same message), and its
+results are returned on every rank.
 """
 
 from __future__ import annotations
 
 import datetime as _dt
 import json
+import math
 import platform
 import time
 from collections.abc import Sequence
@@ -32,11 +41,13 @@ from typing import Any
 import torch
 from torch import nn
 
-from learnprune import __version__, checkpoint, distributed
+from learnprune import __version__, checkpoint, distributed, run_directory
 from learnprune.accounting import DEFINITIONS, count
 from learnprune.config import RunConfig
 from learnprune.data import Dataset, load_dataset
 from learnprune.engine import (
+    CHECKPOINT,
+    METRICS,
     Schedule,
     configure_torch,
     evaluate,
@@ -44,7 +55,12 @@ from learnprune.engine import (
     seed_everything,
     train,
 )
-from learnprune.errors import CheckpointError, ConfigError, LearnpruneError
+from learnprune.errors import (
+    CheckpointError,
+    ConfigError,
+    LearnpruneError,
+    TrainingDivergedError,
+)
 from learnprune.methods import build_method
 from learnprune.methods.base import PruningMethod, TrainingContext
 from learnprune.models import build_model
@@ -53,17 +69,15 @@ CONFIG = "config.json"
 FINAL = "final.json"
 WEIGHTS = "model.pt"
 INITIAL_WEIGHTS = "init.pt"
+RUN_FILES = (CONFIG, METRICS, CHECKPOINT, WEIGHTS, INITIAL_WEIGHTS, FINAL)
 
 
 def default_run_dir(config: RunConfig, root: str | Path = "runs") -> Path:
-    """``runs/<model>-<method>-<date>-<time>`` (a suffix keeps it unique)."""
+    """``runs/<model>-<method>-<date>-<time>``; claiming it adds a suffix ``-2``, ``-3``, …
+    if a run started in the same second took the name
+    (:func:`learnprune.run_directory.claim_new`)."""
     stamp = _dt.datetime.now().strftime("%Y%m%d-%H%M%S")
-    base = Path(root) / f"{config.model}-{config.method}-{stamp}"
-    candidate, suffix = base, 1
-    while candidate.exists():
-        suffix += 1
-        candidate = base.with_name(f"{base.name}-{suffix}")
-    return candidate
+    return Path(root) / f"{config.model}-{config.method}-{stamp}"
 
 
 def load_data(config: RunConfig) -> Dataset:
@@ -130,24 +144,49 @@ def load_init(model: nn.Module, source: str | Path) -> None:
         ) from err
 
 
-def prepare_run_dir(out: str | Path | None, config: RunConfig, resume: bool) -> Path:
-    """The run directory, checked: new (or empty) unless resuming an unfinished run."""
+def claim_run_dir(
+    out: str | Path | None, config: RunConfig, resume: bool
+) -> run_directory.ClaimedDirectory:
+    """The run directory, claimed and checked: new (or holding nothing but what killed
+    writes left) unless resuming an unfinished run. Leftover temporary files are removed."""
     if resume:
         if out is None:
             raise ConfigError("--resume needs the run directory")
-        run_dir = Path(out)
+        if not Path(out).is_dir():
+            raise CheckpointError(f"{out} is not a learnprune run directory (no {CONFIG})")
+        claimed = run_directory.claim(out, create=False)
+    elif out is None:
+        claimed = run_directory.claim_new(default_run_dir(config))
+    else:
+        claimed = run_directory.claim(out)
+    try:
+        _check_run_dir(claimed, resume)
+        claimed.remove_leftovers(RUN_FILES)
+    except BaseException:
+        claimed.release()
+        raise
+    return claimed
+
+
+def _check_run_dir(claimed: run_directory.ClaimedDirectory, resume: bool) -> None:
+    run_dir = claimed.path
+    if resume:
         if not (run_dir / CONFIG).is_file():
-            raise CheckpointError(f"{run_dir} is not a learnprune run directory (no {CONFIG})")
+            restart = (
+                f"; it holds nothing of a run: start it again with --out {run_dir}"
+                if not claimed.foreign_files(RUN_FILES)
+                else ""
+            )
+            raise CheckpointError(
+                f"{run_dir} is not a learnprune run directory (no {CONFIG}){restart}"
+            )
         if (run_dir / FINAL).is_file():
             raise CheckpointError(f"the run in {run_dir} is already complete (see {FINAL})")
-        return run_dir
-    run_dir = Path(out) if out is not None else default_run_dir(config)
-    if run_dir.exists() and (not run_dir.is_dir() or any(run_dir.iterdir())):
+    elif claimed.foreign_files(RUN_FILES):
         raise ConfigError(
             f"{run_dir} already holds files; choose another --out (or --resume {run_dir} to "
             "continue that run); nothing was overwritten"
         )
-    return run_dir
 
 
 def read_run_config(run_dir: str | Path) -> RunConfig:
@@ -172,47 +211,68 @@ def run(
 ) -> dict[str, Any]:
     """Train, finalize and report one run; return what ``final.json`` holds.
 
-    Everything that can be checked is checked before the run directory is created.
+    The run directory is claimed first (no other run can write into it meanwhile); a run
+    that fails before it wrote ``config.json`` removes the directories it created.
+    A ``KeyboardInterrupt`` after that carries the directory as ``resumable_run_dir``.
     """
     configure_torch()
     config.validate()
-    run_dir = distributed.on_main(lambda: prepare_run_dir(out, config, resume))
-    quiet = quiet or not distributed.is_main()
-    resolve_device(config.train.device)
-    if data is None:
-        data = load_data(config)
-    if config.train.train_subset is not None and config.train.train_subset > len(data.x_train):
-        raise ConfigError(
-            f"train_subset {config.train.train_subset} is larger than the training set of "
-            f"{config.data} ({len(data.x_train)} examples)"
-        )
-    model, method = build(config, data)
-    started = time.perf_counter()
+    claimed: run_directory.ClaimedDirectory | None = None
+    started_directory = resume  # config.json is there: the run can be resumed
 
-    def start_directory() -> None:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        if not resume:
-            checkpoint.atomic_write_json(run_dir / CONFIG, config.as_dict())
-            if method.saves_initial_weights:  # the starting point of lottery tickets
+    def claim_now() -> Path:
+        nonlocal claimed
+        claimed = claim_run_dir(out, config, resume)
+        return claimed.path
+
+    run_dir = distributed.on_main(claim_now)
+    try:
+        quiet = quiet or not distributed.is_main()
+        resolve_device(config.train.device)
+        if data is None:
+            data = load_data(config)
+        subset = config.train.train_subset
+        if subset is not None and subset > len(data.x_train):
+            raise ConfigError(
+                f"train_subset {subset} is larger than the training set of "
+                f"{config.data} ({len(data.x_train)} examples)"
+            )
+        model, method = build(config, data)
+        started = time.perf_counter()
+
+        def start_directory() -> None:
+            if not resume:
+                checkpoint.atomic_write_json(run_dir / CONFIG, config.as_dict())
+            # the starting point of lottery tickets; on resume, if a kill came before it
+            # was written: the model is still the one build() made, the run's start
+            if method.saves_initial_weights and not (run_dir / INITIAL_WEIGHTS).is_file():
                 checkpoint.save_torch(run_dir / INITIAL_WEIGHTS, model.state_dict())
 
-    distributed.on_main(start_directory)
-    if not quiet:
-        print(f"run {run_dir}: {config.model} on {config.data}, {method.describe()}")
-    last = train(
-        model,
-        method,
-        data,
-        config.train,
-        out_dir=run_dir,
-        resume=resume,
-        run_info={"model": config.model, "method": config.method, "data": config.data},
-        quiet=quiet,
-        progress=progress,
-    )
-    return distributed.on_main(
-        lambda: _finish(config, model, method, data, run_dir, last, started)
-    )
+        distributed.on_main(start_directory)
+        started_directory = True
+        if not quiet:
+            print(f"run {run_dir}: {config.model} on {config.data}, {method.describe()}")
+        last = train(
+            model,
+            method,
+            data,
+            config.train,
+            out_dir=run_dir,
+            resume=resume,
+            run_info={"model": config.model, "method": config.method, "data": config.data},
+            quiet=quiet,
+            progress=progress,
+        )
+        return distributed.on_main(
+            lambda: _finish(config, model, method, data, run_dir, last, started)
+        )
+    except KeyboardInterrupt as interrupt:
+        if started_directory:
+            interrupt.resumable_run_dir = run_dir  # type: ignore[attr-defined]
+        raise
+    finally:
+        if claimed is not None:
+            claimed.release()
 
 
 def _finish(
@@ -236,6 +296,11 @@ def _finish(
     method.finalize()
     model.eval()
     test_loss, test_accuracy = evaluate_now()
+    if not math.isfinite(test_loss):
+        raise TrainingDivergedError(
+            f"the finalized model's test loss is {test_loss}; nothing was written for it "
+            f"(the last checkpoint is {run_dir / CHECKPOINT})"
+        )
     counts = count(model.cpu(), data.input_shape)
     checkpoint.save_torch(run_dir / WEIGHTS, model.state_dict())
     compacted, small = compact_summary(model, data.input_shape)

@@ -26,6 +26,7 @@ from learnprune.config import RunConfig, TrainConfig
 from learnprune.data import Dataset, load_dataset
 from learnprune.engine import Schedule
 from learnprune.errors import CheckpointError, ConfigError, TrainingDivergedError
+from learnprune.methods import Magnitude
 from learnprune.models import build_model
 from learnprune.runner import run
 
@@ -311,6 +312,48 @@ def test_nan_in_epoch_2_keeps_epoch_1_checkpoint(tmp_path, monkeypatch, syntheti
     assert [row["epoch"] for row in read_metrics(out)] == [1]
     assert not (out / "final.json").exists()
     assert not (out / "model.pt").exists()
+
+
+def test_blow_up_on_the_very_last_step_is_divergence_not_a_result(tmp_path, monkeypatch, synthetic):
+    """The last optimizer step of the run makes a weight infinite: its loss was finite (it
+    came before the step), yet the model is broken. TrainingDivergedError naming the last
+    epoch; no final.json (which held ``Infinity``, not JSON), no model.pt, and the epoch-2
+    checkpoint stays."""
+    original_build = run_module.build
+    last_step = 3 * STEPS_PER_EPOCH
+
+    def build_blowing_up_last(config, data):
+        model, method = original_build(config, data)
+        after_step = method.after_step
+
+        def blow_up_after_the_last_step():
+            after_step()
+            if method.step == last_step:  # counted by the method's own after_step
+                with torch.no_grad():
+                    model.fc1.weight.fill_(float("inf"))
+
+        method.after_step = blow_up_after_the_last_step
+        return model, method
+
+    monkeypatch.setattr(run_module, "build", build_blowing_up_last)
+    out = tmp_path / "run"
+    with pytest.raises(TrainingDivergedError, match=f"last step of epoch 3 \\(step {last_step}\\)"):
+        run(make_config("dense"), out, quiet=True, data=synthetic)
+    assert load_checkpoint(out / "checkpoint.pt")["epoch"] == 2
+    assert [row["epoch"] for row in read_metrics(out)] == [1, 2]
+    assert not (out / "final.json").exists()
+    assert not (out / "model.pt").exists()
+
+
+def test_train_refuses_a_method_attached_to_another_model(synthetic):
+    pruned, other = build_model("lenet300"), build_model("lenet300")
+    method = Magnitude(pruned, target=0.5)
+    before = [p.clone() for p in other.parameters()]
+    with pytest.raises(ConfigError, match="attached to another model"):
+        engine.train(other, method, synthetic, TrainConfig(epochs=1, max_steps=1), quiet=True)
+    assert all(torch.equal(a, b) for a, b in zip(before, other.parameters(), strict=True))
+    wrapper = torch.nn.Sequential(pruned)  # the method's model inside the trained one
+    engine.train(wrapper, method, synthetic, TrainConfig(epochs=1, max_steps=1), quiet=True)
 
 
 # ------------------------------------------------------------------------------------------
