@@ -30,12 +30,18 @@ holds:
 **Architecture.** The JSON names the registered model (:func:`learnprune.models.build_model`
 name and options) and records every Conv, Linear and BatchNorm layer's constructor
 arguments (``in_features`` / ``out_channels`` / ``kernel_size`` / ``num_features`` ...).
-:func:`load` builds the reference model, replaces each layer whose recorded arguments differ
-from the reference's by a fresh layer built from the record, then loads the tensors. That is
-what rebuilds a *compacted* model (channels physically removed, every affected layer
-narrower) without pickling its code; a plain pruned model has no differing layer. A model
-that is not in the registry is exported the same way (tensors and layer records); give
-:func:`load` an instance of it as ``model=``.
+:func:`load` builds the reference model and gives each layer whose recorded arguments differ
+from the reference's the recorded ones, then loads the tensors. A layer that differs only in
+its sizes (``in/out_features``, ``in/out_channels``, ``groups``, ``num_features``: what
+compaction changes) is resized in place: new size attributes and right-shaped parameters
+and buffers, its class and ``forward`` kept, so subclasses of ``nn.Conv2d`` / ``nn.Linear``
+with constructors of their own (transformers' ``EfficientNetDepthwiseConv2d``, timm's
+``Conv2dSame``) load too; a plain layer that differs in anything else is replaced by a fresh
+one built from the record. That is what rebuilds a *compacted* model (channels physically
+removed, every affected layer narrower) without pickling its code; a plain pruned model has
+no differing layer. A model that is not in the registry (a Hugging Face model, your own) is
+exported the same way (tensors and layer records); give :func:`load` an instance of it, as
+built before compaction, as ``model=``: it is resized in place.
 
 **Atomicity.** Every file is written to a temporary name in the same directory and renamed
 over its target (``os.replace``); ``model.json`` comes last and, when an export is replaced,
@@ -212,6 +218,58 @@ def _build_layer(record: Mapping[str, Any]) -> nn.Module:
     return cls(**kwargs)
 
 
+# The constructor arguments compaction changes; a layer whose record differs from it only in
+# these is resized in place (whatever its class), any other difference needs a fresh layer.
+_SIZE_FIELDS: dict[str, tuple[str, ...]] = {
+    "Linear": ("in_features", "out_features"),
+    **{f"Conv{d}d": ("in_channels", "out_channels", "groups") for d in (1, 2, 3)},
+    **{f"BatchNorm{d}d": ("num_features",) for d in (1, 2, 3)},
+}
+
+
+def _resize_in_place(layer: nn.Module, kind: str, record: Mapping[str, Any]) -> None:
+    """Give ``layer`` the sizes of ``record``: its size attributes and right-shaped (zero)
+    parameters and buffers, ready for ``load_state_dict``; its class, forward and every
+    other attribute stay. Works for subclasses of the layer kinds (transformers'
+    ``EfficientNetDepthwiseConv2d``, timm's ``Conv2dSame``) whose constructors take other
+    arguments.
+
+    Shapes: Linear weight ``(out_features, in_features)``; Conv weight
+    ``(out_channels, in_channels / groups, *kernel_size)``; bias ``(out,)``; BatchNorm
+    weight, bias, ``running_mean`` and ``running_var`` ``(num_features,)``.
+    Raises ``ValueError`` for sizes that do not fit together.
+    """
+    sizes = {field: record[field] for field in _SIZE_FIELDS[kind]}
+    if not all(isinstance(v, int) and not isinstance(v, bool) and v >= 1 for v in sizes.values()):
+        raise ValueError(f"sizes must be positive ints, got {sizes}")
+    if kind == "Linear":
+        shapes = {"weight": (sizes["out_features"], sizes["in_features"])}
+        shapes["bias"] = (sizes["out_features"],)
+    elif kind.startswith("Conv"):
+        groups = sizes["groups"]
+        if sizes["in_channels"] % groups or sizes["out_channels"] % groups:
+            raise ValueError(f"channels {sizes} are not divisible by groups")
+        kernel = tuple(layer.weight.shape[2:])
+        shapes = {"weight": (sizes["out_channels"], sizes["in_channels"] // groups, *kernel)}
+        shapes["bias"] = (sizes["out_channels"],)
+    else:
+        shapes = {name: (sizes["num_features"],) for name in ("weight", "bias")}
+        shapes.update(running_mean=(sizes["num_features"],), running_var=(sizes["num_features"],))
+    for name, shape in shapes.items():
+        current = getattr(layer, name, None)
+        if not isinstance(current, Tensor):  # no bias, affine=False, no running stats
+            continue
+        fresh = torch.zeros(shape, dtype=current.dtype, device=current.device)
+        if name == "running_var":
+            fresh += 1
+        if isinstance(current, nn.Parameter):
+            setattr(layer, name, nn.Parameter(fresh, requires_grad=current.requires_grad))
+        else:
+            layer.register_buffer(name, fresh)
+    for field, value in sizes.items():
+        setattr(layer, field, value)
+
+
 def _set_module(model: nn.Module, name: str, module: nn.Module) -> None:
     parent_name, _, child = name.rpartition(".")
     parent = model.get_submodule(parent_name) if parent_name else model
@@ -244,23 +302,25 @@ def _apply_layers(model: nn.Module, layers: Mapping[str, Mapping[str, Any]], sou
                 f"{source} records layer {name!r} as {record.get('type')}, "
                 f"the rebuilt model has {type(current).__name__}"
             )
-        if _describe(current, kind) == dict(record):
+        described = _describe(current, kind)
+        if described == dict(record):
             continue
-        if type(current) is not _LAYER_KINDS[kind][0]:
-            raise CheckpointError(
-                f"{source} records a resized layer {name!r}, but it is a "
-                f"{type(current).__name__}, not a plain {kind}: cannot rebuild it"
-            )
+        differing = {field for field in described if described[field] != record.get(field)}
         try:
-            layer = _build_layer(record)
+            if differing <= set(_SIZE_FIELDS[kind]):
+                _resize_in_place(current, kind, record)
+            elif type(current) is _LAYER_KINDS[kind][0] and name:
+                _set_module(model, name, _build_layer(record))
+            else:
+                raise CheckpointError(
+                    f"{source} records layer {name!r} with other {', '.join(sorted(differing))} "
+                    f"than the model's {type(current).__name__}, which cannot be rebuilt "
+                    "(only its sizes can be changed in place)"
+                )
         except (KeyError, TypeError, ValueError, RuntimeError) as err:
             raise CheckpointError(
                 f"{source} has an invalid record for layer {name!r} ({_first_line(err)})"
             ) from err
-        if name:
-            _set_module(model, name, layer)
-        else:
-            raise CheckpointError(f"{source}: the model's root layer cannot be resized")
         replaced += 1
     return replaced
 
@@ -868,7 +928,8 @@ def load(
             (Run ``model.onnx`` with ``onnxruntime.InferenceSession``.)
         model: an instance of the exported architecture to load into (changed in place);
             required when the export names no registered model, optional otherwise. Its
-            Conv/Linear/BatchNorm layers are resized to the recorded ones where they differ.
+            Conv/Linear/BatchNorm layers (subclasses included) are resized in place to the
+            recorded sizes where they differ.
 
     Raises:
         ConfigError: an unknown ``format``.

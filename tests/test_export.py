@@ -18,6 +18,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.nn.utils import parametrize
 
+from learnprune.compact import compact
 from learnprune.errors import CheckpointError, ConfigError, LearnpruneError, UnsupportedModelError
 from learnprune.export import FILES, export, load, load_masks, read_metadata
 from learnprune.models import build_model
@@ -305,6 +306,108 @@ def test_model_outside_the_registry(tmp_path: Path) -> None:
         load(path)
     skeleton = nn.Sequential(nn.Conv2d(1, 4, 3), nn.BatchNorm2d(4), nn.Flatten(), nn.Linear(64, 3))
     assert_same_state(model, load(path, model=skeleton))
+
+
+class SameConv2d(nn.Conv2d):
+    """A Conv2d subclass whose constructor takes other arguments (like timm's Conv2dSame or
+    transformers' EfficientNetDepthwiseConv2d): it cannot be rebuilt from a Conv2d record."""
+
+    def __init__(self, channels: int, multiplier: int = 1) -> None:
+        super().__init__(channels, channels * multiplier, 3, groups=channels, bias=True)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return super().forward(F.pad(x, (1, 1, 1, 1), mode="replicate"))
+
+
+class TwoLinear(nn.Linear):
+    def __init__(self, width: int) -> None:
+        super().__init__(width, 2 * width)
+
+
+def subclass_net() -> nn.Module:
+    return nn.Sequential(
+        nn.Conv2d(1, 6, 1),
+        nn.BatchNorm2d(6),
+        SameConv2d(6),
+        nn.Flatten(),
+        TwoLinear(6 * 16),
+        nn.ReLU(),
+        nn.Linear(2 * 6 * 16, 3),
+    )
+
+
+def test_subclassed_conv_and_linear_are_resized_in_place(tmp_path: Path) -> None:
+    """Before, load refused a resized layer that is not a plain nn.Conv2d / nn.Linear."""
+    torch.manual_seed(0)
+    model = subclass_net().eval()
+    with torch.no_grad():  # nothing reads channels 1, 3, 4 (16 inputs each); 40 neurons kept
+        for index in (1, 3, 4):
+            model[4].weight[:, 16 * index : 16 * (index + 1)] = 0
+        model[4].weight[40:] = 0
+        model[4].bias[40:] = 0
+    compact_model = compact(model, None, (1, 4, 4)).model
+    assert compact_model[2].out_channels == 3 and compact_model[2].groups == 3
+    assert type(compact_model[2]) is SameConv2d and compact_model[4].out_features == 40
+    path = export(compact_model, tmp_path / "subclass", input_shape=(1, 4, 4))
+    skeleton = subclass_net()
+    loaded = load(path, model=skeleton)
+    assert loaded is skeleton and type(loaded[2]) is SameConv2d
+    assert (loaded[1].num_features, loaded[1].running_mean.shape) == (3, (3,))
+    assert_same_state(compact_model, loaded)
+    x = torch.randn(5, 1, 4, 4)
+    with torch.no_grad():
+        assert torch.equal(loaded(x), compact_model(x))
+        assert torch.allclose(loaded(x), model(x), atol=1e-6)
+
+
+def test_subclass_with_another_kernel_is_refused_in_one_line(tmp_path: Path) -> None:
+    model = nn.Sequential(SameConv2d(2))
+    path = export(model, tmp_path / "kernel", input_shape=(2, 4, 4))
+    other = nn.Sequential(SameConv2d(2))
+    other[0].stride = (2, 2)
+    with pytest.raises(CheckpointError, match=r"layer '0' with other stride") as err:
+        load(path, model=other)
+    assert "\n" not in str(err.value)
+
+
+def tiny_efficientnet(seed: int = 0) -> nn.Module:
+    transformers = pytest.importorskip("transformers")
+    config = transformers.EfficientNetConfig(
+        image_size=16,
+        width_coefficient=0.1,
+        depth_coefficient=0.2,
+        hidden_dim=128,
+        num_labels=3,
+        in_channels=[32, 16],
+        out_channels=[16, 24],
+        kernel_sizes=[3, 3],
+        strides=[1, 2],
+        num_block_repeats=[1, 1],
+        expand_ratios=[1, 6],
+    )
+    torch.manual_seed(seed)
+    return transformers.EfficientNetForImageClassification(config).eval()
+
+
+def test_compacted_hugging_face_efficientnet_loads(tmp_path: Path) -> None:
+    """EfficientNetDepthwiseConv2d(nn.Conv2d) takes depth_multiplier, not out_channels."""
+    model = tiny_efficientnet()
+    with torch.no_grad():  # drop half of the filters of every 1x1 and depthwise conv
+        for module in model.modules():
+            if isinstance(module, nn.Conv2d) and (
+                module.kernel_size == (1, 1) or module.groups == module.in_channels > 1
+            ):
+                module.weight[: module.out_channels // 2] = 0
+    compact_model = compact(model, None, (3, 16, 16)).model
+    depthwise = compact_model.efficientnet.encoder.blocks[1].depthwise_conv.depthwise_conv
+    assert type(depthwise).__name__ == "EfficientNetDepthwiseConv2d"
+    assert depthwise.out_channels == depthwise.groups == 24  # 48 before
+    path = export(compact_model, tmp_path / "efficientnet", input_shape=(3, 16, 16))
+    loaded = load(path, model=tiny_efficientnet(seed=1))
+    assert_same_state(compact_model, loaded)
+    x = torch.randn(2, 3, 16, 16)
+    with torch.no_grad():
+        assert torch.equal(loaded(x).logits, compact_model(x).logits)
 
 
 # --- masks ------------------------------------------------------------------------------------
