@@ -22,7 +22,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, NoReturn
 
-from learnprune.errors import ConfigError, LearnpruneError
+from learnprune.errors import ConfigError, LearnpruneError, one_line
 
 EXIT_USAGE = 2
 EXIT_INTERRUPTED = 130
@@ -243,7 +243,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _dispatch(args)
     except LearnpruneError as err:
         if not getattr(err, "reported_by_rank_0", False):  # one message per torchrun job
-            sys.stderr.write(f"learnprune: error: {err}\n")
+            sys.stderr.write(f"learnprune: error: {one_line(str(err))}\n")
         return err.exit_code
     except KeyboardInterrupt:
         hint = ""

@@ -22,8 +22,10 @@ holds:
 ``model.onnx``              format ``"onnx"``: the inference graph (eval mode) from
                             ``torch.onnx.export`` (the torch.export-based exporter, opset
                             :data:`ONNX_OPSET`, one self-contained file, batch dimension
-                            dynamic where the model allows it), checked with ONNX Runtime
-                            against PyTorch on a random batch before it is kept.
+                            dynamic where the model allows it), traced on the caller's
+                            ``example_inputs`` (token ids stay ids) or a random batch of
+                            ``input_shape``, and checked with ONNX Runtime against PyTorch
+                            on the same inputs before it is kept.
 ``masks.safetensors``       when ``masks`` are given: one bool keep-mask per parameter name.
 ==========================  ===============================================================
 
@@ -58,14 +60,16 @@ that names the file.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import hashlib
 import importlib
+import inspect
 import json
 import logging
 import os
 import tempfile
 import warnings
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -76,7 +80,13 @@ from torch.nn.utils import parametrize
 
 from learnprune.checkpoint import atomic_write_bytes
 from learnprune.compact import output_tensors
-from learnprune.errors import CheckpointError, ConfigError, LearnpruneError, UnsupportedModelError
+from learnprune.errors import (
+    CheckpointError,
+    ConfigError,
+    LearnpruneError,
+    UnsupportedModelError,
+    relayed,
+)
 from learnprune.models import build_model
 from learnprune.sparse_linear import DEFAULT_BLOCK, SparseLinear, densify, sparsify
 
@@ -150,11 +160,6 @@ def _require(module: str) -> ModuleType:
             f"exporting needs the Python package {module!r}, which is not installed; "
             "install it with: pip install 'learnprune[export]'"
         ) from err
-
-
-def _first_line(err: BaseException) -> str:
-    text = str(err).strip()
-    return f"{type(err).__name__}: {text.splitlines()[0]}" if text else type(err).__name__
 
 
 def _jsonable(value: Any) -> Any:
@@ -319,7 +324,7 @@ def _apply_layers(model: nn.Module, layers: Mapping[str, Mapping[str, Any]], sou
                 )
         except (KeyError, TypeError, ValueError, RuntimeError) as err:
             raise CheckpointError(
-                f"{source} has an invalid record for layer {name!r} ({_first_line(err)})"
+                f"{source} has an invalid record for layer {name!r} ({relayed(err)})"
             ) from err
         replaced += 1
     return replaced
@@ -406,66 +411,206 @@ def _quiet_onnx_exporter() -> Iterator[None]:
         logger.setLevel(level)
 
 
+def _map_tensors(
+    value: Any, on_tensor: Callable[[Tensor], Any], on_other: Callable[[Any], Any]
+) -> Any:
+    """``value`` with every tensor inside its tuples, lists and mappings passed through
+    ``on_tensor`` and every other leaf through ``on_other``."""
+    if isinstance(value, Tensor):
+        return on_tensor(value)
+    if isinstance(value, Mapping):
+        return {key: _map_tensors(item, on_tensor, on_other) for key, item in value.items()}
+    if isinstance(value, (tuple, list)):
+        return type(value)(_map_tensors(item, on_tensor, on_other) for item in value)
+    return on_other(value)
+
+
+@dataclasses.dataclass(frozen=True)
+class _OnnxCall:
+    """How the exporter and the check call the model: ``model(*args, **kwargs)``.
+
+    :meth:`of` takes ``example_inputs`` the way
+    :func:`~learnprune.transformer_compact.call_model` does: a mapping is
+    ``model(**inputs)`` (``{"input_ids": ..., "attention_mask": ...}``), a tuple or list
+    ``model(*inputs)``, anything else ``model(inputs)``. The arguments are bound to
+    ``forward``'s signature (``bound``: parameter name -> value, in its order, which is the
+    order and the names of the graph's inputs), and a model whose ``forward`` takes
+    ``use_cache`` (a Hugging Face decoder) gets ``use_cache=False`` unless the inputs set
+    it: the key/value cache is state for the next call, not an output of this one, and
+    torch.export cannot return it.
+    """
+
+    args: tuple[Any, ...]
+    kwargs: dict[str, Any]
+    bound: dict[str, Any] | None  # None: forward has no signature to bind to
+    single_tensor: bool  # model(x): the graph's one input is named _ONNX_INPUT
+
+    @classmethod
+    def of(cls, model: nn.Module, inputs: Any) -> _OnnxCall:
+        if isinstance(inputs, Mapping):
+            args, kwargs = (), dict(inputs)
+        elif isinstance(inputs, (tuple, list)):
+            args, kwargs = tuple(inputs), {}
+        else:
+            args, kwargs = (inputs,), {}
+        try:
+            signature = inspect.signature(model.forward)
+        except (TypeError, ValueError):
+            return cls(args, kwargs, None, isinstance(inputs, Tensor))
+        if "use_cache" in signature.parameters:
+            kwargs.setdefault("use_cache", False)
+        try:
+            bound = signature.bind(*args, **kwargs)
+        except TypeError as err:
+            raise ConfigError(
+                f"example_inputs do not fit {type(model).__name__}.forward ({err})"
+            ) from err
+        return cls(bound.args, bound.kwargs, dict(bound.arguments), isinstance(inputs, Tensor))
+
+    def tensors(self) -> list[Tensor]:
+        """The tensors among the arguments, in the order of the ONNX graph's inputs."""
+        return output_tensors((self.args, self.kwargs))
+
+    def dynamic_shapes(self) -> dict[str, Any] | None:
+        """Axis 0 of every argument tensor (of at least one axis) is the batch dimension;
+        ``None`` when the arguments could not be bound to names."""
+        if self.bound is None:
+            return None
+        batch = torch.export.Dim("batch")
+        return {
+            name: _map_tensors(value, lambda t: {0: batch} if t.dim() else None, lambda _: None)
+            for name, value in self.bound.items()
+        }
+
+    def mapped(self, on_tensor: Callable[[Tensor], Tensor]) -> _OnnxCall:
+        """The same call with ``on_tensor`` applied to every argument tensor."""
+
+        def apply(value: Any) -> Any:
+            return _map_tensors(value, on_tensor, lambda other: other)
+
+        return dataclasses.replace(
+            self,
+            args=apply(self.args),
+            kwargs=apply(self.kwargs),
+            bound=None if self.bound is None else apply(self.bound),
+        )
+
+    def __call__(self, model: nn.Module) -> Any:
+        return model(*self.args, **self.kwargs)
+
+
 def _export_onnx(
-    model: nn.Module, input_shape: tuple[int, ...], path: Path
+    model: nn.Module,
+    input_shape: tuple[int, ...] | None,
+    example_inputs: Any,
+    path: Path,
 ) -> tuple[dict[str, Any], bytes]:
     """Write ``model`` (in eval mode) to ``path`` as ONNX and check it with ONNX Runtime.
 
-    The batch dimension is dynamic unless the model fixes it (then the export falls back to
-    the example's batch of 2). Returns the record for ``model.json`` and the file's bytes.
+    The model is exported and checked on ``example_inputs`` (:class:`_OnnxCall`; integer
+    token ids stay integer token ids), or, without them, on random batches of
+    ``input_shape``. The batch dimension (axis 0 of every input) is dynamic unless the
+    model fixes it (then the export keeps the example's batch size); a dynamic export is
+    checked on the example and on the example twice over (batch doubled). Returns the
+    record for ``model.json`` and the file's bytes.
     """
     for module in ("onnx", "onnxscript"):
         _require(module)
     parameter = next(iter(model.parameters()), None)
     device = parameter.device if parameter is not None else torch.device("cpu")
     generator = torch.Generator().manual_seed(0)
-    example = torch.randn(2, *input_shape, generator=generator).to(device)
+    if example_inputs is None:
+        assert input_shape is not None
+        example_inputs = torch.randn(2, *input_shape, generator=generator)
+        random_batch = True
+    else:
+        random_batch = False
+    call = _OnnxCall.of(model, example_inputs).mapped(lambda t: t.detach().to(device))
     was_training = model.training
     model.eval()
     try:
-        dynamic = True
-        try:
-            _onnx_export(model, example, path, dynamic=True)
-        except Exception:  # a model that fixes its batch size: export it as it is
-            dynamic = False
+        dynamic = call.dynamic_shapes() is not None
+        if dynamic:
             try:
-                _onnx_export(model, example, path, dynamic=False)
+                _onnx_export(model, call, path, dynamic=True)
+            except Exception:  # a model that fixes its batch size: export it as it is
+                dynamic = False
+        if not dynamic:
+            try:
+                _onnx_export(model, call, path, dynamic=False)
             except Exception as err:
                 raise UnsupportedModelError(
-                    f"ONNX export of the model failed ({_first_line(err)})"
+                    f"ONNX export of {type(model).__name__} failed: {relayed(err)}"
                 ) from err
-        batch = torch.randn(3 if dynamic else 2, *input_shape, generator=generator)
-        max_diff = _verify_onnx(model, path, batch, device)
+        if random_batch:
+            assert input_shape is not None
+            batch = torch.randn(3 if dynamic else 2, *input_shape, generator=generator)
+            checks = [_OnnxCall.of(model, batch.to(device))]
+        else:
+            checks = [call]
+            if dynamic:
+                checks.append(call.mapped(lambda t: torch.cat([t, t]) if t.dim() else t))
+        session = _onnx_session(path)
+        max_diff = max(_verify_onnx(model, session, check, random_batch) for check in checks)
     finally:
         model.train(was_training)
+    inputs = []
+    for argument, tensor in zip(session.get_inputs(), call.tensors(), strict=True):
+        shape: list[int | str] = list(tensor.shape)
+        if dynamic and shape:
+            shape[0] = "batch"
+        inputs.append(
+            {"name": argument.name, "shape": shape, "dtype": str(tensor.dtype).split(".")[-1]}
+        )
     record = {
         "opset": ONNX_OPSET,
-        "input_name": _ONNX_INPUT,
-        "input_shape": ["batch" if dynamic else 2, *input_shape],
+        "input_name": inputs[0]["name"] if inputs else None,
+        "input_shape": inputs[0]["shape"] if inputs else None,
+        "inputs": inputs,
         "dynamic_batch": dynamic,
         "verified_max_abs_diff": max_diff,
+        "verified_on": "random batches" if random_batch else "example_inputs",
         "tolerance": ONNX_TOLERANCE,
     }
     return record, path.read_bytes()
 
 
-def _verify_onnx(model: nn.Module, path: Path, batch: Tensor, device: torch.device) -> float:
-    """Run ``batch`` through ONNX Runtime and PyTorch; the largest difference, or raise
-    :class:`UnsupportedModelError` unless they agree within ``ONNX_TOLERANCE``."""
+def _onnx_session(path: Path) -> Any:
     ort = _require("onnxruntime")
-    with torch.no_grad():
-        expected = [t.detach().cpu() for t in output_tensors(model(batch.to(device)), strict=True)]
     try:
-        session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-        got = [torch.as_tensor(out) for out in session.run(None, {_ONNX_INPUT: batch.numpy()})]
+        return ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     except Exception as err:
         raise UnsupportedModelError(
-            f"ONNX Runtime cannot run the exported model ({_first_line(err)})"
+            f"ONNX Runtime cannot load the exported model ({relayed(err)})"
+        ) from err
+
+
+def _verify_onnx(model: nn.Module, session: Any, call: _OnnxCall, random_batch: bool) -> float:
+    """Run ``call``'s inputs through ONNX Runtime and PyTorch; the largest difference, or
+    raise :class:`UnsupportedModelError` unless they agree within ``ONNX_TOLERANCE``."""
+    with torch.no_grad():
+        expected = [t.detach().cpu() for t in output_tensors(call(model), strict=True)]
+    names = [arg.name for arg in session.get_inputs()]
+    tensors = call.tensors()
+    if len(names) != len(tensors):
+        raise UnsupportedModelError(
+            f"the ONNX model takes {len(names)} inputs ({', '.join(names)}), "
+            f"the example has {len(tensors)} tensors"
+        )
+    feed = {
+        name: tensor.detach().cpu().numpy() for name, tensor in zip(names, tensors, strict=True)
+    }
+    try:
+        got = [torch.as_tensor(out) for out in session.run(None, feed)]
+    except Exception as err:
+        raise UnsupportedModelError(
+            f"ONNX Runtime cannot run the exported model ({relayed(err)})"
         ) from err
     if len(got) != len(expected):
         raise UnsupportedModelError(
             f"the ONNX model gives {len(got)} outputs, PyTorch {len(expected)}"
         )
+    on = "a random batch" if random_batch else "example_inputs"
     max_diff = 0.0
     for ours, theirs in zip(expected, got, strict=True):
         if theirs.shape != ours.shape:
@@ -473,32 +618,34 @@ def _verify_onnx(model: nn.Module, path: Path, batch: Tensor, device: torch.devi
                 f"the ONNX model's output has shape {list(theirs.shape)}, "
                 f"PyTorch's {list(ours.shape)}"
             )
-        diff = (theirs - ours).abs().max().item() if ours.numel() else 0.0
+        diff = (theirs.double() - ours.double()).abs().max().item() if ours.numel() else 0.0
         if not torch.allclose(theirs, ours, rtol=ONNX_TOLERANCE, atol=ONNX_TOLERANCE):
             raise UnsupportedModelError(
                 f"the ONNX export does not reproduce the model: ONNX Runtime and PyTorch "
-                f"differ by {diff:.3g} (tolerance {ONNX_TOLERANCE}) on a random batch"
+                f"differ by {diff:.3g} (tolerance {ONNX_TOLERANCE}) on {on}"
             )
         max_diff = max(max_diff, diff)
     return max_diff
 
 
-def _onnx_export(model: nn.Module, example: Tensor, path: Path, *, dynamic: bool) -> None:
-    kwargs: dict[str, Any] = {}
+def _onnx_export(model: nn.Module, call: _OnnxCall, path: Path, *, dynamic: bool) -> None:
+    options: dict[str, Any] = {}
     if dynamic:
-        kwargs["dynamic_shapes"] = ({0: torch.export.Dim("batch")},)
+        options["dynamic_shapes"] = call.dynamic_shapes()
+    if call.single_tensor:
+        options["input_names"] = [_ONNX_INPUT]
     with _quiet_onnx_exporter():
         torch.onnx.export(
             model,
-            (example,),
+            call.args,
             str(path),
+            kwargs=call.kwargs,
             dynamo=True,
             external_data=False,
             opset_version=ONNX_OPSET,
-            input_names=[_ONNX_INPUT],
             output_names=[_ONNX_OUTPUT],
             verbose=False,
-            **kwargs,
+            **options,
         )
 
 
@@ -583,6 +730,7 @@ def export(
     model_options: Mapping[str, Any] | None = None,
     masks: Mapping[str, Tensor] | None = None,
     input_shape: Sequence[int] | None = None,
+    example_inputs: Any = None,
     formats: str | Iterable[str] = ("safetensors",),
     min_sparsity: float = 0.0,
     block: int = DEFAULT_BLOCK,
@@ -601,7 +749,12 @@ def export(
         masks: ``{parameter name: keep mask}`` (bool or 0/1) to store beside the weights,
             e.g. :func:`learnprune.masking.read_masks` taken before finalizing.
         input_shape: one example's shape ``(C, H, W)``; default ``model.input_shape``.
-            Needed for ``"onnx"``; recorded in ``model.json``.
+            Needed for ``"onnx"`` without ``example_inputs``; recorded in ``model.json``.
+        example_inputs: what ``"onnx"`` exports and checks the model on, instead of random
+            batches of ``input_shape``: a tensor (``model(x)``), a tuple (``model(*x)``) or
+            a dict (``model(**x)``), e.g. ``{"input_ids": ids, "attention_mask": mask}``
+            for a text model (token ids must be real ids, not noise). Each tensor's axis 0
+            is the batch.
         formats: any of ``"safetensors"``, ``"csr"``, ``"bsr"``, ``"onnx"``.
         min_sparsity: for ``"csr"`` / ``"bsr"``, store a Linear weight sparse only if at
             least this fraction of it is zero (the others stay dense in the same file).
@@ -638,8 +791,18 @@ def export(
             isinstance(s, int) and not isinstance(s, bool) and s >= 1 for s in shape
         ):
             raise ConfigError(f"input_shape must be positive ints, got {input_shape!r}")
-    if "onnx" in chosen and shape is None:
-        raise ConfigError("ONNX export needs input_shape, one example's shape such as (1, 28, 28)")
+    if example_inputs is not None and not isinstance(
+        example_inputs, (Tensor, tuple, list, Mapping)
+    ):
+        raise ConfigError(
+            "example_inputs must be a tensor, a tuple of arguments or a dict of keyword "
+            f"arguments, got {type(example_inputs).__name__}"
+        )
+    if "onnx" in chosen and shape is None and example_inputs is None:
+        raise ConfigError(
+            "ONNX export needs example_inputs (e.g. {'input_ids': ...} for a text model) or "
+            "input_shape, one example's shape such as (1, 28, 28)"
+        )
 
     tensors = _state_tensors(model)
     layers = describe_layers(model)
@@ -654,7 +817,7 @@ def export(
         try:
             architecture["model_options"] = _jsonable(dict(model_options or {}))
         except (TypeError, ValueError) as err:
-            raise ConfigError(f"model_options must be JSON values ({_first_line(err)})") from err
+            raise ConfigError(f"model_options must be JSON values ({relayed(err)})") from err
         skeleton = _reference_model(architecture)  # ConfigError for a bad name / option
         try:
             architecture["resized_layers"] = _apply_layers(skeleton, layers, "the exported model")
@@ -713,10 +876,9 @@ def export(
     with contextlib.ExitStack() as stack:
         onnx_file = None
         if "onnx" in chosen:
-            assert shape is not None
             directory.mkdir(parents=True, exist_ok=True)
             onnx_file = stack.enter_context(_temporary_path(directory / FILES["onnx"]))
-            onnx_record, onnx_bytes = _export_onnx(model, shape, onnx_file)
+            onnx_record, onnx_bytes = _export_onnx(model, shape, example_inputs, onnx_file)
             metadata["onnx"] = {"file": FILES["onnx"], **onnx_record}
             metadata["files"][FILES["onnx"]] = _file_record(onnx_bytes)
 
@@ -839,7 +1001,7 @@ def read_metadata(path_dir: str | os.PathLike[str]) -> dict[str, Any]:
             f"{path} is not valid JSON (line {err.lineno}, column {err.colno}: {err.msg})"
         ) from err
     except (OSError, UnicodeDecodeError) as err:
-        raise CheckpointError(f"{path} cannot be read ({_first_line(err)})") from err
+        raise CheckpointError(f"{path} cannot be read ({relayed(err)})") from err
     return _check_metadata(meta, path)
 
 
@@ -854,7 +1016,7 @@ def _read_tensors(directory: Path, name: str, meta: Mapping[str, Any]) -> dict[s
     try:
         data = path.read_bytes()
     except OSError as err:
-        raise CheckpointError(f"{path} cannot be read ({_first_line(err)})") from err
+        raise CheckpointError(f"{path} cannot be read ({relayed(err)})") from err
     if len(data) != record["bytes"]:
         raise CheckpointError(
             f"{path} has {len(data)} bytes, {METADATA_FILE} records {record['bytes']}: "
@@ -869,7 +1031,7 @@ def _read_tensors(directory: Path, name: str, meta: Mapping[str, Any]) -> dict[s
         tensors = st.load(data)
     except Exception as err:
         raise CheckpointError(
-            f"{path} is corrupt or not a safetensors file ({_first_line(err)})"
+            f"{path} is corrupt or not a safetensors file ({relayed(err)})"
         ) from err
     return dict(tensors)
 
@@ -989,7 +1151,7 @@ def load(
     try:
         model.load_state_dict(tensors, strict=True, assign=True)
     except RuntimeError as err:
-        raise CheckpointError(f"{path} cannot be loaded ({_first_line(err)})") from err
+        raise CheckpointError(f"{path} cannot be loaded ({relayed(err)})") from err
     if architecture["input_shape"] is not None:
         model.input_shape = tuple(architecture["input_shape"])
     return model.eval()

@@ -560,3 +560,96 @@ def test_failed_onnx_check_is_a_clear_error_and_keeps_the_old_export(
         export(model, path, model_name="lenet300", formats=("onnx",), overwrite=True)
     assert sorted(p.name for p in path.iterdir()) == before  # no model.onnx, no temporary
     assert_same_state(model, load(path))  # the previous export is intact
+
+
+# --- ONNX on real example inputs (token ids) ------------------------------------------------
+
+VOCAB = 50
+
+
+def tiny_text_model(family: str) -> nn.Module:
+    transformers = pytest.importorskip("transformers")
+    torch.manual_seed(0)
+    if family == "bert":
+        config = transformers.BertConfig(
+            vocab_size=VOCAB,
+            hidden_size=16,
+            num_hidden_layers=1,
+            num_attention_heads=2,
+            intermediate_size=32,
+            max_position_embeddings=16,
+        )
+        return transformers.BertModel(config).eval()
+    if family == "distilbert":
+        config = transformers.DistilBertConfig(
+            vocab_size=VOCAB,
+            dim=16,
+            n_layers=1,
+            n_heads=2,
+            hidden_dim=32,
+            max_position_embeddings=16,
+        )
+        return transformers.DistilBertModel(config).eval()
+    config = transformers.LlamaConfig(
+        vocab_size=VOCAB,
+        hidden_size=16,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        num_key_value_heads=1,
+        intermediate_size=32,
+        max_position_embeddings=16,
+    )
+    return transformers.LlamaForCausalLM(config).eval()
+
+
+@pytest.mark.skipif(not HAS_ORT, reason="onnxruntime not installed")
+@pytest.mark.parametrize(
+    "family", ["bert", pytest.param("distilbert", marks=pytest.mark.slow), "llama"]
+)
+def test_onnx_export_of_a_token_id_model_runs_on_the_real_ids(tmp_path: Path, family) -> None:
+    """Before, ONNX export fed float noise of input_shape into the embedding."""
+    import onnxruntime as ort
+
+    model = tiny_text_model(family)
+    generator = torch.Generator().manual_seed(3)
+    ids = torch.randint(0, VOCAB, (2, 7), generator=generator)
+    mask = torch.ones(2, 7, dtype=torch.long)
+    mask[1, 5:] = 0  # a padded second sentence
+    inputs = {"input_ids": ids, "attention_mask": mask}
+    path = export(model, tmp_path / family, formats=("onnx",), example_inputs=inputs)
+    record = read_metadata(path)["onnx"]
+    assert record["verified_on"] == "example_inputs" and record["dynamic_batch"]
+    assert record["inputs"] == [
+        {"name": "input_ids", "shape": ["batch", 7], "dtype": "int64"},
+        {"name": "attention_mask", "shape": ["batch", 7], "dtype": "int64"},
+    ]
+    session = ort.InferenceSession(str(path / FILES["onnx"]), providers=["CPUExecutionProvider"])
+    other_ids = torch.randint(0, VOCAB, (3, 7), generator=generator)  # another batch size
+    feed = {"input_ids": other_ids.numpy(), "attention_mask": torch.ones_like(other_ids).numpy()}
+    got = torch.from_numpy(session.run(None, feed)[0])
+    with torch.no_grad():
+        expected = model(input_ids=other_ids, attention_mask=torch.ones_like(other_ids))[0]
+    torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-4)
+
+
+class ColourfulFailure(nn.Module):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        raise RuntimeError("\x1b[31mcannot trace\x1b[0m this layer\n\n  because: no reason\r\n")
+
+
+@pytest.mark.skipif(not HAS_ORT, reason="onnxruntime not installed")
+def test_a_failed_onnx_export_is_one_clean_line_naming_model_and_reason(tmp_path: Path) -> None:
+    with pytest.raises(UnsupportedModelError) as err:
+        export(ColourfulFailure(), tmp_path / "fails", formats=("onnx",), input_shape=(3,))
+    assert str(err.value) == (
+        "ONNX export of ColourfulFailure failed: "
+        "RuntimeError: cannot trace this layer | because: no reason"
+    )
+    assert not (tmp_path / "fails" / "model.json").exists()
+
+
+def test_example_inputs_must_be_tensors_tuples_or_dicts(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="example_inputs must be"):
+        export(nn.Linear(2, 2), tmp_path / "x", formats=("onnx",), example_inputs="ids")
+    with pytest.raises(ConfigError, match=r"example_inputs .* or input_shape"):
+        export(nn.Linear(2, 2), tmp_path / "x", formats=("onnx",))
