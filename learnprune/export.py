@@ -48,8 +48,13 @@ built before compaction, as ``model=``: it is resized in place.
 **Atomicity.** Every file is written to a temporary name in the same directory and renamed
 over its target (``os.replace``); ``model.json`` comes last and, when an export is replaced,
 the old ``model.json`` goes first, so an interrupted export leaves a directory that
-:func:`load` rejects instead of a mix of two exports. :func:`export` refuses a directory that
-holds another export unless ``overwrite=True``.
+:func:`load` rejects instead of a mix of two exports.
+
+**The user's files.** :func:`export` writes into a new or empty directory. A directory that
+holds another export, or any file learnprune did not write (a ``model.onnx`` of your own,
+``notes.txt``), is refused unless ``overwrite=True``; even then only the export's own files
+are replaced or removed: the names it writes, the files the replaced export's
+``model.json`` lists, and temporaries an interrupted write left. Nothing else is touched.
 
 **Errors.** Anything wrong with the files (a missing directory or file, a truncated or
 malformed safetensors or JSON file, a newer format version, tensors that do not fit the
@@ -98,6 +103,7 @@ __all__ = [
     "LOAD_FORMATS",
     "ONNX_OPSET",
     "ONNX_TOLERANCE",
+    "check_export_directory",
     "describe_layers",
     "export",
     "load",
@@ -682,14 +688,88 @@ def _check_masks(
     return checked
 
 
-def _check_directory(directory: Path, overwrite: bool) -> None:
-    if directory.exists() and not directory.is_dir():
+def _plain_name(name: Any) -> bool:
+    return isinstance(name, str) and name not in ("", ".", "..") and Path(name).name == name
+
+
+def _files_of_export(directory: Path) -> set[str]:
+    """The files a learnprune export in ``directory`` wrote: its ``model.json`` and every
+    file that lists (plain names only), or nothing when ``model.json`` is absent or not a
+    learnprune export description."""
+    try:
+        meta = json.loads((directory / METADATA_FILE).read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        return set()
+    if not isinstance(meta, dict) or meta.get("format") != EXPORT_FORMAT:
+        return set()
+    listed = meta.get("files") if isinstance(meta.get("files"), dict) else {}
+    return {METADATA_FILE, *(name for name in listed if _plain_name(name))}
+
+
+def _claim_directory(
+    directory: Path, overwrite: bool, extra_files: Iterable[str] = ()
+) -> tuple[set[str], set[str]]:
+    """Check that an export may be written to ``directory``; returns the files an earlier
+    export there wrote and the temporaries an interrupted write left (both learnprune's).
+
+    The directory may be new or empty. It may hold an earlier export only with
+    ``overwrite``; it may hold any file learnprune did not write only with ``overwrite``,
+    and even then such a file is never removed (only replaced when it has the name of a
+    file this export writes).
+    """
+    if not directory.exists():
+        return set(), set()
+    if not directory.is_dir():
         raise CheckpointError(f"{directory} exists and is not a directory")
-    if (directory / METADATA_FILE).exists() and not overwrite:
+    names = {entry.name for entry in directory.iterdir()}
+    previous = _files_of_export(directory) & names
+    ours = {METADATA_FILE, *_ALL_FILES, *extra_files, *previous}
+    leftovers = {
+        name
+        for name in names
+        if name.endswith(".tmp") and any(name.startswith(f".{own}.") for own in ours)
+    }
+    foreign = sorted(names - previous - leftovers)
+    if overwrite:
+        return previous, leftovers
+    if previous:
         raise CheckpointError(
             f"{directory} already holds an export ({METADATA_FILE}); "
-            "choose another directory or pass overwrite=True"
+            "choose another directory or pass overwrite=True (learnprune: --overwrite)"
         )
+    if foreign:
+        more = f" and {len(foreign) - 3} more" if len(foreign) > 3 else ""
+        raise CheckpointError(
+            f"{directory} holds files learnprune did not write ({', '.join(foreign[:3])}{more}); "
+            "choose a new or empty directory, or pass overwrite=True (learnprune: --overwrite), "
+            "which replaces only the export's own files and leaves the others"
+        )
+    return previous, leftovers
+
+
+def check_export_directory(
+    path_dir: str | os.PathLike[str],
+    *,
+    overwrite: bool = False,
+    extra_files: Iterable[str] = (),
+) -> None:
+    """Raise :class:`CheckpointError` unless :func:`export` may write to ``path_dir`` (the
+    rules of its ``overwrite`` argument); for callers that check before slow work."""
+    _claim_directory(Path(path_dir), overwrite, extra_files)
+
+
+def _check_extra_files(extra_files: Mapping[str, bytes] | None) -> dict[str, bytes]:
+    checked = {}
+    for name, data in (extra_files or {}).items():
+        if not _plain_name(name) or name.startswith(".") or name in (METADATA_FILE, *_ALL_FILES):
+            raise ConfigError(
+                f"extra file name {name!r} must be a plain file name, not hidden and not one "
+                f"of the export's own ({METADATA_FILE}, {', '.join(_ALL_FILES)})"
+            )
+        if not isinstance(data, bytes):
+            raise ConfigError(f"extra file {name!r} must be bytes, got {type(data).__name__}")
+        checked[name] = data
+    return checked
 
 
 def _sparse_payload(
@@ -734,6 +814,7 @@ def export(
     formats: str | Iterable[str] = ("safetensors",),
     min_sparsity: float = 0.0,
     block: int = DEFAULT_BLOCK,
+    extra_files: Mapping[str, bytes] | None = None,
     overwrite: bool = False,
 ) -> Path:
     """Write ``model`` to the directory ``path_dir`` in the given formats (module docstring).
@@ -760,7 +841,13 @@ def export(
             least this fraction of it is zero (the others stay dense in the same file).
             CSR int32 is smaller than dense above 0.5 and faster from about 0.6 (SPEED.md).
         block: BSR block size.
-        overwrite: replace an existing export in ``path_dir``.
+        extra_files: ``{file name: bytes}`` written with the export and listed (size,
+            SHA-256) in ``model.json``, so they count as the export's own files, e.g.
+            :func:`learnprune.deployment.compact_run`'s ``compact.json``.
+        overwrite: replace an existing export in ``path_dir``, or write into a directory
+            that holds other files. Only the export's own files are ever replaced or
+            removed (those it writes, and those the replaced export's ``model.json``
+            lists); every other file in the directory stays.
 
     Returns:
         The directory.
@@ -770,7 +857,8 @@ def export(
             describe ``model``.
         UnsupportedModelError: the model carries gates, holds non-tensor state, or cannot
             be exported to ONNX faithfully.
-        CheckpointError: ``path_dir`` holds another export and ``overwrite`` is False.
+        CheckpointError: ``path_dir`` holds another export, or files learnprune did not
+            write, and ``overwrite`` is False.
     """
     import learnprune
 
@@ -835,8 +923,9 @@ def export(
         raise ConfigError("model_options need a model_name")
     keep_masks = _check_masks(masks, tensors)
 
+    extra = _check_extra_files(extra_files)
     directory = Path(path_dir)
-    _check_directory(directory, overwrite)
+    previous, leftovers = _claim_directory(directory, overwrite, extra)
     metadata: dict[str, Any] = {
         "format": EXPORT_FORMAT,
         "format_version": FORMAT_VERSION,
@@ -886,16 +975,17 @@ def export(
         #    a directory that load() rejects rather than a mix of two exports
         directory.mkdir(parents=True, exist_ok=True)
         (directory / METADATA_FILE).unlink(missing_ok=True)
-        for name, data in payloads.items():
+        for name, data in {**payloads, **extra}.items():
             atomic_write_bytes(directory / name, data)
             metadata["files"][name] = _file_record(data)
         if onnx_file is not None:
             with open(onnx_file, "rb+") as stream:
                 os.fsync(stream.fileno())
             os.replace(onnx_file, directory / FILES["onnx"])
-    for stale in _ALL_FILES:  # left by an export this one replaces
-        if stale not in metadata["files"]:
-            (directory / stale).unlink(missing_ok=True)
+    # the files of the export this one replaces that it does not rewrite, and temporaries an
+    # interrupted write left: learnprune's own, nothing else is ever removed
+    for stale in (previous - set(metadata["files"]) - {METADATA_FILE}) | leftovers:
+        (directory / stale).unlink(missing_ok=True)
     text = json.dumps(metadata, indent=2) + "\n"
     atomic_write_bytes(directory / METADATA_FILE, text.encode())
     return directory

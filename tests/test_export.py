@@ -457,6 +457,59 @@ def test_export_refuses_to_overwrite_another_export(tmp_path: Path) -> None:
     assert read_metadata(path)["formats"] == ["safetensors"]
 
 
+def users_files(directory: Path) -> dict[str, bytes]:
+    """A directory holding files of the user's own, one with an export's file name."""
+    directory.mkdir(parents=True, exist_ok=True)
+    (directory / "model.onnx").write_bytes(b"the user's own ONNX model")
+    (directory / "notes.txt").write_bytes(b"my notes")
+    (directory / "runs").mkdir()
+    return {"model.onnx": b"the user's own ONNX model", "notes.txt": b"my notes"}
+
+
+def test_export_never_touches_a_file_learnprune_did_not_write(tmp_path: Path) -> None:
+    """Before, an export into a directory without model.json deleted the user's model.onnx."""
+    model = pruned_model("lenet300")
+    target = tmp_path / "mixed"
+    theirs = users_files(target)
+    with pytest.raises(CheckpointError) as err:
+        export(model, target, model_name="lenet300")
+    assert_clear(err, "model.onnx, notes.txt, runs")
+    assert sorted(p.name for p in target.iterdir()) == ["model.onnx", "notes.txt", "runs"]
+    export(model, target, model_name="lenet300", formats=("safetensors", "csr"), overwrite=True)
+    export(model, target, model_name="lenet300", overwrite=True)  # drops its own csr file
+    assert sorted(p.name for p in target.iterdir()) == [
+        "model.json",
+        "model.onnx",
+        "model.safetensors",
+        "notes.txt",
+        "runs",
+    ]
+    assert all((target / name).read_bytes() == data for name, data in theirs.items())
+    assert_same_state(model, load(target))
+
+
+def test_an_empty_directory_and_leftover_temporaries_are_fine(tmp_path: Path) -> None:
+    model = pruned_model("lenet300")
+    (tmp_path / "empty").mkdir()
+    export(model, tmp_path / "empty", model_name="lenet300")
+    interrupted = tmp_path / "interrupted"
+    interrupted.mkdir()
+    (interrupted / ".model.safetensors.k2j4.tmp").write_bytes(b"half")
+    export(model, interrupted, model_name="lenet300")
+    assert sorted(p.name for p in interrupted.iterdir()) == ["model.json", "model.safetensors"]
+
+
+def test_extra_files_are_listed_as_the_exports_own(tmp_path: Path) -> None:
+    model = pruned_model("lenet300")
+    target = export(model, tmp_path / "x", model_name="lenet300", extra_files={"a.json": b"{}"})
+    assert read_metadata(target)["files"]["a.json"]["bytes"] == 2
+    export(model, target, model_name="lenet300", overwrite=True)  # a.json was the export's
+    assert not (target / "a.json").exists()
+    for name in ("model.json", "../a.json", ".hidden"):
+        with pytest.raises(ConfigError, match="extra file name"):
+            export(model, tmp_path / "y", model_name="lenet300", extra_files={name: b""})
+
+
 def test_missing_directory_and_files(small_export: Path, tmp_path: Path) -> None:
     with pytest.raises(CheckpointError, match="no export directory") as err:
         load(tmp_path / "nowhere")
