@@ -44,7 +44,7 @@ from learnprune.engine import (
     seed_everything,
     train,
 )
-from learnprune.errors import CheckpointError, ConfigError, LearnpruneError
+from learnprune.errors import CheckpointError, ConfigError, LearnpruneError, relayed
 from learnprune.methods import build_method
 from learnprune.methods.base import PruningMethod, TrainingContext
 from learnprune.models import build_model
@@ -125,9 +125,7 @@ def load_init(model: nn.Module, source: str | Path) -> None:
     try:
         model.load_state_dict(state)
     except RuntimeError as err:
-        raise CheckpointError(
-            f"{path} does not fit this model: {str(err).splitlines()[0]}"
-        ) from err
+        raise CheckpointError(f"{path} does not fit this model: {relayed(err)}") from err
 
 
 def prepare_run_dir(out: str | Path | None, config: RunConfig, resume: bool) -> Path:

@@ -3,10 +3,14 @@ readable line that keeps both what failed and why, and the CLI prints every erro
 
 from __future__ import annotations
 
+import pytest
+import torch
 from conftest import call_cli
+from torch import nn
 
 import learnprune.cli
-from learnprune.errors import ConfigError, clean_text, one_line, relayed
+from learnprune.errors import CheckpointError, ConfigError, clean_text, one_line, relayed
+from learnprune.runner import load_init
 
 # what torch.onnx's TorchExportError looks like: colours, advice lines, blank lines
 COLOURED = (
@@ -65,3 +69,12 @@ def test_cli_prints_a_relayed_multi_line_error_as_one_clean_line(monkeypatch) ->
     assert err.count("\n") == 1 and "\x1b" not in err and "\r" not in err
     assert err.startswith("learnprune: error: cannot do it: Failed to export the model.")
     assert err.rstrip().endswith("<class 'RuntimeError'>: shape mismatch")
+
+
+def test_a_state_dict_mismatch_keeps_the_line_that_names_the_tensor(tmp_path) -> None:
+    """Before, only torch's first line ("Error(s) in loading state_dict for ...:") was kept."""
+    torch.save(nn.Linear(3, 2).state_dict(), tmp_path / "model.pt")
+    with pytest.raises(CheckpointError) as err:
+        load_init(nn.Linear(3, 4), tmp_path / "model.pt")
+    message = str(err.value)
+    assert "\n" not in message and "size mismatch for weight" in message
