@@ -33,7 +33,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from learnprune.errors import CheckpointError
+from learnprune.errors import CheckpointError, relayed
 
 FORMAT = "learnprune-checkpoint"
 VERSION = 1
@@ -245,9 +245,8 @@ def _load(path: Path, what: str) -> Any:
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:
-        first_line = str(err).splitlines()[0] if str(err) else "unreadable"
         raise CheckpointError(
-            f"{path} is corrupt or not a learnprune {what} ({type(err).__name__}: {first_line})"
+            f"{path} is corrupt or not a learnprune {what} ({relayed(err)})"
         ) from err
 
 

@@ -22,7 +22,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, NoReturn
 
-from learnprune.errors import ConfigError, LearnpruneError
+from learnprune.errors import ConfigError, LearnpruneError, one_line
 
 EXIT_USAGE = 2
 EXIT_INTERRUPTED = 130
@@ -141,7 +141,11 @@ def _parser() -> argparse.ArgumentParser:
         action="store_true",
         help="skip checking that the compact model's outputs equal the masked model's",
     )
-    compact.add_argument("--overwrite", action="store_true", help="replace an earlier output")
+    compact.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace an earlier output, or write beside other files (those stay untouched)",
+    )
     compact.add_argument("--data-dir", help="directory holding the data set's files")
 
     export = commands.add_parser(
@@ -160,7 +164,11 @@ def _parser() -> argparse.ArgumentParser:
         default=0.0,
         help="csr/bsr: store a Linear weight sparse only from this sparsity on",
     )
-    export.add_argument("--overwrite", action="store_true", help="replace an earlier export")
+    export.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace an earlier export, or write beside other files (those stay untouched)",
+    )
     export.add_argument("--data-dir", help="directory holding the data set's files")
 
     bench = commands.add_parser(
@@ -243,7 +251,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _dispatch(args)
     except LearnpruneError as err:
         if not getattr(err, "reported_by_rank_0", False):  # one message per torchrun job
-            sys.stderr.write(f"learnprune: error: {err}\n")
+            sys.stderr.write(f"learnprune: error: {one_line(str(err))}\n")
         return err.exit_code
     except KeyboardInterrupt as interrupt:
         hint = ""

@@ -76,7 +76,7 @@ from torch.nn.modules.batchnorm import _BatchNorm
 from torch.nn.utils import parametrize
 
 from learnprune.accounting import Counts, count, human, is_conv_kind
-from learnprune.errors import ConfigError, LearnpruneError, UnsupportedModelError
+from learnprune.errors import ConfigError, LearnpruneError, UnsupportedModelError, one_line
 from learnprune.groups import (
     PRUNABLE_LAYERS,
     build_groups,
@@ -582,8 +582,7 @@ def output_tensors(value: object, *, strict: bool = False) -> list[Tensor]:
 
 
 def _one_line(err: BaseException, limit: int = 160) -> str:
-    text = " ".join(str(err).split())
-    return text if len(text) <= limit else text[: limit - 3] + "..."
+    return one_line(str(err), limit)
 
 
 # --------------------------------------------------------------------------------------------

@@ -10,12 +10,14 @@ weights) and its ``config.json``. These functions rebuild that model, and
 * :func:`export_run` exports the run's model in any of the formats of
   :mod:`learnprune.export`, loads each back and checks it gives the run's test accuracy.
 
-Nothing in the run directory is modified; the output directory must be new (or
-``overwrite``).
+Nothing in the run directory is modified. The output directory must be new or empty, or
+``overwrite`` given; even then only learnprune's own files in it are replaced
+(:func:`learnprune.export.export`), a file of yours there is never touched.
 """
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
@@ -31,6 +33,8 @@ from learnprune.errors import CheckpointError
 
 BENCH_FILE = "bench.json"
 COMPACT_DIR = "compact"
+#: compact_run's summary, written with (and listed in the model.json of) the compact export.
+COMPACT_FILE = "compact.json"
 EXPORT_DIR = "export"
 
 
@@ -72,29 +76,30 @@ def compact_run(
     """Compact a run's model, evaluate both, export the compact one; returns the summary
     written to ``<out>/compact.json`` (default ``out``: ``<run_dir>/compact``)."""
     from learnprune.compact import compact
-    from learnprune.export import export
+    from learnprune.export import check_export_directory, export
 
     configure_torch()
-    config, data, model, options = load_run_model(run_dir, data_dir)
     target = Path(out) if out is not None else Path(run_dir) / COMPACT_DIR
+    check_export_directory(target, overwrite=overwrite, extra_files=[COMPACT_FILE])
+    config, data, model, options = load_run_model(run_dir, data_dir)
     result = compact(model, None, data.input_shape, check=check)
     masked_accuracy = _accuracy(model, data)
     compact_accuracy = _accuracy(result.model, data)
-    export(
-        result.model,
-        target,
-        model_name=config.model,
-        model_options=options,
-        input_shape=data.input_shape,
-        overwrite=overwrite,
-    )
     summary = {
         "run_dir": str(run_dir),
         "test_accuracy_masked": masked_accuracy,
         "test_accuracy_compact": compact_accuracy,
         **result.as_dict(),
     }
-    checkpoint.atomic_write_json(target / "compact.json", summary)
+    export(  # compact.json goes with the export, listed in its model.json as its own file
+        result.model,
+        target,
+        model_name=config.model,
+        model_options=options,
+        input_shape=data.input_shape,
+        extra_files={COMPACT_FILE: (json.dumps(summary, indent=2) + "\n").encode()},
+        overwrite=overwrite,
+    )
     summary["table"] = result.table()
     summary["out"] = str(target)
     return summary
@@ -111,12 +116,13 @@ def export_run(
 ) -> dict[str, Any]:
     """Export a run's model (default ``out``: ``<run_dir>/export``), load every format back
     and evaluate it; returns ``{format: test accuracy}`` with the run's own accuracy."""
-    from learnprune.export import export, load
+    from learnprune.export import check_export_directory, export, load
 
     configure_torch()
+    target = Path(out) if out is not None else Path(run_dir) / EXPORT_DIR
+    check_export_directory(target, overwrite=overwrite)
     config, data, model, options = load_run_model(run_dir, data_dir)
     formats = list(formats)
-    target = Path(out) if out is not None else Path(run_dir) / EXPORT_DIR
     export(
         model,
         target,

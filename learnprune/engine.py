@@ -36,7 +36,7 @@ from tqdm import tqdm
 from learnprune import checkpoint, distributed
 from learnprune.config import TrainConfig
 from learnprune.data import Dataset
-from learnprune.errors import CheckpointError, ConfigError, TrainingDivergedError
+from learnprune.errors import CheckpointError, ConfigError, TrainingDivergedError, relayed
 from learnprune.methods.base import PruningMethod
 
 CHECKPOINT = "checkpoint.pt"
@@ -437,9 +437,7 @@ def _restore(
         method.load_state_dict(state["method_state"])
         optimizer.load_state_dict(state["optimizer_state"])
     except (KeyError, RuntimeError, ValueError) as err:
-        raise CheckpointError(
-            f"checkpoint does not fit this run: {str(err).splitlines()[0]}"
-        ) from err
+        raise CheckpointError(f"checkpoint does not fit this run: {relayed(err)}") from err
     checkpoint.set_rng_state(state["rng"])
 
 

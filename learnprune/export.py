@@ -22,26 +22,39 @@ holds:
 ``model.onnx``              format ``"onnx"``: the inference graph (eval mode) from
                             ``torch.onnx.export`` (the torch.export-based exporter, opset
                             :data:`ONNX_OPSET`, one self-contained file, batch dimension
-                            dynamic where the model allows it), checked with ONNX Runtime
-                            against PyTorch on a random batch before it is kept.
+                            dynamic where the model allows it), traced on the caller's
+                            ``example_inputs`` (token ids stay ids) or a random batch of
+                            ``input_shape``, and checked with ONNX Runtime against PyTorch
+                            on the same inputs before it is kept.
 ``masks.safetensors``       when ``masks`` are given: one bool keep-mask per parameter name.
 ==========================  ===============================================================
 
 **Architecture.** The JSON names the registered model (:func:`learnprune.models.build_model`
 name and options) and records every Conv, Linear and BatchNorm layer's constructor
 arguments (``in_features`` / ``out_channels`` / ``kernel_size`` / ``num_features`` ...).
-:func:`load` builds the reference model, replaces each layer whose recorded arguments differ
-from the reference's by a fresh layer built from the record, then loads the tensors. That is
-what rebuilds a *compacted* model (channels physically removed, every affected layer
-narrower) without pickling its code; a plain pruned model has no differing layer. A model
-that is not in the registry is exported the same way (tensors and layer records); give
-:func:`load` an instance of it as ``model=``.
+:func:`load` builds the reference model and gives each layer whose recorded arguments differ
+from the reference's the recorded ones, then loads the tensors. A layer that differs only in
+its sizes (``in/out_features``, ``in/out_channels``, ``groups``, ``num_features``: what
+compaction changes) is resized in place: new size attributes and right-shaped parameters
+and buffers, its class and ``forward`` kept, so subclasses of ``nn.Conv2d`` / ``nn.Linear``
+with constructors of their own (transformers' ``EfficientNetDepthwiseConv2d``, timm's
+``Conv2dSame``) load too; a plain layer that differs in anything else is replaced by a fresh
+one built from the record. That is what rebuilds a *compacted* model (channels physically
+removed, every affected layer narrower) without pickling its code; a plain pruned model has
+no differing layer. A model that is not in the registry (a Hugging Face model, your own) is
+exported the same way (tensors and layer records); give :func:`load` an instance of it, as
+built before compaction, as ``model=``: it is resized in place.
 
 **Atomicity.** Every file is written to a temporary name in the same directory and renamed
 over its target (``os.replace``); ``model.json`` comes last and, when an export is replaced,
 the old ``model.json`` goes first, so an interrupted export leaves a directory that
-:func:`load` rejects instead of a mix of two exports. :func:`export` refuses a directory that
-holds another export unless ``overwrite=True``.
+:func:`load` rejects instead of a mix of two exports.
+
+**The user's files.** :func:`export` writes into a new or empty directory. A directory that
+holds another export, or any file learnprune did not write (a ``model.onnx`` of your own,
+``notes.txt``), is refused unless ``overwrite=True``; even then only the export's own files
+are replaced or removed: the names it writes, the files the replaced export's
+``model.json`` lists, and temporaries an interrupted write left. Nothing else is touched.
 
 **Errors.** Anything wrong with the files (a missing directory or file, a truncated or
 malformed safetensors or JSON file, a newer format version, tensors that do not fit the
@@ -52,14 +65,16 @@ that names the file.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import hashlib
 import importlib
+import inspect
 import json
 import logging
 import os
 import tempfile
 import warnings
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -70,7 +85,13 @@ from torch.nn.utils import parametrize
 
 from learnprune.checkpoint import atomic_write_bytes
 from learnprune.compact import output_tensors
-from learnprune.errors import CheckpointError, ConfigError, LearnpruneError, UnsupportedModelError
+from learnprune.errors import (
+    CheckpointError,
+    ConfigError,
+    LearnpruneError,
+    UnsupportedModelError,
+    relayed,
+)
 from learnprune.models import build_model
 from learnprune.sparse_linear import DEFAULT_BLOCK, SparseLinear, densify, sparsify
 
@@ -82,6 +103,7 @@ __all__ = [
     "LOAD_FORMATS",
     "ONNX_OPSET",
     "ONNX_TOLERANCE",
+    "check_export_directory",
     "describe_layers",
     "export",
     "load",
@@ -146,11 +168,6 @@ def _require(module: str) -> ModuleType:
         ) from err
 
 
-def _first_line(err: BaseException) -> str:
-    text = str(err).strip()
-    return f"{type(err).__name__}: {text.splitlines()[0]}" if text else type(err).__name__
-
-
 def _jsonable(value: Any) -> Any:
     """``value`` as JSON will give it back (tuples become lists)."""
     return json.loads(json.dumps(value))
@@ -212,6 +229,58 @@ def _build_layer(record: Mapping[str, Any]) -> nn.Module:
     return cls(**kwargs)
 
 
+# The constructor arguments compaction changes; a layer whose record differs from it only in
+# these is resized in place (whatever its class), any other difference needs a fresh layer.
+_SIZE_FIELDS: dict[str, tuple[str, ...]] = {
+    "Linear": ("in_features", "out_features"),
+    **{f"Conv{d}d": ("in_channels", "out_channels", "groups") for d in (1, 2, 3)},
+    **{f"BatchNorm{d}d": ("num_features",) for d in (1, 2, 3)},
+}
+
+
+def _resize_in_place(layer: nn.Module, kind: str, record: Mapping[str, Any]) -> None:
+    """Give ``layer`` the sizes of ``record``: its size attributes and right-shaped (zero)
+    parameters and buffers, ready for ``load_state_dict``; its class, forward and every
+    other attribute stay. Works for subclasses of the layer kinds (transformers'
+    ``EfficientNetDepthwiseConv2d``, timm's ``Conv2dSame``) whose constructors take other
+    arguments.
+
+    Shapes: Linear weight ``(out_features, in_features)``; Conv weight
+    ``(out_channels, in_channels / groups, *kernel_size)``; bias ``(out,)``; BatchNorm
+    weight, bias, ``running_mean`` and ``running_var`` ``(num_features,)``.
+    Raises ``ValueError`` for sizes that do not fit together.
+    """
+    sizes = {field: record[field] for field in _SIZE_FIELDS[kind]}
+    if not all(isinstance(v, int) and not isinstance(v, bool) and v >= 1 for v in sizes.values()):
+        raise ValueError(f"sizes must be positive ints, got {sizes}")
+    if kind == "Linear":
+        shapes = {"weight": (sizes["out_features"], sizes["in_features"])}
+        shapes["bias"] = (sizes["out_features"],)
+    elif kind.startswith("Conv"):
+        groups = sizes["groups"]
+        if sizes["in_channels"] % groups or sizes["out_channels"] % groups:
+            raise ValueError(f"channels {sizes} are not divisible by groups")
+        kernel = tuple(layer.weight.shape[2:])
+        shapes = {"weight": (sizes["out_channels"], sizes["in_channels"] // groups, *kernel)}
+        shapes["bias"] = (sizes["out_channels"],)
+    else:
+        shapes = {name: (sizes["num_features"],) for name in ("weight", "bias")}
+        shapes.update(running_mean=(sizes["num_features"],), running_var=(sizes["num_features"],))
+    for name, shape in shapes.items():
+        current = getattr(layer, name, None)
+        if not isinstance(current, Tensor):  # no bias, affine=False, no running stats
+            continue
+        fresh = torch.zeros(shape, dtype=current.dtype, device=current.device)
+        if name == "running_var":
+            fresh += 1
+        if isinstance(current, nn.Parameter):
+            setattr(layer, name, nn.Parameter(fresh, requires_grad=current.requires_grad))
+        else:
+            layer.register_buffer(name, fresh)
+    for field, value in sizes.items():
+        setattr(layer, field, value)
+
+
 def _set_module(model: nn.Module, name: str, module: nn.Module) -> None:
     parent_name, _, child = name.rpartition(".")
     parent = model.get_submodule(parent_name) if parent_name else model
@@ -244,23 +313,25 @@ def _apply_layers(model: nn.Module, layers: Mapping[str, Mapping[str, Any]], sou
                 f"{source} records layer {name!r} as {record.get('type')}, "
                 f"the rebuilt model has {type(current).__name__}"
             )
-        if _describe(current, kind) == dict(record):
+        described = _describe(current, kind)
+        if described == dict(record):
             continue
-        if type(current) is not _LAYER_KINDS[kind][0]:
-            raise CheckpointError(
-                f"{source} records a resized layer {name!r}, but it is a "
-                f"{type(current).__name__}, not a plain {kind}: cannot rebuild it"
-            )
+        differing = {field for field in described if described[field] != record.get(field)}
         try:
-            layer = _build_layer(record)
+            if differing <= set(_SIZE_FIELDS[kind]):
+                _resize_in_place(current, kind, record)
+            elif type(current) is _LAYER_KINDS[kind][0] and name:
+                _set_module(model, name, _build_layer(record))
+            else:
+                raise CheckpointError(
+                    f"{source} records layer {name!r} with other {', '.join(sorted(differing))} "
+                    f"than the model's {type(current).__name__}, which cannot be rebuilt "
+                    "(only its sizes can be changed in place)"
+                )
         except (KeyError, TypeError, ValueError, RuntimeError) as err:
             raise CheckpointError(
-                f"{source} has an invalid record for layer {name!r} ({_first_line(err)})"
+                f"{source} has an invalid record for layer {name!r} ({relayed(err)})"
             ) from err
-        if name:
-            _set_module(model, name, layer)
-        else:
-            raise CheckpointError(f"{source}: the model's root layer cannot be resized")
         replaced += 1
     return replaced
 
@@ -346,66 +417,206 @@ def _quiet_onnx_exporter() -> Iterator[None]:
         logger.setLevel(level)
 
 
+def _map_tensors(
+    value: Any, on_tensor: Callable[[Tensor], Any], on_other: Callable[[Any], Any]
+) -> Any:
+    """``value`` with every tensor inside its tuples, lists and mappings passed through
+    ``on_tensor`` and every other leaf through ``on_other``."""
+    if isinstance(value, Tensor):
+        return on_tensor(value)
+    if isinstance(value, Mapping):
+        return {key: _map_tensors(item, on_tensor, on_other) for key, item in value.items()}
+    if isinstance(value, (tuple, list)):
+        return type(value)(_map_tensors(item, on_tensor, on_other) for item in value)
+    return on_other(value)
+
+
+@dataclasses.dataclass(frozen=True)
+class _OnnxCall:
+    """How the exporter and the check call the model: ``model(*args, **kwargs)``.
+
+    :meth:`of` takes ``example_inputs`` the way
+    :func:`~learnprune.transformer_compact.call_model` does: a mapping is
+    ``model(**inputs)`` (``{"input_ids": ..., "attention_mask": ...}``), a tuple or list
+    ``model(*inputs)``, anything else ``model(inputs)``. The arguments are bound to
+    ``forward``'s signature (``bound``: parameter name -> value, in its order, which is the
+    order and the names of the graph's inputs), and a model whose ``forward`` takes
+    ``use_cache`` (a Hugging Face decoder) gets ``use_cache=False`` unless the inputs set
+    it: the key/value cache is state for the next call, not an output of this one, and
+    torch.export cannot return it.
+    """
+
+    args: tuple[Any, ...]
+    kwargs: dict[str, Any]
+    bound: dict[str, Any] | None  # None: forward has no signature to bind to
+    single_tensor: bool  # model(x): the graph's one input is named _ONNX_INPUT
+
+    @classmethod
+    def of(cls, model: nn.Module, inputs: Any) -> _OnnxCall:
+        if isinstance(inputs, Mapping):
+            args, kwargs = (), dict(inputs)
+        elif isinstance(inputs, (tuple, list)):
+            args, kwargs = tuple(inputs), {}
+        else:
+            args, kwargs = (inputs,), {}
+        try:
+            signature = inspect.signature(model.forward)
+        except (TypeError, ValueError):
+            return cls(args, kwargs, None, isinstance(inputs, Tensor))
+        if "use_cache" in signature.parameters:
+            kwargs.setdefault("use_cache", False)
+        try:
+            bound = signature.bind(*args, **kwargs)
+        except TypeError as err:
+            raise ConfigError(
+                f"example_inputs do not fit {type(model).__name__}.forward ({err})"
+            ) from err
+        return cls(bound.args, bound.kwargs, dict(bound.arguments), isinstance(inputs, Tensor))
+
+    def tensors(self) -> list[Tensor]:
+        """The tensors among the arguments, in the order of the ONNX graph's inputs."""
+        return output_tensors((self.args, self.kwargs))
+
+    def dynamic_shapes(self) -> dict[str, Any] | None:
+        """Axis 0 of every argument tensor (of at least one axis) is the batch dimension;
+        ``None`` when the arguments could not be bound to names."""
+        if self.bound is None:
+            return None
+        batch = torch.export.Dim("batch")
+        return {
+            name: _map_tensors(value, lambda t: {0: batch} if t.dim() else None, lambda _: None)
+            for name, value in self.bound.items()
+        }
+
+    def mapped(self, on_tensor: Callable[[Tensor], Tensor]) -> _OnnxCall:
+        """The same call with ``on_tensor`` applied to every argument tensor."""
+
+        def apply(value: Any) -> Any:
+            return _map_tensors(value, on_tensor, lambda other: other)
+
+        return dataclasses.replace(
+            self,
+            args=apply(self.args),
+            kwargs=apply(self.kwargs),
+            bound=None if self.bound is None else apply(self.bound),
+        )
+
+    def __call__(self, model: nn.Module) -> Any:
+        return model(*self.args, **self.kwargs)
+
+
 def _export_onnx(
-    model: nn.Module, input_shape: tuple[int, ...], path: Path
+    model: nn.Module,
+    input_shape: tuple[int, ...] | None,
+    example_inputs: Any,
+    path: Path,
 ) -> tuple[dict[str, Any], bytes]:
     """Write ``model`` (in eval mode) to ``path`` as ONNX and check it with ONNX Runtime.
 
-    The batch dimension is dynamic unless the model fixes it (then the export falls back to
-    the example's batch of 2). Returns the record for ``model.json`` and the file's bytes.
+    The model is exported and checked on ``example_inputs`` (:class:`_OnnxCall`; integer
+    token ids stay integer token ids), or, without them, on random batches of
+    ``input_shape``. The batch dimension (axis 0 of every input) is dynamic unless the
+    model fixes it (then the export keeps the example's batch size); a dynamic export is
+    checked on the example and on the example twice over (batch doubled). Returns the
+    record for ``model.json`` and the file's bytes.
     """
     for module in ("onnx", "onnxscript"):
         _require(module)
     parameter = next(iter(model.parameters()), None)
     device = parameter.device if parameter is not None else torch.device("cpu")
     generator = torch.Generator().manual_seed(0)
-    example = torch.randn(2, *input_shape, generator=generator).to(device)
+    if example_inputs is None:
+        assert input_shape is not None
+        example_inputs = torch.randn(2, *input_shape, generator=generator)
+        random_batch = True
+    else:
+        random_batch = False
+    call = _OnnxCall.of(model, example_inputs).mapped(lambda t: t.detach().to(device))
     was_training = model.training
     model.eval()
     try:
-        dynamic = True
-        try:
-            _onnx_export(model, example, path, dynamic=True)
-        except Exception:  # a model that fixes its batch size: export it as it is
-            dynamic = False
+        dynamic = call.dynamic_shapes() is not None
+        if dynamic:
             try:
-                _onnx_export(model, example, path, dynamic=False)
+                _onnx_export(model, call, path, dynamic=True)
+            except Exception:  # a model that fixes its batch size: export it as it is
+                dynamic = False
+        if not dynamic:
+            try:
+                _onnx_export(model, call, path, dynamic=False)
             except Exception as err:
                 raise UnsupportedModelError(
-                    f"ONNX export of the model failed ({_first_line(err)})"
+                    f"ONNX export of {type(model).__name__} failed: {relayed(err)}"
                 ) from err
-        batch = torch.randn(3 if dynamic else 2, *input_shape, generator=generator)
-        max_diff = _verify_onnx(model, path, batch, device)
+        if random_batch:
+            assert input_shape is not None
+            batch = torch.randn(3 if dynamic else 2, *input_shape, generator=generator)
+            checks = [_OnnxCall.of(model, batch.to(device))]
+        else:
+            checks = [call]
+            if dynamic:
+                checks.append(call.mapped(lambda t: torch.cat([t, t]) if t.dim() else t))
+        session = _onnx_session(path)
+        max_diff = max(_verify_onnx(model, session, check, random_batch) for check in checks)
     finally:
         model.train(was_training)
+    inputs = []
+    for argument, tensor in zip(session.get_inputs(), call.tensors(), strict=True):
+        shape: list[int | str] = list(tensor.shape)
+        if dynamic and shape:
+            shape[0] = "batch"
+        inputs.append(
+            {"name": argument.name, "shape": shape, "dtype": str(tensor.dtype).split(".")[-1]}
+        )
     record = {
         "opset": ONNX_OPSET,
-        "input_name": _ONNX_INPUT,
-        "input_shape": ["batch" if dynamic else 2, *input_shape],
+        "input_name": inputs[0]["name"] if inputs else None,
+        "input_shape": inputs[0]["shape"] if inputs else None,
+        "inputs": inputs,
         "dynamic_batch": dynamic,
         "verified_max_abs_diff": max_diff,
+        "verified_on": "random batches" if random_batch else "example_inputs",
         "tolerance": ONNX_TOLERANCE,
     }
     return record, path.read_bytes()
 
 
-def _verify_onnx(model: nn.Module, path: Path, batch: Tensor, device: torch.device) -> float:
-    """Run ``batch`` through ONNX Runtime and PyTorch; the largest difference, or raise
-    :class:`UnsupportedModelError` unless they agree within ``ONNX_TOLERANCE``."""
+def _onnx_session(path: Path) -> Any:
     ort = _require("onnxruntime")
-    with torch.no_grad():
-        expected = [t.detach().cpu() for t in output_tensors(model(batch.to(device)), strict=True)]
     try:
-        session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-        got = [torch.as_tensor(out) for out in session.run(None, {_ONNX_INPUT: batch.numpy()})]
+        return ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     except Exception as err:
         raise UnsupportedModelError(
-            f"ONNX Runtime cannot run the exported model ({_first_line(err)})"
+            f"ONNX Runtime cannot load the exported model ({relayed(err)})"
+        ) from err
+
+
+def _verify_onnx(model: nn.Module, session: Any, call: _OnnxCall, random_batch: bool) -> float:
+    """Run ``call``'s inputs through ONNX Runtime and PyTorch; the largest difference, or
+    raise :class:`UnsupportedModelError` unless they agree within ``ONNX_TOLERANCE``."""
+    with torch.no_grad():
+        expected = [t.detach().cpu() for t in output_tensors(call(model), strict=True)]
+    names = [arg.name for arg in session.get_inputs()]
+    tensors = call.tensors()
+    if len(names) != len(tensors):
+        raise UnsupportedModelError(
+            f"the ONNX model takes {len(names)} inputs ({', '.join(names)}), "
+            f"the example has {len(tensors)} tensors"
+        )
+    feed = {
+        name: tensor.detach().cpu().numpy() for name, tensor in zip(names, tensors, strict=True)
+    }
+    try:
+        got = [torch.as_tensor(out) for out in session.run(None, feed)]
+    except Exception as err:
+        raise UnsupportedModelError(
+            f"ONNX Runtime cannot run the exported model ({relayed(err)})"
         ) from err
     if len(got) != len(expected):
         raise UnsupportedModelError(
             f"the ONNX model gives {len(got)} outputs, PyTorch {len(expected)}"
         )
+    on = "a random batch" if random_batch else "example_inputs"
     max_diff = 0.0
     for ours, theirs in zip(expected, got, strict=True):
         if theirs.shape != ours.shape:
@@ -413,32 +624,34 @@ def _verify_onnx(model: nn.Module, path: Path, batch: Tensor, device: torch.devi
                 f"the ONNX model's output has shape {list(theirs.shape)}, "
                 f"PyTorch's {list(ours.shape)}"
             )
-        diff = (theirs - ours).abs().max().item() if ours.numel() else 0.0
+        diff = (theirs.double() - ours.double()).abs().max().item() if ours.numel() else 0.0
         if not torch.allclose(theirs, ours, rtol=ONNX_TOLERANCE, atol=ONNX_TOLERANCE):
             raise UnsupportedModelError(
                 f"the ONNX export does not reproduce the model: ONNX Runtime and PyTorch "
-                f"differ by {diff:.3g} (tolerance {ONNX_TOLERANCE}) on a random batch"
+                f"differ by {diff:.3g} (tolerance {ONNX_TOLERANCE}) on {on}"
             )
         max_diff = max(max_diff, diff)
     return max_diff
 
 
-def _onnx_export(model: nn.Module, example: Tensor, path: Path, *, dynamic: bool) -> None:
-    kwargs: dict[str, Any] = {}
+def _onnx_export(model: nn.Module, call: _OnnxCall, path: Path, *, dynamic: bool) -> None:
+    options: dict[str, Any] = {}
     if dynamic:
-        kwargs["dynamic_shapes"] = ({0: torch.export.Dim("batch")},)
+        options["dynamic_shapes"] = call.dynamic_shapes()
+    if call.single_tensor:
+        options["input_names"] = [_ONNX_INPUT]
     with _quiet_onnx_exporter():
         torch.onnx.export(
             model,
-            (example,),
+            call.args,
             str(path),
+            kwargs=call.kwargs,
             dynamo=True,
             external_data=False,
             opset_version=ONNX_OPSET,
-            input_names=[_ONNX_INPUT],
             output_names=[_ONNX_OUTPUT],
             verbose=False,
-            **kwargs,
+            **options,
         )
 
 
@@ -475,14 +688,88 @@ def _check_masks(
     return checked
 
 
-def _check_directory(directory: Path, overwrite: bool) -> None:
-    if directory.exists() and not directory.is_dir():
+def _plain_name(name: Any) -> bool:
+    return isinstance(name, str) and name not in ("", ".", "..") and Path(name).name == name
+
+
+def _files_of_export(directory: Path) -> set[str]:
+    """The files a learnprune export in ``directory`` wrote: its ``model.json`` and every
+    file that lists (plain names only), or nothing when ``model.json`` is absent or not a
+    learnprune export description."""
+    try:
+        meta = json.loads((directory / METADATA_FILE).read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        return set()
+    if not isinstance(meta, dict) or meta.get("format") != EXPORT_FORMAT:
+        return set()
+    listed = meta.get("files") if isinstance(meta.get("files"), dict) else {}
+    return {METADATA_FILE, *(name for name in listed if _plain_name(name))}
+
+
+def _claim_directory(
+    directory: Path, overwrite: bool, extra_files: Iterable[str] = ()
+) -> tuple[set[str], set[str]]:
+    """Check that an export may be written to ``directory``; returns the files an earlier
+    export there wrote and the temporaries an interrupted write left (both learnprune's).
+
+    The directory may be new or empty. It may hold an earlier export only with
+    ``overwrite``; it may hold any file learnprune did not write only with ``overwrite``,
+    and even then such a file is never removed (only replaced when it has the name of a
+    file this export writes).
+    """
+    if not directory.exists():
+        return set(), set()
+    if not directory.is_dir():
         raise CheckpointError(f"{directory} exists and is not a directory")
-    if (directory / METADATA_FILE).exists() and not overwrite:
+    names = {entry.name for entry in directory.iterdir()}
+    previous = _files_of_export(directory) & names
+    ours = {METADATA_FILE, *_ALL_FILES, *extra_files, *previous}
+    leftovers = {
+        name
+        for name in names
+        if name.endswith(".tmp") and any(name.startswith(f".{own}.") for own in ours)
+    }
+    foreign = sorted(names - previous - leftovers)
+    if overwrite:
+        return previous, leftovers
+    if previous:
         raise CheckpointError(
             f"{directory} already holds an export ({METADATA_FILE}); "
-            "choose another directory or pass overwrite=True"
+            "choose another directory or pass overwrite=True (learnprune: --overwrite)"
         )
+    if foreign:
+        more = f" and {len(foreign) - 3} more" if len(foreign) > 3 else ""
+        raise CheckpointError(
+            f"{directory} holds files learnprune did not write ({', '.join(foreign[:3])}{more}); "
+            "choose a new or empty directory, or pass overwrite=True (learnprune: --overwrite), "
+            "which replaces only the export's own files and leaves the others"
+        )
+    return previous, leftovers
+
+
+def check_export_directory(
+    path_dir: str | os.PathLike[str],
+    *,
+    overwrite: bool = False,
+    extra_files: Iterable[str] = (),
+) -> None:
+    """Raise :class:`CheckpointError` unless :func:`export` may write to ``path_dir`` (the
+    rules of its ``overwrite`` argument); for callers that check before slow work."""
+    _claim_directory(Path(path_dir), overwrite, extra_files)
+
+
+def _check_extra_files(extra_files: Mapping[str, bytes] | None) -> dict[str, bytes]:
+    checked = {}
+    for name, data in (extra_files or {}).items():
+        if not _plain_name(name) or name.startswith(".") or name in (METADATA_FILE, *_ALL_FILES):
+            raise ConfigError(
+                f"extra file name {name!r} must be a plain file name, not hidden and not one "
+                f"of the export's own ({METADATA_FILE}, {', '.join(_ALL_FILES)})"
+            )
+        if not isinstance(data, bytes):
+            raise ConfigError(f"extra file {name!r} must be bytes, got {type(data).__name__}")
+        checked[name] = data
+    return checked
 
 
 def _sparse_payload(
@@ -523,9 +810,11 @@ def export(
     model_options: Mapping[str, Any] | None = None,
     masks: Mapping[str, Tensor] | None = None,
     input_shape: Sequence[int] | None = None,
+    example_inputs: Any = None,
     formats: str | Iterable[str] = ("safetensors",),
     min_sparsity: float = 0.0,
     block: int = DEFAULT_BLOCK,
+    extra_files: Mapping[str, bytes] | None = None,
     overwrite: bool = False,
 ) -> Path:
     """Write ``model`` to the directory ``path_dir`` in the given formats (module docstring).
@@ -541,13 +830,24 @@ def export(
         masks: ``{parameter name: keep mask}`` (bool or 0/1) to store beside the weights,
             e.g. :func:`learnprune.masking.read_masks` taken before finalizing.
         input_shape: one example's shape ``(C, H, W)``; default ``model.input_shape``.
-            Needed for ``"onnx"``; recorded in ``model.json``.
+            Needed for ``"onnx"`` without ``example_inputs``; recorded in ``model.json``.
+        example_inputs: what ``"onnx"`` exports and checks the model on, instead of random
+            batches of ``input_shape``: a tensor (``model(x)``), a tuple (``model(*x)``) or
+            a dict (``model(**x)``), e.g. ``{"input_ids": ids, "attention_mask": mask}``
+            for a text model (token ids must be real ids, not noise). Each tensor's axis 0
+            is the batch.
         formats: any of ``"safetensors"``, ``"csr"``, ``"bsr"``, ``"onnx"``.
         min_sparsity: for ``"csr"`` / ``"bsr"``, store a Linear weight sparse only if at
             least this fraction of it is zero (the others stay dense in the same file).
             CSR int32 is smaller than dense above 0.5 and faster from about 0.6 (SPEED.md).
         block: BSR block size.
-        overwrite: replace an existing export in ``path_dir``.
+        extra_files: ``{file name: bytes}`` written with the export and listed (size,
+            SHA-256) in ``model.json``, so they count as the export's own files, e.g.
+            :func:`learnprune.deployment.compact_run`'s ``compact.json``.
+        overwrite: replace an existing export in ``path_dir``, or write into a directory
+            that holds other files. Only the export's own files are ever replaced or
+            removed (those it writes, and those the replaced export's ``model.json``
+            lists); every other file in the directory stays.
 
     Returns:
         The directory.
@@ -557,7 +857,8 @@ def export(
             describe ``model``.
         UnsupportedModelError: the model carries gates, holds non-tensor state, or cannot
             be exported to ONNX faithfully.
-        CheckpointError: ``path_dir`` holds another export and ``overwrite`` is False.
+        CheckpointError: ``path_dir`` holds another export, or files learnprune did not
+            write, and ``overwrite`` is False.
     """
     import learnprune
 
@@ -578,8 +879,18 @@ def export(
             isinstance(s, int) and not isinstance(s, bool) and s >= 1 for s in shape
         ):
             raise ConfigError(f"input_shape must be positive ints, got {input_shape!r}")
-    if "onnx" in chosen and shape is None:
-        raise ConfigError("ONNX export needs input_shape, one example's shape such as (1, 28, 28)")
+    if example_inputs is not None and not isinstance(
+        example_inputs, (Tensor, tuple, list, Mapping)
+    ):
+        raise ConfigError(
+            "example_inputs must be a tensor, a tuple of arguments or a dict of keyword "
+            f"arguments, got {type(example_inputs).__name__}"
+        )
+    if "onnx" in chosen and shape is None and example_inputs is None:
+        raise ConfigError(
+            "ONNX export needs example_inputs (e.g. {'input_ids': ...} for a text model) or "
+            "input_shape, one example's shape such as (1, 28, 28)"
+        )
 
     tensors = _state_tensors(model)
     layers = describe_layers(model)
@@ -594,7 +905,7 @@ def export(
         try:
             architecture["model_options"] = _jsonable(dict(model_options or {}))
         except (TypeError, ValueError) as err:
-            raise ConfigError(f"model_options must be JSON values ({_first_line(err)})") from err
+            raise ConfigError(f"model_options must be JSON values ({relayed(err)})") from err
         skeleton = _reference_model(architecture)  # ConfigError for a bad name / option
         try:
             architecture["resized_layers"] = _apply_layers(skeleton, layers, "the exported model")
@@ -612,8 +923,9 @@ def export(
         raise ConfigError("model_options need a model_name")
     keep_masks = _check_masks(masks, tensors)
 
+    extra = _check_extra_files(extra_files)
     directory = Path(path_dir)
-    _check_directory(directory, overwrite)
+    previous, leftovers = _claim_directory(directory, overwrite, extra)
     metadata: dict[str, Any] = {
         "format": EXPORT_FORMAT,
         "format_version": FORMAT_VERSION,
@@ -653,10 +965,9 @@ def export(
     with contextlib.ExitStack() as stack:
         onnx_file = None
         if "onnx" in chosen:
-            assert shape is not None
             directory.mkdir(parents=True, exist_ok=True)
             onnx_file = stack.enter_context(_temporary_path(directory / FILES["onnx"]))
-            onnx_record, onnx_bytes = _export_onnx(model, shape, onnx_file)
+            onnx_record, onnx_bytes = _export_onnx(model, shape, example_inputs, onnx_file)
             metadata["onnx"] = {"file": FILES["onnx"], **onnx_record}
             metadata["files"][FILES["onnx"]] = _file_record(onnx_bytes)
 
@@ -664,16 +975,17 @@ def export(
         #    a directory that load() rejects rather than a mix of two exports
         directory.mkdir(parents=True, exist_ok=True)
         (directory / METADATA_FILE).unlink(missing_ok=True)
-        for name, data in payloads.items():
+        for name, data in {**payloads, **extra}.items():
             atomic_write_bytes(directory / name, data)
             metadata["files"][name] = _file_record(data)
         if onnx_file is not None:
             with open(onnx_file, "rb+") as stream:
                 os.fsync(stream.fileno())
             os.replace(onnx_file, directory / FILES["onnx"])
-    for stale in _ALL_FILES:  # left by an export this one replaces
-        if stale not in metadata["files"]:
-            (directory / stale).unlink(missing_ok=True)
+    # the files of the export this one replaces that it does not rewrite, and temporaries an
+    # interrupted write left: learnprune's own, nothing else is ever removed
+    for stale in (previous - set(metadata["files"]) - {METADATA_FILE}) | leftovers:
+        (directory / stale).unlink(missing_ok=True)
     text = json.dumps(metadata, indent=2) + "\n"
     atomic_write_bytes(directory / METADATA_FILE, text.encode())
     return directory
@@ -779,7 +1091,7 @@ def read_metadata(path_dir: str | os.PathLike[str]) -> dict[str, Any]:
             f"{path} is not valid JSON (line {err.lineno}, column {err.colno}: {err.msg})"
         ) from err
     except (OSError, UnicodeDecodeError) as err:
-        raise CheckpointError(f"{path} cannot be read ({_first_line(err)})") from err
+        raise CheckpointError(f"{path} cannot be read ({relayed(err)})") from err
     return _check_metadata(meta, path)
 
 
@@ -794,7 +1106,7 @@ def _read_tensors(directory: Path, name: str, meta: Mapping[str, Any]) -> dict[s
     try:
         data = path.read_bytes()
     except OSError as err:
-        raise CheckpointError(f"{path} cannot be read ({_first_line(err)})") from err
+        raise CheckpointError(f"{path} cannot be read ({relayed(err)})") from err
     if len(data) != record["bytes"]:
         raise CheckpointError(
             f"{path} has {len(data)} bytes, {METADATA_FILE} records {record['bytes']}: "
@@ -809,7 +1121,7 @@ def _read_tensors(directory: Path, name: str, meta: Mapping[str, Any]) -> dict[s
         tensors = st.load(data)
     except Exception as err:
         raise CheckpointError(
-            f"{path} is corrupt or not a safetensors file ({_first_line(err)})"
+            f"{path} is corrupt or not a safetensors file ({relayed(err)})"
         ) from err
     return dict(tensors)
 
@@ -868,7 +1180,8 @@ def load(
             (Run ``model.onnx`` with ``onnxruntime.InferenceSession``.)
         model: an instance of the exported architecture to load into (changed in place);
             required when the export names no registered model, optional otherwise. Its
-            Conv/Linear/BatchNorm layers are resized to the recorded ones where they differ.
+            Conv/Linear/BatchNorm layers (subclasses included) are resized in place to the
+            recorded sizes where they differ.
 
     Raises:
         ConfigError: an unknown ``format``.
@@ -928,7 +1241,7 @@ def load(
     try:
         model.load_state_dict(tensors, strict=True, assign=True)
     except RuntimeError as err:
-        raise CheckpointError(f"{path} cannot be loaded ({_first_line(err)})") from err
+        raise CheckpointError(f"{path} cannot be loaded ({relayed(err)})") from err
     if architecture["input_shape"] is not None:
         model.input_shape = tuple(architecture["input_shape"])
     return model.eval()

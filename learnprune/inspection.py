@@ -59,7 +59,7 @@ import torch
 from torch import nn
 from torch.nn.modules.batchnorm import _NormBase
 
-from learnprune.errors import ConfigError, LearnpruneError, UnsupportedModelError
+from learnprune.errors import ConfigError, LearnpruneError, UnsupportedModelError, relayed
 from learnprune.groups import (
     STRUCTURED_KINDS,
     GroupPlan,
@@ -572,5 +572,4 @@ def _parse_shape(text: str | None) -> tuple[int, ...] | None:
 
 
 def _one_line(err: BaseException) -> str:
-    text = str(err).strip().splitlines()
-    return f"{type(err).__name__}: {text[0] if text else ''}".rstrip(": ")
+    return relayed(err)

@@ -60,6 +60,7 @@ from learnprune.errors import (
     ConfigError,
     LearnpruneError,
     TrainingDivergedError,
+    relayed,
 )
 from learnprune.methods import build_method
 from learnprune.methods.base import PruningMethod, TrainingContext
@@ -139,9 +140,7 @@ def load_init(model: nn.Module, source: str | Path) -> None:
     try:
         model.load_state_dict(state)
     except RuntimeError as err:
-        raise CheckpointError(
-            f"{path} does not fit this model: {str(err).splitlines()[0]}"
-        ) from err
+        raise CheckpointError(f"{path} does not fit this model: {relayed(err)}") from err
 
 
 def claim_run_dir(

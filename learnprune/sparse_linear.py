@@ -42,7 +42,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from learnprune.errors import ConfigError
+from learnprune.errors import ConfigError, relayed
 
 __all__ = [
     "DEFAULT_BLOCK",
@@ -256,8 +256,7 @@ class SparseLinear(nn.Module):
             self._weight_cache = None
             _ = self.weight
         except RuntimeError as err:
-            first_line = str(err).splitlines()[0] if str(err) else "invalid"
-            raise ConfigError(f"{what}: not a valid sparse matrix ({first_line})") from err
+            raise ConfigError(f"{what}: not a valid sparse matrix ({relayed(err)})") from err
 
     # -- forward ---------------------------------------------------------------------------
 

@@ -71,6 +71,29 @@ def test_a_second_export_into_the_same_directory_is_refused(structured_run, tmp_
 
 
 @pytest.mark.parametrize("command", ["compact", "export"])
+def test_a_users_files_in_the_output_directory_survive(structured_run, tmp_path, command) -> None:
+    """Before, both commands wrote into a directory without model.json and deleted the
+    user's model.onnx there."""
+    target = tmp_path / "out"
+    target.mkdir()
+    theirs = {"model.onnx": b"the user's own ONNX model", "notes.txt": b"my notes"}
+    for name, data in theirs.items():
+        (target / name).write_bytes(data)
+    code, _out, err = call(command, str(structured_run), "--out", str(target))
+    assert code == 2 and len(err.strip().splitlines()) == 1 and "Traceback" not in err
+    assert "did not write (model.onnx, notes.txt)" in err and "--overwrite" in err
+    assert sorted(p.name for p in target.iterdir()) == ["model.onnx", "notes.txt"]
+    code, _out, err = call(command, str(structured_run), "--out", str(target), "--overwrite")
+    assert code == 0, err
+    assert all((target / name).read_bytes() == data for name, data in theirs.items())
+    listed = set(json.loads((target / "model.json").read_text())["files"])
+    own = {"compact.json"} if command == "compact" else {"masks.safetensors"}
+    assert listed == {"model.safetensors", *own}
+    assert {p.name for p in target.iterdir()} == {"model.json", *listed, *theirs}
+    load(target)
+
+
+@pytest.mark.parametrize("command", ["compact", "export"])
 def test_a_directory_that_is_not_a_finished_run(tmp_path, command) -> None:
     code, _out, err = call(command, str(tmp_path))
     assert code == 2

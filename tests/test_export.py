@@ -18,6 +18,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.nn.utils import parametrize
 
+from learnprune.compact import compact
 from learnprune.errors import CheckpointError, ConfigError, LearnpruneError, UnsupportedModelError
 from learnprune.export import FILES, export, load, load_masks, read_metadata
 from learnprune.models import build_model
@@ -307,6 +308,108 @@ def test_model_outside_the_registry(tmp_path: Path) -> None:
     assert_same_state(model, load(path, model=skeleton))
 
 
+class SameConv2d(nn.Conv2d):
+    """A Conv2d subclass whose constructor takes other arguments (like timm's Conv2dSame or
+    transformers' EfficientNetDepthwiseConv2d): it cannot be rebuilt from a Conv2d record."""
+
+    def __init__(self, channels: int, multiplier: int = 1) -> None:
+        super().__init__(channels, channels * multiplier, 3, groups=channels, bias=True)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return super().forward(F.pad(x, (1, 1, 1, 1), mode="replicate"))
+
+
+class TwoLinear(nn.Linear):
+    def __init__(self, width: int) -> None:
+        super().__init__(width, 2 * width)
+
+
+def subclass_net() -> nn.Module:
+    return nn.Sequential(
+        nn.Conv2d(1, 6, 1),
+        nn.BatchNorm2d(6),
+        SameConv2d(6),
+        nn.Flatten(),
+        TwoLinear(6 * 16),
+        nn.ReLU(),
+        nn.Linear(2 * 6 * 16, 3),
+    )
+
+
+def test_subclassed_conv_and_linear_are_resized_in_place(tmp_path: Path) -> None:
+    """Before, load refused a resized layer that is not a plain nn.Conv2d / nn.Linear."""
+    torch.manual_seed(0)
+    model = subclass_net().eval()
+    with torch.no_grad():  # nothing reads channels 1, 3, 4 (16 inputs each); 40 neurons kept
+        for index in (1, 3, 4):
+            model[4].weight[:, 16 * index : 16 * (index + 1)] = 0
+        model[4].weight[40:] = 0
+        model[4].bias[40:] = 0
+    compact_model = compact(model, None, (1, 4, 4)).model
+    assert compact_model[2].out_channels == 3 and compact_model[2].groups == 3
+    assert type(compact_model[2]) is SameConv2d and compact_model[4].out_features == 40
+    path = export(compact_model, tmp_path / "subclass", input_shape=(1, 4, 4))
+    skeleton = subclass_net()
+    loaded = load(path, model=skeleton)
+    assert loaded is skeleton and type(loaded[2]) is SameConv2d
+    assert (loaded[1].num_features, loaded[1].running_mean.shape) == (3, (3,))
+    assert_same_state(compact_model, loaded)
+    x = torch.randn(5, 1, 4, 4)
+    with torch.no_grad():
+        assert torch.equal(loaded(x), compact_model(x))
+        assert torch.allclose(loaded(x), model(x), atol=1e-6)
+
+
+def test_subclass_with_another_kernel_is_refused_in_one_line(tmp_path: Path) -> None:
+    model = nn.Sequential(SameConv2d(2))
+    path = export(model, tmp_path / "kernel", input_shape=(2, 4, 4))
+    other = nn.Sequential(SameConv2d(2))
+    other[0].stride = (2, 2)
+    with pytest.raises(CheckpointError, match=r"layer '0' with other stride") as err:
+        load(path, model=other)
+    assert "\n" not in str(err.value)
+
+
+def tiny_efficientnet(seed: int = 0) -> nn.Module:
+    transformers = pytest.importorskip("transformers")
+    config = transformers.EfficientNetConfig(
+        image_size=16,
+        width_coefficient=0.1,
+        depth_coefficient=0.2,
+        hidden_dim=128,
+        num_labels=3,
+        in_channels=[32, 16],
+        out_channels=[16, 24],
+        kernel_sizes=[3, 3],
+        strides=[1, 2],
+        num_block_repeats=[1, 1],
+        expand_ratios=[1, 6],
+    )
+    torch.manual_seed(seed)
+    return transformers.EfficientNetForImageClassification(config).eval()
+
+
+def test_compacted_hugging_face_efficientnet_loads(tmp_path: Path) -> None:
+    """EfficientNetDepthwiseConv2d(nn.Conv2d) takes depth_multiplier, not out_channels."""
+    model = tiny_efficientnet()
+    with torch.no_grad():  # drop half of the filters of every 1x1 and depthwise conv
+        for module in model.modules():
+            if isinstance(module, nn.Conv2d) and (
+                module.kernel_size == (1, 1) or module.groups == module.in_channels > 1
+            ):
+                module.weight[: module.out_channels // 2] = 0
+    compact_model = compact(model, None, (3, 16, 16)).model
+    depthwise = compact_model.efficientnet.encoder.blocks[1].depthwise_conv.depthwise_conv
+    assert type(depthwise).__name__ == "EfficientNetDepthwiseConv2d"
+    assert depthwise.out_channels == depthwise.groups == 24  # 48 before
+    path = export(compact_model, tmp_path / "efficientnet", input_shape=(3, 16, 16))
+    loaded = load(path, model=tiny_efficientnet(seed=1))
+    assert_same_state(compact_model, loaded)
+    x = torch.randn(2, 3, 16, 16)
+    with torch.no_grad():
+        assert torch.equal(loaded(x).logits, compact_model(x).logits)
+
+
 # --- masks ------------------------------------------------------------------------------------
 
 
@@ -352,6 +455,59 @@ def test_export_refuses_to_overwrite_another_export(tmp_path: Path) -> None:
     export(model, path, model_name="lenet300", overwrite=True)
     assert not (path / FILES["csr"]).exists()  # the old export's files are gone
     assert read_metadata(path)["formats"] == ["safetensors"]
+
+
+def users_files(directory: Path) -> dict[str, bytes]:
+    """A directory holding files of the user's own, one with an export's file name."""
+    directory.mkdir(parents=True, exist_ok=True)
+    (directory / "model.onnx").write_bytes(b"the user's own ONNX model")
+    (directory / "notes.txt").write_bytes(b"my notes")
+    (directory / "runs").mkdir()
+    return {"model.onnx": b"the user's own ONNX model", "notes.txt": b"my notes"}
+
+
+def test_export_never_touches_a_file_learnprune_did_not_write(tmp_path: Path) -> None:
+    """Before, an export into a directory without model.json deleted the user's model.onnx."""
+    model = pruned_model("lenet300")
+    target = tmp_path / "mixed"
+    theirs = users_files(target)
+    with pytest.raises(CheckpointError) as err:
+        export(model, target, model_name="lenet300")
+    assert_clear(err, "model.onnx, notes.txt, runs")
+    assert sorted(p.name for p in target.iterdir()) == ["model.onnx", "notes.txt", "runs"]
+    export(model, target, model_name="lenet300", formats=("safetensors", "csr"), overwrite=True)
+    export(model, target, model_name="lenet300", overwrite=True)  # drops its own csr file
+    assert sorted(p.name for p in target.iterdir()) == [
+        "model.json",
+        "model.onnx",
+        "model.safetensors",
+        "notes.txt",
+        "runs",
+    ]
+    assert all((target / name).read_bytes() == data for name, data in theirs.items())
+    assert_same_state(model, load(target))
+
+
+def test_an_empty_directory_and_leftover_temporaries_are_fine(tmp_path: Path) -> None:
+    model = pruned_model("lenet300")
+    (tmp_path / "empty").mkdir()
+    export(model, tmp_path / "empty", model_name="lenet300")
+    interrupted = tmp_path / "interrupted"
+    interrupted.mkdir()
+    (interrupted / ".model.safetensors.k2j4.tmp").write_bytes(b"half")
+    export(model, interrupted, model_name="lenet300")
+    assert sorted(p.name for p in interrupted.iterdir()) == ["model.json", "model.safetensors"]
+
+
+def test_extra_files_are_listed_as_the_exports_own(tmp_path: Path) -> None:
+    model = pruned_model("lenet300")
+    target = export(model, tmp_path / "x", model_name="lenet300", extra_files={"a.json": b"{}"})
+    assert read_metadata(target)["files"]["a.json"]["bytes"] == 2
+    export(model, target, model_name="lenet300", overwrite=True)  # a.json was the export's
+    assert not (target / "a.json").exists()
+    for name in ("model.json", "../a.json", ".hidden"):
+        with pytest.raises(ConfigError, match="extra file name"):
+            export(model, tmp_path / "y", model_name="lenet300", extra_files={name: b""})
 
 
 def test_missing_directory_and_files(small_export: Path, tmp_path: Path) -> None:
@@ -457,3 +613,96 @@ def test_failed_onnx_check_is_a_clear_error_and_keeps_the_old_export(
         export(model, path, model_name="lenet300", formats=("onnx",), overwrite=True)
     assert sorted(p.name for p in path.iterdir()) == before  # no model.onnx, no temporary
     assert_same_state(model, load(path))  # the previous export is intact
+
+
+# --- ONNX on real example inputs (token ids) ------------------------------------------------
+
+VOCAB = 50
+
+
+def tiny_text_model(family: str) -> nn.Module:
+    transformers = pytest.importorskip("transformers")
+    torch.manual_seed(0)
+    if family == "bert":
+        config = transformers.BertConfig(
+            vocab_size=VOCAB,
+            hidden_size=16,
+            num_hidden_layers=1,
+            num_attention_heads=2,
+            intermediate_size=32,
+            max_position_embeddings=16,
+        )
+        return transformers.BertModel(config).eval()
+    if family == "distilbert":
+        config = transformers.DistilBertConfig(
+            vocab_size=VOCAB,
+            dim=16,
+            n_layers=1,
+            n_heads=2,
+            hidden_dim=32,
+            max_position_embeddings=16,
+        )
+        return transformers.DistilBertModel(config).eval()
+    config = transformers.LlamaConfig(
+        vocab_size=VOCAB,
+        hidden_size=16,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        num_key_value_heads=1,
+        intermediate_size=32,
+        max_position_embeddings=16,
+    )
+    return transformers.LlamaForCausalLM(config).eval()
+
+
+@pytest.mark.skipif(not HAS_ORT, reason="onnxruntime not installed")
+@pytest.mark.parametrize(
+    "family", ["bert", pytest.param("distilbert", marks=pytest.mark.slow), "llama"]
+)
+def test_onnx_export_of_a_token_id_model_runs_on_the_real_ids(tmp_path: Path, family) -> None:
+    """Before, ONNX export fed float noise of input_shape into the embedding."""
+    import onnxruntime as ort
+
+    model = tiny_text_model(family)
+    generator = torch.Generator().manual_seed(3)
+    ids = torch.randint(0, VOCAB, (2, 7), generator=generator)
+    mask = torch.ones(2, 7, dtype=torch.long)
+    mask[1, 5:] = 0  # a padded second sentence
+    inputs = {"input_ids": ids, "attention_mask": mask}
+    path = export(model, tmp_path / family, formats=("onnx",), example_inputs=inputs)
+    record = read_metadata(path)["onnx"]
+    assert record["verified_on"] == "example_inputs" and record["dynamic_batch"]
+    assert record["inputs"] == [
+        {"name": "input_ids", "shape": ["batch", 7], "dtype": "int64"},
+        {"name": "attention_mask", "shape": ["batch", 7], "dtype": "int64"},
+    ]
+    session = ort.InferenceSession(str(path / FILES["onnx"]), providers=["CPUExecutionProvider"])
+    other_ids = torch.randint(0, VOCAB, (3, 7), generator=generator)  # another batch size
+    feed = {"input_ids": other_ids.numpy(), "attention_mask": torch.ones_like(other_ids).numpy()}
+    got = torch.from_numpy(session.run(None, feed)[0])
+    with torch.no_grad():
+        expected = model(input_ids=other_ids, attention_mask=torch.ones_like(other_ids))[0]
+    torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-4)
+
+
+class ColourfulFailure(nn.Module):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        raise RuntimeError("\x1b[31mcannot trace\x1b[0m this layer\n\n  because: no reason\r\n")
+
+
+@pytest.mark.skipif(not HAS_ORT, reason="onnxruntime not installed")
+def test_a_failed_onnx_export_is_one_clean_line_naming_model_and_reason(tmp_path: Path) -> None:
+    with pytest.raises(UnsupportedModelError) as err:
+        export(ColourfulFailure(), tmp_path / "fails", formats=("onnx",), input_shape=(3,))
+    assert str(err.value) == (
+        "ONNX export of ColourfulFailure failed: "
+        "RuntimeError: cannot trace this layer | because: no reason"
+    )
+    assert not (tmp_path / "fails" / "model.json").exists()
+
+
+def test_example_inputs_must_be_tensors_tuples_or_dicts(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="example_inputs must be"):
+        export(nn.Linear(2, 2), tmp_path / "x", formats=("onnx",), example_inputs="ids")
+    with pytest.raises(ConfigError, match=r"example_inputs .* or input_shape"):
+        export(nn.Linear(2, 2), tmp_path / "x", formats=("onnx",))
