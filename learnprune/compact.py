@@ -77,6 +77,7 @@ from torch.nn.utils import parametrize
 
 from learnprune.accounting import Counts, count, human
 from learnprune.errors import ConfigError, LearnpruneError, UnsupportedModelError
+from learnprune.errors import one_line as _one_line
 from learnprune.groups import (
     PRUNABLE_LAYERS,
     build_groups,
@@ -577,11 +578,6 @@ def output_tensors(value: object, *, strict: bool = False) -> list[Tensor]:
     if strict:
         raise UnsupportedModelError(f"cannot compare a model output of type {type(value).__name__}")
     return []
-
-
-def _one_line(err: BaseException, limit: int = 160) -> str:
-    text = " ".join(str(err).split())
-    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 # --------------------------------------------------------------------------------------------

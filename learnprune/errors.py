@@ -33,3 +33,10 @@ class CheckpointError(LearnpruneError):
 
 class TrainingDivergedError(LearnpruneError, FloatingPointError):
     """The loss became NaN or infinite."""
+
+
+def one_line(err: BaseException, limit: int = 160) -> str:
+    """Another library's error message as one line for ours: whitespace runs (newlines
+    included) collapsed to one space, cut to ``limit`` characters with ``...``."""
+    text = " ".join(str(err).split())
+    return text if len(text) <= limit else text[: limit - 3] + "..."

@@ -54,11 +54,12 @@ import fnmatch
 import re
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 from torch import Tensor, nn
 
-from learnprune.errors import ConfigError, UnsupportedModelError
+from learnprune.errors import ConfigError, LearnpruneError, UnsupportedModelError, one_line
 
 PRUNABLE_LAYERS: tuple[type[nn.Module], ...] = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
 """Layer types whose ``weight`` is a default pruning target (and counts toward sparsity)."""
@@ -297,16 +298,18 @@ def prunable_layers(
     return chosen, skipped
 
 
-def output_layer(model: nn.Module, input_shape: Sequence[int] | None = None) -> str | None:
+def output_layer(
+    model: nn.Module, input_shape: Sequence[int] | None = None, example_inputs: Any = None
+) -> str | None:
     """Name of the layer that produces the model's outputs (the classifier).
 
-    With an ``input_shape`` it is the last Conv/Linear executed in a forward pass of one
-    example; without one, the last Conv/Linear registered.
+    With ``example_inputs`` or an ``input_shape`` it is the last Conv/Linear executed in a
+    forward pass (:func:`run_example`); without either, the last Conv/Linear registered.
     """
     layers = [n for n, m in model.named_modules() if isinstance(m, PRUNABLE_LAYERS)]
     if not layers:
         return None
-    if input_shape is None:
+    if input_shape is None and example_inputs is None:
         return layers[-1]
     order: list[str] = []
     hooks = [
@@ -316,7 +319,7 @@ def output_layer(model: nn.Module, input_shape: Sequence[int] | None = None) -> 
     ]
     try:
         with torch.no_grad(), evaluation_mode(model):
-            model(example_input(model, input_shape))
+            run_example(model, input_shape, example_inputs)
     finally:
         for hook in hooks:
             hook.remove()
@@ -343,6 +346,66 @@ def example_input(model: nn.Module, input_shape: Sequence[int]) -> Tensor:
     except StopIteration:
         device = torch.device("cpu")
     return torch.randn(1, *input_shape, device=device)
+
+
+def call_model(model: nn.Module, inputs: Any) -> Any:
+    """``model(**inputs)`` for a mapping, ``model(*inputs)`` for a tuple or list, else
+    ``model(inputs)``."""
+    if isinstance(inputs, Mapping):
+        return model(**inputs)
+    if isinstance(inputs, (tuple, list)):
+        return model(*inputs)
+    return model(inputs)
+
+
+def first_example(inputs: Any) -> Any:
+    """The batch cut to its first example (every tensor with a batch axis sliced ``[:1]``)."""
+    if isinstance(inputs, Tensor):
+        return inputs[:1] if inputs.dim() else inputs
+    if isinstance(inputs, Mapping):
+        return {key: first_example(value) for key, value in inputs.items()}
+    if isinstance(inputs, (tuple, list)):
+        return type(inputs)(first_example(value) for value in inputs)
+    return inputs
+
+
+def describe_inputs(inputs: Any) -> str:
+    """Shapes and dtypes of a forward pass's inputs, for messages: ``(2, 7) int64``."""
+    if isinstance(inputs, Tensor):
+        return f"{tuple(inputs.shape)} {str(inputs.dtype).removeprefix('torch.')}"
+    if isinstance(inputs, Mapping):
+        return "{" + ", ".join(f"{k}: {describe_inputs(v)}" for k, v in inputs.items()) + "}"
+    if isinstance(inputs, (tuple, list)):
+        return "(" + ", ".join(describe_inputs(v) for v in inputs) + ")"
+    return type(inputs).__name__
+
+
+def run_example(
+    model: nn.Module, input_shape: Sequence[int] | None = None, example_inputs: Any = None
+) -> Any:
+    """The model's outputs on ``example_inputs`` (:func:`call_model`: the user's real
+    tensors, integer token ids kept) or, without them, on one random example of
+    ``input_shape``.
+
+    Raises:
+        UnsupportedModelError: the model fails on them (a wrong ``input_shape``), in one
+            line naming the inputs and the model's own message.
+    """
+    if example_inputs is None:
+        if input_shape is None:
+            raise ConfigError("running the model needs input_shape=(C, H, W) or example_inputs=")
+        inputs, given = example_input(model, input_shape), f"input_shape {tuple(input_shape)}"
+    else:
+        inputs, given = example_inputs, f"example_inputs {describe_inputs(example_inputs)}"
+    try:
+        return call_model(model, inputs)
+    except LearnpruneError:
+        raise
+    except Exception as err:  # a user's model fails in its own way on a wrong input
+        raise UnsupportedModelError(
+            f"the model does not run on {given} ({type(err).__name__}: {one_line(err)}); "
+            "give the shape of one example, without the batch axis"
+        ) from err
 
 
 def model_input_shape(

@@ -54,7 +54,7 @@ import torch
 from torch import nn
 from torch.nn.modules.batchnorm import _NormBase
 
-from learnprune.errors import ConfigError, LearnpruneError, UnsupportedModelError
+from learnprune.errors import ConfigError, LearnpruneError, UnsupportedModelError, one_line
 from learnprune.groups import (
     PRUNABLE_LAYERS,
     STRUCTURED_KINDS,
@@ -63,9 +63,9 @@ from learnprune.groups import (
     _matches,
     build_groups,
     evaluation_mode,
-    example_input,
     model_input_shape,
     output_layer,
+    run_example,
 )
 
 NORM_LAYERS: tuple[type[nn.Module], ...] = (
@@ -219,6 +219,8 @@ def prunability_report(
     Raises:
         ConfigError: the model carries gates, an unknown kind, or ``coupled`` without an
             input shape.
+        UnsupportedModelError: the model does not run on one example of ``input_shape``
+            (one line naming the shape and the model's own message).
     """
     from learnprune.masking import gated_tensors
 
@@ -231,6 +233,11 @@ def prunability_report(
     shape = model_input_shape(model, input_shape)
     kind = groups if isinstance(groups, str) else "custom"
     notes: list[str] = []
+    used: set[str] | None = None
+    if shape is not None:  # a model that fails on the input is refused in one line
+        used = _used_parameters(model, shape)
+    else:
+        notes.append("pass input_shape to run one example: finds the classifier and unused modules")
     try:
         with warnings.catch_warnings():  # the report itself says what is uncovered
             warnings.simplefilter("ignore", UncoveredParametersWarning)
@@ -239,17 +246,6 @@ def prunability_report(
     except UnsupportedModelError as err:  # coupled groups on a graph Torch-Pruning can't trace
         plan = GroupPlan([], {})
         notes.append(f"no {kind} groups: {err}")
-    used: set[str] | None = None
-    if shape is not None:
-        try:
-            used = _used_parameters(model, shape)
-        except Exception as err:  # a user's model may not run on a random float example
-            notes.append(
-                f"could not run one example of shape {shape} ({_one_line(err)}); "
-                "modules not used in forward are not detected"
-            )
-    else:
-        notes.append("pass input_shape to run one example: finds the classifier and unused modules")
     modules = dict(model.named_modules())
     rows = [
         _row(name, module, plan, exclude, used, kind, modules.get(name.rpartition(".")[0]))
@@ -510,7 +506,7 @@ def _used_parameters(model: nn.Module, shape: Sequence[int]) -> set[str]:
     ]
     try:
         with evaluation_mode(model), torch.enable_grad():
-            outputs = output_tensors(model(example_input(model, shape)))
+            outputs = output_tensors(run_example(model, shape))
     finally:
         for hook in hooks:
             hook.remove()
@@ -541,5 +537,5 @@ def _parse_shape(text: str | None) -> tuple[int, ...] | None:
 
 
 def _one_line(err: BaseException) -> str:
-    text = str(err).strip().splitlines()
-    return f"{type(err).__name__}: {text[0] if text else ''}".rstrip(": ")
+    """``"RuntimeError: <its message on one line>"``."""
+    return f"{type(err).__name__}: {one_line(err)}"
