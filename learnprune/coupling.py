@@ -18,7 +18,8 @@ half-way; so are the layers whose outputs it holds (``plan.skipped`` says which 
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
+from typing import Any
 
 import torch
 import torch_pruning as tp
@@ -31,7 +32,6 @@ from learnprune.groups import (
     GroupSet,
     TensorSlices,
     evaluation_mode,
-    example_input,
 )
 
 
@@ -39,7 +39,7 @@ def coupled_group_sets(
     model: nn.Module,
     layers: Mapping[str, nn.Module],
     classifier: str | None,
-    input_shape: Sequence[int],
+    example_inputs: Any,
 ) -> tuple[list[GroupSet], dict[str, str]]:
     """One :class:`GroupSet` per dependency group rooted at a target layer's outputs.
 
@@ -48,7 +48,9 @@ def coupled_group_sets(
         layers: the target layers by name; every other Conv/Linear is treated as excluded
             (its outputs are never cut, its inputs follow their producers).
         classifier: the output layer's name; its outputs are never cut.
-        input_shape: one example's shape, to trace the graph.
+        example_inputs: what the graph is traced on, as Torch-Pruning takes it (a tensor,
+            a tuple of positional or a dict of keyword arguments): the user's real inputs,
+            or one random example of the input shape.
 
     Returns:
         the group sets, and ``{layer: reason}`` for target layers no set covers.
@@ -61,9 +63,7 @@ def coupled_group_sets(
     ]
     try:
         with evaluation_mode(model):  # Torch-Pruning calls model.eval() and does not restore
-            graph = tp.DependencyGraph().build_dependency(
-                model, example_inputs=example_input(model, input_shape)
-            )
+            graph = tp.DependencyGraph().build_dependency(model, example_inputs=example_inputs)
         groups = list(
             graph.get_all_groups(ignored_layers=ignored, root_module_types=PRUNABLE_LAYERS)
         )

@@ -423,6 +423,7 @@ def build_groups(
     exclude: Sequence[str] = (),
     input_shape: Sequence[int] | None = None,
     allow_empty: bool = False,
+    example_inputs: Any = None,
 ) -> GroupPlan:
     """The group sets of ``kind`` over the model's Conv/Linear layers.
 
@@ -433,6 +434,10 @@ def build_groups(
         input_shape: one example's shape (C, H, W); needed for ``coupled`` groups and used
             to find the classifier; defaults to ``model.input_shape`` where it exists.
         allow_empty: return a plan without sets instead of raising (for inspection).
+        example_inputs: what to run the model on instead of a random example of
+            ``input_shape`` (a tensor, a tuple of positional or a dict of keyword
+            arguments; token ids stay integers), to trace ``coupled`` groups and find the
+            classifier.
 
     Modules with trainable parameters that no kind covers go into ``plan.skipped``, with a
     warning when they hold a significant share (:func:`learnprune.inspection.warn_uncovered`).
@@ -455,18 +460,21 @@ def build_groups(
     transformer_parts = parse_transformer_kind(kind)
     kind_name, n_of_m = (kind, None) if transformer_parts else parse_kind(kind)
     layers, skipped = prunable_layers(model, exclude)
-    classifier = output_layer(model, shape) if kind_name in STRUCTURED_KINDS else None
+    structured = kind_name in STRUCTURED_KINDS
+    classifier = output_layer(model, shape, example_inputs) if structured else None
     if transformer_parts:
         sets, more_skipped = transformer_group_sets(model, transformer_parts, exclude)
         skipped.update(more_skipped)
     elif kind_name == "coupled":
         from learnprune.coupling import coupled_group_sets
 
-        if shape is None:
+        if shape is None and example_inputs is None:
             raise ConfigError(
-                "coupled groups trace the model with one example: pass input_shape=(C, H, W)"
+                "coupled groups trace the model with one example: pass input_shape=(C, H, W) "
+                "or example_inputs="
             )
-        sets, more_skipped = coupled_group_sets(model, layers, classifier, shape)
+        inputs = example_inputs if example_inputs is not None else example_input(model, shape)
+        sets, more_skipped = coupled_group_sets(model, layers, classifier, inputs)
         skipped.update(more_skipped)
     else:
         sets = []

@@ -167,7 +167,8 @@ class PrunabilityReport:
 
     def table(self) -> str:
         """The rows as a text table, then a summary."""
-        traced = f"traced with input {self.input_shape}" if self.traced else "not traced"
+        given = f"input {self.input_shape}" if self.input_shape else "the example inputs"
+        traced = f"traced with {given}" if self.traced else "not traced"
         lines = [f"prunability of {self.model} with groups={self.kind} ({traced})"]
         width = max([len("module"), *(len(row.name) for row in self.rows)])
         type_width = max([len("type"), *(len(row.type) for row in self.rows)])
@@ -204,6 +205,7 @@ def prunability_report(
     *,
     input_shape: Sequence[int] | None = None,
     exclude: Sequence[str] = (),
+    example_inputs: Any = None,
 ) -> PrunabilityReport:
     """One row per module with trainable parameters: pruned by ``groups``, or why not.
 
@@ -215,12 +217,16 @@ def prunability_report(
             ``model.input_shape``); with it the report runs one example to find the
             classifier, the coupled groups and the modules not used in forward.
         exclude: ``fnmatch`` patterns on module or parameter names, as a method takes them.
+        example_inputs: the model's real inputs instead of a random example of
+            ``input_shape`` (a tensor, a tuple of positional or a dict of keyword
+            arguments; token ids stay integers), for a model that a float tensor cannot
+            run (an embedding's token ids).
 
     Raises:
         ConfigError: the model carries gates, an unknown kind, or ``coupled`` without an
             input shape.
         UnsupportedModelError: the model does not run on one example of ``input_shape``
-            (one line naming the shape and the model's own message).
+            or on ``example_inputs`` (one line naming them and the model's own message).
     """
     from learnprune.masking import gated_tensors
 
@@ -234,15 +240,22 @@ def prunability_report(
     kind = groups if isinstance(groups, str) else "custom"
     notes: list[str] = []
     used: set[str] | None = None
-    if shape is not None:  # a model that fails on the input is refused in one line
-        used = _used_parameters(model, shape)
+    if shape is not None or example_inputs is not None:  # a model failing on them: refused
+        used = _used_parameters(model, shape, example_inputs)
     else:
         notes.append("pass input_shape to run one example: finds the classifier and unused modules")
     try:
         with warnings.catch_warnings():  # the report itself says what is uncovered
             warnings.simplefilter("ignore", UncoveredParametersWarning)
             warnings.filterwarnings("ignore", "Unwrapped parameters")  # Torch-Pruning's
-            plan = build_groups(model, groups, exclude=exclude, input_shape=shape, allow_empty=True)
+            plan = build_groups(
+                model,
+                groups,
+                exclude=exclude,
+                input_shape=shape,
+                allow_empty=True,
+                example_inputs=example_inputs,
+            )
     except UnsupportedModelError as err:  # coupled groups on a graph Torch-Pruning can't trace
         plan = GroupPlan([], {})
         notes.append(f"no {kind} groups: {err}")
@@ -251,7 +264,7 @@ def prunability_report(
         _row(name, module, plan, exclude, used, kind, modules.get(name.rpartition(".")[0]))
         for name, module in _owners(model)
     ]
-    if shape is None and kind in STRUCTURED_KINDS:
+    if used is None and kind in STRUCTURED_KINDS:
         notes.append(
             f"without input_shape the classifier is taken to be the last layer registered, "
             f"{output_layer(model)}"
@@ -492,8 +505,11 @@ def _conv_note(module: nn.Module, kind: str) -> list[str]:
     return [f"{what} conv"]
 
 
-def _used_parameters(model: nn.Module, shape: Sequence[int]) -> set[str]:
-    """Names of the parameters one example's forward pass uses: those the outputs reach
+def _used_parameters(
+    model: nn.Module, shape: Sequence[int] | None, example_inputs: Any = None
+) -> set[str]:
+    """Names of the parameters one forward pass (:func:`~learnprune.groups.run_example`)
+    uses: those the outputs reach
     through autograd, and those of every module whose ``forward`` ran (a parameter read
     only on a non-differentiable path still counts)."""
     from learnprune.compact import output_tensors  # Torch-Pruning only when a shape is given
@@ -506,7 +522,7 @@ def _used_parameters(model: nn.Module, shape: Sequence[int]) -> set[str]:
     ]
     try:
         with evaluation_mode(model), torch.enable_grad():
-            outputs = output_tensors(run_example(model, shape))
+            outputs = output_tensors(run_example(model, shape, example_inputs))
     finally:
         for hook in hooks:
             hook.remove()
