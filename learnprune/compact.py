@@ -39,10 +39,12 @@ exact, simple rule wins. learnprune's ``coupled`` groups mask biases and BatchNo
 Never removed: the classifier's outputs (:func:`learnprune.groups.output_layer`) and any
 other layer output that is itself a model output; the model's input (LeNet-300's pixels
 are data, not a layer's channels); the last channel of a group (every layer keeps at least
-one). Groups that tie in a layer compaction does not handle (LayerNorm, GroupNorm, PReLU,
-grouped convs, raw parameters) are left whole and listed in :attr:`CompactResult.skipped`;
-when the masks dropped some of their filters or input slices, those are named there and in
-an :class:`UncutStructureWarning`.
+one). A raw parameter in a group (ConvNeXt's layer scale ``γ``) counts as a producer that
+writes its non-zero entries, and is sliced with the channel along the axis
+:func:`learnprune.coupling.unwrapped_parameters` gives it. Groups that tie in a layer
+compaction does not handle (LayerNorm, GroupNorm, PReLU, grouped convs) are left whole
+and listed in :attr:`CompactResult.skipped`; when the masks dropped some of their filters
+or input slices, those are named there and in an :class:`UncutStructureWarning`.
 
 Masks and the reference
 -----------------------
@@ -80,6 +82,7 @@ from torch.nn.modules.batchnorm import _BatchNorm
 from torch.nn.utils import parametrize
 
 from learnprune.accounting import Counts, count, human, trace_call
+from learnprune.coupling import unwrapped_parameters
 from learnprune.errors import ConfigError, LearnpruneError, UnsupportedModelError
 from learnprune.errors import one_line as _one_line
 from learnprune.groups import (
@@ -757,7 +760,10 @@ def _trace(model: nn.Module, example: Any, executed: Sequence[str]) -> tp.Depend
             p.requires_grad_(True)
         with torch.enable_grad():
             graph = tp.DependencyGraph().build_dependency(
-                model, example_inputs=example, verbose=False
+                model,
+                example_inputs=example,
+                unwrapped_parameters=unwrapped_parameters(model),
+                verbose=False,
             )
     except Exception as err:  # Torch-Pruning raises many kinds of errors on odd graphs
         raise UnsupportedModelError(
@@ -855,6 +861,7 @@ def _decide(
     readers: dict[str, None] = {}
     refusal = ""  # why the group stays whole: the members read on, to name what it drops
     dropped: dict[str, str] = {}
+    axes = {id(param): dim for param, dim in graph.unwrapped_parameters}
 
     for item in group.items:
         dep = item.dep
@@ -864,6 +871,9 @@ def _decide(
         roots = torch.as_tensor(list(roots), dtype=torch.long)
         if isinstance(module, tp.ops._OutputOp):
             return None, "its channels reach the model's output directly", ""
+        if isinstance(module, nn.Parameter) and id(module) in axes:  # a layer scale: a writer
+            _or_into(writes, roots, _nonzero_along(module.detach(), axes[id(module)])[positions])
+            continue
         if not isinstance(module, nn.Module):
             refusal = refusal or "ties in a raw nn.Parameter, which compaction does not handle"
             continue

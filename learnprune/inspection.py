@@ -247,7 +247,6 @@ def prunability_report(
     try:
         with warnings.catch_warnings():  # the report itself says what is uncovered
             warnings.simplefilter("ignore", UncoveredParametersWarning)
-            warnings.filterwarnings("ignore", "Unwrapped parameters")  # Torch-Pruning's
             plan = build_groups(
                 model,
                 groups,

@@ -185,3 +185,108 @@ def test_dropped_structures_compaction_cannot_cut_are_named_loudly() -> None:
     assert result.model.c2.out_channels == 8  # left, as said
     assert result.model.c1.out_channels == 1  # what can be cut still is
     assert result.max_abs_diff is not None and result.max_abs_diff <= 1e-5
+
+
+# --------------------------------------------------------------------------------------------
+# raw layer-scale parameters: ConvNeXt's gamma
+# --------------------------------------------------------------------------------------------
+
+
+class ConvNeXtBlock(nn.Module):
+    """depthwise 7x7 -> LayerNorm -> pw1 (8 -> 32) -> GELU -> pw2 (32 -> 8) -> x gamma, plus
+    the residual (ConvNeXt's block, layer scale ``gamma`` a raw ``(8,)`` parameter)."""
+
+    def __init__(self, dim: int = 8) -> None:
+        super().__init__()
+        self.dw = nn.Conv2d(dim, dim, 7, padding=3, groups=dim)
+        self.norm = nn.LayerNorm(dim)
+        self.pw1 = nn.Linear(dim, 4 * dim)
+        self.pw2 = nn.Linear(4 * dim, dim)
+        self.gamma = nn.Parameter(torch.linspace(0.5, 1.5, dim))
+
+    def forward(self, x: Tensor) -> Tensor:
+        y = self.dw(x).permute(0, 2, 3, 1)
+        y = self.pw2(nn.functional.gelu(self.pw1(self.norm(y)))) * self.gamma
+        return x + y.permute(0, 3, 1, 2)
+
+
+class TinyConvNeXt(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.stem = nn.Conv2d(3, 8, 2, stride=2)
+        self.block = ConvNeXtBlock()
+        self.head = nn.Linear(8, 3)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.head(self.block(self.stem(x)).mean((2, 3)))
+
+
+class ScaledConvs(nn.Module):
+    """conv1 (3 -> 8) -> x scale, a raw (1, 8, 1, 1) parameter -> ReLU -> conv2 (8 -> 4) ->
+    mean -> head: the scale sits in conv1's coupled group."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.conv1 = nn.Conv2d(3, 8, 3, padding=1)
+        self.scale = nn.Parameter(torch.linspace(0.5, 2.0, 8).view(1, 8, 1, 1))
+        self.conv2 = nn.Conv2d(8, 4, 3, padding=1)
+        self.head = nn.Linear(4, 2)
+
+    def forward(self, x: Tensor) -> Tensor:
+        x = self.conv2(torch.relu(self.conv1(x) * self.scale))
+        return self.head(x.mean((2, 3)))
+
+
+def test_coupled_groups_on_a_convnext_block_leave_torch_pruning_quiet(capfd) -> None:
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        plan = build_groups(TinyConvNeXt(), "coupled", input_shape=(3, 16, 16))
+    out, err = capfd.readouterr()
+    messages = [str(w.message) for w in caught] + [out, err]
+    assert not any("Unwrapped parameters" in text for text in messages)
+    # the residual stream (stem, dw, pw2, gamma) meets the LayerNorm: left whole, said why
+    assert "LayerNorm" in plan.skipped["coupled:stem"]
+    assert [s.name for s in plan.sets] == ["coupled:block.pw1"]
+
+
+def test_a_convnext_block_with_dropped_hidden_units_compacts_with_matching_outputs() -> None:
+    model = TinyConvNeXt()
+    masks = keep_all(model)
+    for name in ("block.pw1.weight", "block.pw1.bias"):
+        masks[name][::2] = False  # 16 of the 32 hidden units
+    masks["block.pw2.weight"][:, ::2] = False
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # neither Torch-Pruning nor learnprune has to warn
+        result = compact(model, masks, (3, 16, 16))
+    assert (result.model.block.pw1.out_features, result.model.block.pw2.in_features) == (16, 16)
+    assert result.model.block.gamma.shape == (8,)
+    batch = torch.randn(3, 3, 16, 16, generator=torch.Generator().manual_seed(3))
+    with torch.no_grad():
+        expected = masked_outputs(model, masks, batch)
+        torch.testing.assert_close(result.model.eval()(batch), expected, rtol=0, atol=1e-5)
+
+
+def test_a_layer_scale_in_a_coupled_group_is_masked_and_sliced_with_its_channel() -> None:
+    model = ScaledConvs()
+    sets = {s.name: s for s in build_groups(model, "coupled", input_shape=(3, 6, 6)).sets}
+    assert set(sets) == {"coupled:conv1", "coupled:conv2"}
+    group_set = sets["coupled:conv1"]
+    (scale_piece,) = [p for p in group_set.slices if p.param == "scale"]
+    assert (scale_piece.dim, scale_piece.role, scale_piece.shape) == (1, "out", (1, 8, 1, 1))
+    dropped = [1, 4, 6]
+    masks = keep_all(model)
+    for piece in group_set.slices:
+        index = [slice(None)] * len(piece.shape)
+        index[piece.dim] = dropped
+        masks[piece.param][tuple(index)] = False
+    assert masks["scale"].flatten().tolist() == [k not in dropped for k in range(8)]
+    result = compact(model, masks, (3, 6, 6))
+    kept = [k for k in range(8) if k not in dropped]
+    assert result.model.conv1.out_channels == 5 and result.model.conv2.in_channels == 5
+    torch.testing.assert_close(result.model.scale, model.scale[:, kept], rtol=0, atol=0)
+    batch = torch.randn(4, 3, 6, 6, generator=torch.Generator().manual_seed(4))
+    with torch.no_grad():
+        expected = masked_outputs(model, masks, batch)
+        torch.testing.assert_close(result.model.eval()(batch), expected, rtol=0, atol=1e-5)
