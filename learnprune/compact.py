@@ -326,12 +326,12 @@ def compact(
     inputs = model_inputs(model, example_inputs, input_shape)
     expected = _masked_outputs(model, _checked_masks(model, masks), inputs) if check else []
     heads = compact_transformer(model, masks, input_shape, example_inputs=inputs, check=False)
-    blocks, _refused = find_attention_blocks(heads.model)
-    attention = {  # Torch-Pruning does not see heads: a head's rows are the transformer pass's
-        heads.model.get_submodule(layer): f"ties in {block.name}, an attention block"
-        for block in blocks
-        for layer in (block.name, *block.layers)
-    }
+    blocks, refused = find_attention_blocks(heads.model)
+    attention: dict[nn.Module, str] = {}  # Torch-Pruning does not see heads: hands off
+    for name, layers in [*((b.name, b.layers) for b in blocks), *((n, ()) for n in refused)]:
+        modules = [*heads.model.get_submodule(name).modules()]
+        modules += [heads.model.get_submodule(layer) for layer in layers]
+        attention.update((module, f"ties in {name}, an attention block") for module in modules)
     channels, left = _compact_channels(
         heads.model,
         None,
@@ -402,6 +402,13 @@ def _compact_channels(
             raise
         skipped["channels"] = f"{err}; Conv/Linear channels outside the attention blocks stay"
         graph = None
+        dropped: dict[str, str] = {}
+        for name, module in _prunable(work):
+            if module not in (protected or {}) and name != probe.last_layer:
+                _name_zeros(dropped, name, ~_alive_outputs(module), "outputs")
+        if dropped:
+            what = ", ".join(dropped.values())
+            left["channels"] = f"the masks dropped {what}, which stay: {skipped['channels']}"
     decisions: list[GroupDecision] = []
     if graph is not None:
         names = {module: name for name, module in work.named_modules()}
@@ -526,7 +533,7 @@ def _merged(first: CompactResult, second: CompactResult) -> CompactResult:
     return CompactResult(
         model=second.model,
         layers=layers,
-        groups=[*first.groups, *(g for g in second.groups if g.removed)],
+        groups=[*first.groups, *(g for g in second.groups if g.removed or g.zero_weight_kept)],
         skipped={**first.skipped, **second.skipped},
         before=first.before,
         after=second.after,
@@ -901,9 +908,7 @@ def _decide(
             if is_out or depthwise:
                 writers[name] = None
                 row_alive = _nonzero_along(weight, 0)
-                alive = row_alive.clone()
-                if module.bias is not None:
-                    alive |= module.bias.detach().cpu() != 0
+                alive = _alive_outputs(module)
                 _or_into(writes, roots, alive[positions])
                 _or_into(rows, roots, row_alive[positions])
                 _name_zeros(dropped, name, ~alive[positions], "outputs")
@@ -940,6 +945,14 @@ def _decide(
         root_name, tuple(writers), tuple(readers), channels, removed, zero_weight_kept
     )
     return decision, "", ""
+
+
+def _alive_outputs(layer: nn.Module) -> Tensor:
+    """Per output of a Conv/Linear layer: is its weight row or its bias non-zero (bool, CPU)."""
+    alive = _nonzero_along(layer.weight.detach(), 0)
+    if layer.bias is not None:
+        alive |= layer.bias.detach().cpu() != 0
+    return alive
 
 
 def _name_zeros(named: dict[str, str], layer: str, zero: Tensor, what: str) -> None:

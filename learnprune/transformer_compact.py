@@ -24,7 +24,8 @@ count; the shared ``config`` keeps the original sizes (heads now differ per laye
 save a compact Hugging Face model with ``torch.save``, not ``save_pretrained``. Heads of
 ``nn.MultiheadAttention`` are masked but not removed (its forward pass assumes
 ``embed_dim = H·d``); they are listed in :attr:`CompactResult.skipped`. Other layers
-(embeddings, the patch conv, the pooler, the classifier) are left as they are.
+(embeddings, the patch conv, the pooler, the classifier) are left as they are here;
+:func:`learnprune.compact` then cuts their dropped channels in a second pass.
 
 The model runs on ``example_inputs``: a tensor (``model(x)``), a tuple (``model(*x)``) or a
 mapping (``model(**x)``, e.g. ``{"input_ids": ..., "attention_mask": ...}``); without them a

@@ -187,6 +187,25 @@ def test_dropped_structures_compaction_cannot_cut_are_named_loudly() -> None:
     assert result.max_abs_diff is not None and result.max_abs_diff <= 1e-5
 
 
+class DetachedStem(ConvStemTransformer):
+    """The stem's output detached: Torch-Pruning's autograd trace cannot see c1."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        x = self.c2(torch.relu(self.bn(self.c1(x))).detach())
+        return self.head(self.encoder(x.flatten(2).transpose(1, 2)).mean(1))
+
+
+def test_channels_left_by_an_untraceable_stem_are_named_and_the_blocks_still_cut() -> None:
+    model = DetachedStem()
+    masks = stem_masks(model)
+    with pytest.warns(UncutStructureWarning, match="c1: 15 of 16 outputs"):
+        result = compact(model, masks, STEM_SHAPE)
+    assert "missing from its graph" in result.skipped["channels"]
+    assert result.model.c1.out_channels == 16  # left, as said
+    assert result.model.encoder.linear1.out_features == 5  # the transformer pass still cuts
+    assert result.max_abs_diff is not None and result.max_abs_diff <= 1e-5
+
+
 # --------------------------------------------------------------------------------------------
 # raw layer-scale parameters: ConvNeXt's gamma
 # --------------------------------------------------------------------------------------------
