@@ -15,6 +15,7 @@ from torch import Tensor, nn
 from learnprune.compact import UncutStructureWarning, apply_masks, compact
 from learnprune.groups import build_groups
 from learnprune.inspection import UncoveredParametersWarning, prunability_report
+from learnprune.methods import SCL, DiffPrune, HardConcrete, Magnitude
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -91,6 +92,21 @@ def test_compaction_of_a_token_model_runs_on_its_integer_inputs() -> None:
     # FLOPs counted on the token ids: fc1 shrinks from 2*32*24 to 2*32*5 per example
     flops = {layer.name: (layer.flops_before, layer.flops_after) for layer in result.layers}
     assert flops["fc1"] == (2 * 32 * 24, 2 * 32 * 5)
+
+
+@pytest.mark.parametrize(
+    ("method", "options"),
+    [(SCL, {}), (HardConcrete, {}), (DiffPrune, {}), (Magnitude, {"target": 0.5})],
+)
+def test_methods_take_the_real_example_inputs_for_coupled_groups(
+    method: type, options: dict[str, float]
+) -> None:
+    model = TokenLSTM()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UncoveredParametersWarning)
+        pruner = method(model, groups="coupled", example_inputs=TOKEN_IDS, **options)
+    assert [s.name for s in pruner.plan.sets] == ["coupled:fc1"]
+    assert model(TOKEN_IDS).shape == (2, 4)  # the gated model runs on its token ids
 
 
 @pytest.mark.parametrize("wrap", ["tensor", "tuple", "dict"])
