@@ -124,7 +124,7 @@ def coupled_group_sets(
 
 def unwrapped_parameters(model: nn.Module) -> list[tuple[nn.Parameter, int]]:
     """The model's raw parameters as Torch-Pruning takes them: ``(parameter, channel
-    axis)`` for every trainable tensor not owned by a module Torch-Pruning has a pruner for
+    axis)`` for every parameter not owned by a module Torch-Pruning has a pruner for
     (its own rule), e.g. ConvNeXt's layer scale ``γ``. The channel axis is the last one
     longer than 1: a ``(C,)`` or ``(C, 1, 1)`` scale gives its channels, a ``(1, N, D)``
     position table its ``D`` features (Torch-Pruning's default, made explicit); a tensor

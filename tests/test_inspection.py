@@ -378,6 +378,7 @@ def test_cli_inspect_prints_the_table_for_a_user_module_and_a_built_in_model() -
         (["--module", "test_inspection:NoSuchNet"], "has no attribute 'NoSuchNet'"),
         (["--module", "test_inspection"], "path.to.module:factory"),
         (["--model", "lenet300", "--input-shape", "1,x"], "--input-shape"),
+        (["--model", "lenet5", "--input-shape", "1,20,20"], "input_shape (1, 20, 20)"),
     ],
 )
 def test_cli_inspect_bad_input_is_one_line_and_exit_code_2(argv: list[str], message: str) -> None:
