@@ -82,7 +82,7 @@ from torch.nn.modules.batchnorm import _BatchNorm
 from torch.nn.utils import parametrize
 
 from learnprune.accounting import Counts, count, human, trace_call
-from learnprune.coupling import unwrapped_parameters
+from learnprune.coupling import layer_scale_axes, unwrapped_parameters
 from learnprune.errors import ConfigError, LearnpruneError, UnsupportedModelError
 from learnprune.errors import one_line as _one_line
 from learnprune.groups import (
@@ -868,7 +868,7 @@ def _decide(
     readers: dict[str, None] = {}
     refusal = ""  # why the group stays whole: the members read on, to name what it drops
     dropped: dict[str, str] = {}
-    axes = {id(param): dim for param, dim in graph.unwrapped_parameters}
+    axes = layer_scale_axes(graph)
 
     for item in group.items:
         dep = item.dep

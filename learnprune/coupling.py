@@ -146,12 +146,25 @@ def unwrapped_parameters(model: nn.Module) -> list[tuple[nn.Parameter, int]]:
     return found
 
 
+def layer_scale_axes(graph: tp.DependencyGraph) -> dict[int, int]:
+    """``{id(parameter): channel axis}`` of the graph's raw parameters that learnprune
+    masks and cuts with their channel: those with exactly one axis longer than 1 (a layer
+    scale ``γ`` of shape ``(C,)``, ``(C, 1, 1)`` or ``(1, C, 1, 1)``). A raw parameter
+    with several (a position table, a weight used through ``F.linear``) has no axis one
+    can be sure of; a group that ties it in is left whole."""
+    return {
+        id(param): dim
+        for param, dim in graph.unwrapped_parameters
+        if sum(size > 1 for size in param.shape) == 1
+    }
+
+
 def _group_pieces(
     graph: tp.DependencyGraph, group: tp.dependency.Group, names: Mapping[object, str]
 ) -> tuple[list[TensorSlices], str]:
     """The tensor slices of one dependency group, or a reason it cannot be masked.
     ``names`` holds the modules' and the parameters' qualified names."""
-    axes = {id(param): dim for param, dim in graph.unwrapped_parameters}
+    axes = layer_scale_axes(graph)
     positions: dict[tuple[str, str, int, str], dict[int, int]] = {}
     shapes: dict[tuple[str, str], tuple[int, ...]] = {}
     for item in group.items:

@@ -395,16 +395,17 @@ def run_example(
         if input_shape is None:
             raise ConfigError("running the model needs input_shape=(C, H, W) or example_inputs=")
         inputs, given = example_input(model, input_shape), f"input_shape {tuple(input_shape)}"
+        hint = "give the shape of one example, without the batch axis, or example_inputs="
     else:
         inputs, given = example_inputs, f"example_inputs {describe_inputs(example_inputs)}"
+        hint = "give inputs the model's forward takes"
     try:
         return call_model(model, inputs)
     except LearnpruneError:
         raise
     except Exception as err:  # a user's model fails in its own way on a wrong input
         raise UnsupportedModelError(
-            f"the model does not run on {given} ({type(err).__name__}: {one_line(err)}); "
-            "give the shape of one example, without the batch axis"
+            f"the model does not run on {given} ({type(err).__name__}: {one_line(err)}); {hint}"
         ) from err
 
 

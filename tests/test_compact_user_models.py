@@ -325,3 +325,23 @@ def test_a_layer_scale_in_a_coupled_group_is_masked_and_sliced_with_its_channel(
     with torch.no_grad():
         expected = masked_outputs(model, masks, batch)
         torch.testing.assert_close(result.model.eval()(batch), expected, rtol=0, atol=1e-5)
+
+
+def test_a_raw_parameter_without_one_clear_channel_axis_leaves_its_group_whole() -> None:
+    class PositionTable(nn.Module):  # conv1 -> + a learned (1, 8, 6, 6) table -> conv2
+        def __init__(self) -> None:
+            super().__init__()
+            self.conv1 = nn.Conv2d(3, 8, 3, padding=1)
+            self.table = nn.Parameter(torch.randn(1, 8, 6, 6))
+            self.conv2 = nn.Conv2d(8, 4, 3, padding=1)
+            self.head = nn.Linear(4, 2)
+
+        def forward(self, x: Tensor) -> Tensor:
+            return self.head(self.conv2(self.conv1(x) + self.table).mean((2, 3)))
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        plan = build_groups(PositionTable(), "coupled", input_shape=(3, 6, 6))
+    assert not any("Unwrapped parameters" in str(w.message) for w in caught)
+    assert "raw nn.Parameter" in plan.skipped["coupled:conv1"]
+    assert [s.name for s in plan.sets] == ["coupled:conv2"]
