@@ -39,8 +39,12 @@ exact, simple rule wins. learnprune's ``coupled`` groups mask biases and BatchNo
 Never removed: the classifier's outputs (:func:`learnprune.groups.output_layer`) and any
 other layer output that is itself a model output; the model's input (LeNet-300's pixels
 are data, not a layer's channels); the last channel of a group (every layer keeps at least
-one). Groups that tie in a layer compaction does not handle (LayerNorm, GroupNorm, PReLU,
-grouped convs, raw parameters) are left whole and listed in :attr:`CompactResult.skipped`.
+one). A raw parameter in a group (ConvNeXt's layer scale ``γ``) counts as a producer that
+writes its non-zero entries, and is sliced with the channel along the axis
+:func:`learnprune.coupling.unwrapped_parameters` gives it. Groups that tie in a layer
+compaction does not handle (LayerNorm, GroupNorm, PReLU, grouped convs) are left whole
+and listed in :attr:`CompactResult.skipped`; when the masks dropped some of their filters
+or input slices, those are named there and in an :class:`UncutStructureWarning`.
 
 Masks and the reference
 -----------------------
@@ -49,8 +53,8 @@ Masks and the reference
 it. The caller's model is never touched: :func:`compact` deep-copies it, multiplies the
 masks into the copy (a no-op on a finalized model, whose zeros are already stored), and
 calls that copy the *masked model*; a position counts as dropped when it is zero there.
-With ``check=True`` the compact model's outputs on a random batch are compared with the
-masked model's, and a difference above ``atol · max(1, max |outputs|)`` raises
+With ``check=True`` the compact model's outputs on the example inputs (or a random batch)
+are compared with the masked model's, and a difference above ``atol · max(1, max |outputs|)`` raises
 :class:`~learnprune.errors.UnsupportedModelError`.
 
 Example::
@@ -65,6 +69,8 @@ Example::
 from __future__ import annotations
 
 import copy
+import dataclasses
+import warnings
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -75,15 +81,19 @@ from torch import Tensor, nn
 from torch.nn.modules.batchnorm import _BatchNorm
 from torch.nn.utils import parametrize
 
-from learnprune.accounting import Counts, count, human, is_conv_kind
+from learnprune.accounting import Counts, count, human, is_conv_kind, trace_call
+from learnprune.coupling import layer_scale_axes, unwrapped_parameters
 from learnprune.errors import ConfigError, LearnpruneError, UnsupportedModelError, one_line
 from learnprune.groups import (
     PRUNABLE_LAYERS,
     build_groups,
+    call_model,
+    describe_inputs,
+    evaluation_mode,
+    first_example,
     is_prunable_layer,
     layer_features,
     model_input_shape,
-    output_layer,
     scatter_values,
 )
 from learnprune.masking import gated_tensors
@@ -93,8 +103,11 @@ __all__ = [
     "CompactResult",
     "GroupDecision",
     "LayerChange",
+    "UncutStructureWarning",
     "apply_masks",
     "compact",
+    "count_on",
+    "model_inputs",
     "random_structured_masks",
 ]
 
@@ -260,12 +273,18 @@ def compact(
     atol: float = 1e-5,
     example_inputs: Any = None,
 ) -> CompactResult:
-    """Physically remove the channels that ``masks`` drop as whole groups.
+    """Physically remove the channels, heads and neurons that ``masks`` drop as whole groups.
 
     See the module docstring for when a channel may go. The caller's model is not changed.
     A model with multi-head attention blocks (Hugging Face BERT/ViT-style layers,
-    ``nn.MultiheadAttention``) goes to :func:`learnprune.transformer_compact.compact_transformer`,
-    which removes dropped attention heads and MLP neurons and leaves other layers whole.
+    ``nn.MultiheadAttention``) is cut in two passes: first
+    :func:`learnprune.transformer_compact.compact_transformer` removes the dropped attention
+    heads and MLP neurons, then the channel path below cuts every other Conv/Linear layer's
+    dropped channels (a conv stem, a pooler), the attention blocks' own layers left to the
+    first pass; the result is checked once against the masked model. Whatever the masks
+    dropped that no pass can cut (a group tied to a LayerNorm, the heads of an
+    ``nn.MultiheadAttention``, zero filters kept as constants) is named in
+    :attr:`CompactResult.skipped` and in one :class:`UncutStructureWarning`.
 
     Args:
         model: a plain model: a method's ``finalize()`` already run (masks baked in).
@@ -273,79 +292,158 @@ def compact(
             ``method.masks()`` gives it; ``None`` uses the zeros stored in the weights.
         input_shape: one example's shape, e.g. ``(3, 32, 32)``; defaults to
             ``model.input_shape``.
-        check: compare the compact model's outputs with the masked model's on a random
-            batch of :data:`PROBE_BATCH` examples (eval mode).
+        check: compare the compact model's outputs with the masked model's on the example
+            inputs, or a random batch of :data:`PROBE_BATCH` examples (eval mode).
         atol: the check's tolerance: the largest output difference accepted is
             ``atol · max(1, max |masked outputs|)`` (absolute for outputs up to 1, relative
             beyond, since float32 sums over fewer channels round differently).
         example_inputs: what to run the model on instead of a random batch of
             ``input_shape``: a tensor (``model(x)``), a tuple (``model(*x)``) or a dict
-            (``model(**x)``, e.g. ``{"input_ids": ..., "attention_mask": ...}``). For a
-            model without attention a tensor only gives the input shape.
+            (``model(**x)``, e.g. ``{"input_ids": ..., "attention_mask": ...}``), used as
+            given (integer token ids stay integers) to probe the model, trace its graph,
+            count its FLOPs (first example) and check the outputs, on every path.
 
     Returns:
         a :class:`CompactResult` holding the compact model and the report.
 
     Raises:
-        ConfigError: bad masks, no input shape, or the model still carries gates.
+        ConfigError: bad masks, no inputs (neither ``example_inputs`` nor an input shape),
+            or the model still carries gates.
         UnsupportedModelError: the dependency graph cannot trace the model, or the compact
             model's outputs differ from the masked model's.
     """
-    # transformers: heads and MLP neurons (learnprune.transformer_compact)
+    # transformers: heads and MLP neurons first (learnprune.transformer_compact), then the
+    # channels of every other Conv/Linear layer on the result
     from learnprune.transformer_compact import compact_transformer, has_attention_blocks
+    from learnprune.transformer_groups import find_attention_blocks
 
-    if has_attention_blocks(model):
-        return compact_transformer(
+    if not has_attention_blocks(model):
+        result, left = _compact_channels(
             model, masks, input_shape, example_inputs=example_inputs, check=check, atol=atol
         )
-    if input_shape is None and isinstance(example_inputs, Tensor):
-        input_shape = tuple(example_inputs.shape[1:])
+        _warn_left(left)
+        return result
     _refuse_unsupported(model)
-    shape = model_input_shape(model, input_shape)
-    if shape is None:
-        raise ConfigError("compact needs one example's shape: pass input_shape=(C, H, W)")
-    layers = dict(_prunable(model))
-    if not layers:
+    inputs = model_inputs(model, example_inputs, input_shape)
+    expected = _masked_outputs(model, _checked_masks(model, masks), inputs) if check else []
+    heads = compact_transformer(model, masks, input_shape, example_inputs=inputs, check=False)
+    blocks, refused = find_attention_blocks(heads.model)
+    attention: dict[nn.Module, str] = {}  # Torch-Pruning does not see heads: hands off
+    for name, layers in [*((b.name, b.layers) for b in blocks), *((n, ()) for n in refused)]:
+        modules = [*heads.model.get_submodule(name).modules()]
+        modules += [heads.model.get_submodule(layer) for layer in layers]
+        attention.update((module, f"ties in {name}, an attention block") for module in modules)
+    channels, left = _compact_channels(
+        heads.model,
+        None,
+        input_shape,
+        example_inputs=inputs,
+        check=check,
+        atol=atol,
+        in_place=True,
+        protected=attention,
+    )
+    left = {**_heads_left(heads), **left}
+    result = _merged(heads, channels)
+    if check:
+        result.max_abs_diff = _check_outputs(
+            result.model, inputs, expected, atol, call=call_model,
+            cause="the head, neuron or channel cut is wrong",
+        )
+    result.model.train(model.training)
+    _warn_left(left)
+    return result
+
+
+class UncutStructureWarning(UserWarning):
+    """Compaction left in the model channels or heads that the masks dropped."""
+
+
+def _compact_channels(
+    model: nn.Module,
+    masks: Mapping[str, Tensor] | None,
+    input_shape: Sequence[int] | None,
+    *,
+    example_inputs: Any,
+    check: bool,
+    atol: float = 1e-5,
+    in_place: bool = False,
+    protected: Mapping[nn.Module, str] | None = None,
+) -> tuple[CompactResult, dict[str, str]]:
+    """The channel path (module docstring) and ``{group: what the masks dropped that it
+    left, and why}``. ``in_place``: cut ``model`` itself, already masked and ours (the
+    second pass after the transformer blocks); a model Torch-Pruning cannot trace is then
+    returned unchanged with the reason in ``skipped`` instead of refused. ``protected``:
+    modules whose groups stay whole, with the reason (the attention blocks)."""
+    if not in_place:
+        _refuse_unsupported(model)
+    if not any(True for _ in _prunable(model)):
         raise UnsupportedModelError("compact: the model has no Conv/Linear layer to compact")
     keep_masks = _checked_masks(model, masks)
-    try:
-        work = copy.deepcopy(model)
-    except Exception as err:  # a module that cannot be copied
-        raise UnsupportedModelError(f"compact: cannot deep-copy the model ({err})") from err
+    inputs = model_inputs(model, example_inputs, input_shape)
+    if in_place:
+        work = model
+    else:
+        try:
+            work = copy.deepcopy(model)
+        except Exception as err:  # a module that cannot be copied
+            raise UnsupportedModelError(f"compact: cannot deep-copy the model ({err})") from err
     work.eval()
     apply_masks(work, keep_masks)
 
-    batch = _random_batch(work, shape)
-    probe = _probe(work, batch)
-    classifier = output_layer(work, shape)
-    before = count(work, shape)
+    probe = _probe(work, inputs)
+    before = count_on(work, inputs)
     shapes_before = _layer_shapes(work)
-
-    graph = _trace(work, shape, probe.executed)
-    names = {module: name for name, module in work.named_modules()}
-    never_cut = set(probe.output_modules)
-    if classifier is not None:
-        never_cut.add(work.get_submodule(classifier))
-
-    skipped = {
-        name: "outputs are model outputs (the classes), never removed"
-        for name, module in _prunable(work)
-        if module in never_cut
-    }
+    skipped: dict[str, str] = {}
+    left: dict[str, str] = {}
     try:
-        decisions = _cut(graph, names, probe, never_cut, skipped)
-    except LearnpruneError:
-        raise
-    except Exception as err:  # Torch-Pruning's own errors on graphs it half understands
-        raise UnsupportedModelError(
-            f"compact: Torch-Pruning failed to cut the model ({type(err).__name__}: "
-            f"{_one_line(err)})"
-        ) from err
+        graph = _trace(work, first_example(inputs), probe.executed)
+    except UnsupportedModelError as err:
+        if not in_place:
+            raise
+        skipped["channels"] = f"{err}; Conv/Linear channels outside the attention blocks stay"
+        graph = None
+        dropped: dict[str, str] = {}
+        for name, module in _prunable(work):
+            if module not in (protected or {}) and name != probe.last_layer:
+                _name_zeros(dropped, name, ~_alive_outputs(module), "outputs")
+        if dropped:
+            what = ", ".join(dropped.values())
+            left["channels"] = f"the masks dropped {what}, which stay: {skipped['channels']}"
+    decisions: list[GroupDecision] = []
+    if graph is not None:
+        names = {module: name for name, module in work.named_modules()}
+        never_cut = set(probe.output_modules)
+        if probe.executed:
+            never_cut.add(work.get_submodule(probe.last_layer))  # the classifier
+        skipped.update(
+            (name, "outputs are model outputs (the classes), never removed")
+            for name, module in _prunable(work)
+            if module in never_cut
+        )
+        try:
+            decisions = _cut(graph, names, probe, never_cut, skipped, left, protected or {})
+        except LearnpruneError:
+            raise
+        except Exception as err:  # Torch-Pruning's own errors on graphs it half understands
+            raise UnsupportedModelError(
+                f"compact: Torch-Pruning failed to cut the model ({type(err).__name__}: "
+                f"{_one_line(err)})"
+            ) from err
+    constant = sum(group.zero_weight_kept for group in decisions)
+    if constant:
+        left["constant channels"] = (
+            f"the masks dropped the weights of {constant} channels, which stay: a bias, "
+            "BatchNorm shift or activation makes them a non-zero constant (coupled groups "
+            "mask the BatchNorm entries with their channel)"
+        )
 
-    max_abs_diff = _check_outputs(work, batch, probe.outputs, atol) if check else None
+    max_abs_diff = (
+        _check_outputs(work, inputs, probe.outputs, atol, call=call_model) if check else None
+    )
     work.train(model.training)
-    after = count(work, shape)
-    return CompactResult(
+    after = count_on(work, inputs)
+    result = CompactResult(
         model=work,
         layers=_layer_changes(shapes_before, _layer_shapes(work), before, after),
         groups=decisions,
@@ -354,6 +452,127 @@ def compact(
         after=after,
         max_abs_diff=max_abs_diff,
     )
+    return result, left
+
+
+def model_inputs(model: nn.Module, example_inputs: Any, input_shape: Sequence[int] | None) -> Any:
+    """What compaction runs the model on: ``example_inputs`` as given (a tensor, a tuple
+    or a dict of keyword arguments; integer token ids stay integers), else a random batch of
+    :data:`PROBE_BATCH` examples of ``input_shape`` (or ``model.input_shape``), else a
+    Hugging Face text model's ``dummy_inputs``."""
+    if example_inputs is not None:
+        return example_inputs
+    shape = model_input_shape(model, input_shape)
+    if shape is not None:
+        return _random_batch(model, shape)
+    dummy = getattr(model, "dummy_inputs", None)
+    if isinstance(dummy, Mapping) and getattr(model, "main_input_name", None) in dummy:
+        return dict(dummy)
+    raise ConfigError(
+        "compact needs inputs to run the model: pass input_shape=(C, H, W) or example_inputs= "
+        "(a tensor, a tuple, or a dict such as {'input_ids': ..., 'attention_mask': ...})"
+    )
+
+
+@torch.no_grad()
+def count_on(model: nn.Module, inputs: Any) -> Counts:
+    """:func:`~learnprune.accounting.count` with the FLOPs of the first example of
+    ``inputs`` (``count`` itself traces a random float tensor, which a model taking token
+    ids cannot take)."""
+    counts = count(model)
+    positions, total = trace_call(model, lambda: call_model(model, first_example(inputs)))
+    layers = [
+        dataclasses.replace(
+            layer,
+            flops=2 * layer.weights * positions.get(layer.name, 0),
+            effective_flops=2 * layer.nonzero_weights * positions.get(layer.name, 0),
+        )
+        for layer in counts.layers
+    ]
+    saved = sum(layer.flops - layer.effective_flops for layer in layers)
+    return dataclasses.replace(counts, flops=total, effective_flops=total - saved, layers=layers)
+
+
+@torch.no_grad()
+def _masked_outputs(
+    model: nn.Module, keep_masks: Mapping[str, Tensor], inputs: Any
+) -> list[Tensor]:
+    """The masked model's eval-mode outputs, ``model`` run with ``W ⊙ keep`` in place of
+    each masked tensor (:func:`torch.func.functional_call`: no copy, the model unchanged)."""
+    params = dict(model.named_parameters())
+    masked = {
+        name: params[name] * keep.to(params[name].device, params[name].dtype)
+        for name, keep in keep_masks.items()
+    }
+    if isinstance(inputs, Mapping):
+        args, kwargs = (), dict(inputs)
+    else:
+        args, kwargs = (tuple(inputs) if isinstance(inputs, (tuple, list)) else (inputs,)), {}
+    try:
+        with evaluation_mode(model):
+            return output_tensors(torch.func.functional_call(model, masked, args, kwargs))
+    except Exception as err:
+        raise UnsupportedModelError(
+            f"compact: the model does not run on example_inputs {describe_inputs(inputs)} "
+            f"({type(err).__name__}: {_one_line(err)})"
+        ) from err
+
+
+def _merged(first: CompactResult, second: CompactResult) -> CompactResult:
+    """One report of two passes: the layers as before the first and after the second."""
+    after = {layer.name: layer for layer in second.layers}
+    layers = [
+        dataclasses.replace(
+            layer,
+            out_after=after[layer.name].out_after,
+            in_after=after[layer.name].in_after,
+            params_after=after[layer.name].params_after,
+            flops_after=after[layer.name].flops_after,
+        )
+        for layer in first.layers
+    ]
+    return CompactResult(
+        model=second.model,
+        layers=layers,
+        groups=[*first.groups, *(g for g in second.groups if g.removed or g.zero_weight_kept)],
+        skipped={**first.skipped, **second.skipped},
+        before=first.before,
+        after=second.after,
+    )
+
+
+def _heads_left(result: CompactResult) -> dict[str, str]:
+    """Heads that the masks dropped (their output-projection columns all zero) in the
+    attention blocks the transformer pass left whole."""
+    from learnprune.transformer_groups import find_attention_blocks
+
+    blocks, _refused = find_attention_blocks(result.model)
+    left = {}
+    for block in blocks:
+        key = f"heads:{block.name}"
+        if key not in result.skipped:
+            continue
+        columns = result.model.get_submodule(block.output).weight.detach() != 0
+        alive = columns.any(0).reshape(block.num_heads, block.head_dim).any(1)
+        dropped = int((~alive).sum())
+        if dropped:
+            why = result.skipped[key]
+            result.skipped[key] = (
+                f"the masks dropped {dropped} of {block.num_heads} heads, which stay: {why}"
+            )
+            left[key] = result.skipped[key]
+    return left
+
+
+def _warn_left(left: Mapping[str, str]) -> None:
+    """One :class:`UncutStructureWarning` naming everything dropped that stays, and why."""
+    if left:
+        warnings.warn(
+            "learnprune: compact left structures the masks dropped (see result.skipped): "
+            + "; ".join(f"{name}: {why}" for name, why in left.items()),
+            UncutStructureWarning,
+            stacklevel=3,
+        )
 
 
 # --------------------------------------------------------------------------------------------
@@ -480,10 +699,12 @@ class _Probe:
     output_modules: list[nn.Module]
     input_scale: dict[nn.Module, Tensor] = field(default_factory=dict)
     """Per Conv/Linear layer, ``max |x|`` of each input feature over the batch."""
+    last_layer: str = ""
+    """The last Conv/Linear layer run: the classifier (:func:`~learnprune.groups.output_layer`)."""
 
 
 @torch.no_grad()
-def _probe(model: nn.Module, batch: Tensor) -> _Probe:
+def _probe(model: nn.Module, batch: Any) -> _Probe:
     """Run the batch: the outputs, the Conv/Linear layers run, each layer's per-feature
     input magnitudes, and the modules whose output is itself a model output."""
     input_scale: dict[nn.Module, Tensor] = {}
@@ -514,10 +735,10 @@ def _probe(model: nn.Module, batch: Tensor) -> _Probe:
         if isinstance(module, PRUNABLE_LAYERS) or any(True for _ in module.parameters(False)):
             hooks.append(module.register_forward_hook(record(name)))
     try:
-        outputs = output_tensors(model(batch))
+        outputs = output_tensors(call_model(model, batch))
     except Exception as err:
         raise UnsupportedModelError(
-            f"compact: the model does not run on a batch of shape {tuple(batch.shape)} "
+            f"compact: the model does not run on inputs {describe_inputs(batch)} "
             f"({type(err).__name__}: {_one_line(err)})"
         ) from err
     finally:
@@ -528,11 +749,13 @@ def _probe(model: nn.Module, batch: Tensor) -> _Probe:
     output_modules = list(
         {id(m): m for m, tensor in produced if any(tensor is out for out in outputs)}.values()
     )
-    return _Probe(outputs, list(dict.fromkeys(executed)), output_modules, input_scale)
+    last = executed[-1] if executed else ""
+    return _Probe(outputs, list(dict.fromkeys(executed)), output_modules, input_scale, last)
 
 
-def _trace(model: nn.Module, shape: Sequence[int], executed: Sequence[str]) -> tp.DependencyGraph:
-    """Torch-Pruning's dependency graph of the model, or a one-line refusal.
+def _trace(model: nn.Module, example: Any, executed: Sequence[str]) -> tp.DependencyGraph:
+    """Torch-Pruning's dependency graph of the model traced on ``example`` (the inputs as
+    :func:`~learnprune.groups.call_model` takes them), or a one-line refusal.
 
     Every parameter requires grad while tracing (the graph is read from autograd), so frozen
     layers trace too; each Conv/Linear layer that runs in the forward pass must appear in
@@ -540,13 +763,15 @@ def _trace(model: nn.Module, shape: Sequence[int], executed: Sequence[str]) -> t
     """
     params = list(model.parameters())
     flags = [p.requires_grad for p in params]
-    example = _random_batch(model, shape)[:1]
     try:
         for p in params:
             p.requires_grad_(True)
         with torch.enable_grad():
             graph = tp.DependencyGraph().build_dependency(
-                model, example_inputs=example, verbose=False
+                model,
+                example_inputs=example,
+                unwrapped_parameters=unwrapped_parameters(model),
+                verbose=False,
             )
     except Exception as err:  # Torch-Pruning raises many kinds of errors on odd graphs
         raise UnsupportedModelError(
@@ -596,10 +821,14 @@ def _cut(
     probe: _Probe,
     never_cut: set[nn.Module],
     skipped: dict[str, str],
+    left: dict[str, str],
+    protected: Mapping[nn.Module, str],
 ) -> list[GroupDecision]:
     """Decide every dependency group on the unchanged model, then prune the removable
     channels group by group (a root's output indices stay valid: only its own group cuts
-    them; Torch-Pruning re-maps concat and flatten offsets at each step)."""
+    them; Torch-Pruning re-maps concat and flatten offsets at each step). A group left
+    whole goes into ``skipped``, and into ``left`` too when the masks dropped some of its
+    channels (their filters are zero)."""
     decided: list[tuple[nn.Module, Callable[..., Any], GroupDecision]] = []
     with torch.no_grad():
         groups = graph.get_all_groups(
@@ -607,9 +836,13 @@ def _cut(
         )
         for group in groups:
             root = group[0].dep.target.module
-            decision, reason = _decide(graph, group, names, probe, never_cut)
+            decision, reason, dropped = _decide(graph, group, names, probe, never_cut, protected)
+            key = f"group:{names.get(root, '?')}"
+            if decision is None and dropped:
+                reason = f"the masks dropped {dropped}, which stay: {reason}"
+                left[key] = reason
             if decision is None:
-                skipped[f"group:{names.get(root, '?')}"] = reason
+                skipped[key] = reason
             else:
                 decided.append((root, group[0].dep.handler, decision))
         for root, handler, decision in decided:
@@ -624,9 +857,13 @@ def _decide(
     names: Mapping[nn.Module, str],
     probe: _Probe,
     never_cut: set[nn.Module],
-) -> tuple[GroupDecision | None, str]:
+    protected: Mapping[nn.Module, str],
+) -> tuple[GroupDecision | None, str, str]:
     """Which channels of one dependency group are removable (module docstring, rules 1-2),
-    or ``None`` and the reason the group is left whole."""
+    or ``None``, the reason the group is left whole, and what of it the masks dropped
+    (``"c2: 3 of 8 outputs, fc: 2 of 8 inputs"``: all-zero filters of its Conv/Linear
+    writers, all-zero input slices of its readers; empty where the group holds model
+    outputs, which are never cut by design)."""
     channels = len(group[0].idxs)
     writes = torch.zeros(channels, dtype=torch.bool)  # some producer writes non-zero
     rows = torch.zeros(channels, dtype=torch.bool)  # some Conv/Linear weight row is non-zero
@@ -634,6 +871,9 @@ def _decide(
     seen = torch.zeros(channels, dtype=torch.bool)  # some reader saw a non-zero input
     writers: dict[str, None] = {}
     readers: dict[str, None] = {}
+    refusal = ""  # why the group stays whole: the members read on, to name what it drops
+    dropped: dict[str, str] = {}
+    axes = layer_scale_axes(graph)
 
     for item in group.items:
         dep = item.dep
@@ -642,34 +882,46 @@ def _decide(
         roots = item.root_idxs if item.root_idxs is not None else item.idxs
         roots = torch.as_tensor(list(roots), dtype=torch.long)
         if isinstance(module, tp.ops._OutputOp):
-            return None, "its channels reach the model's output directly"
+            return None, "its channels reach the model's output directly", ""
+        if isinstance(module, nn.Parameter) and id(module) in axes:  # a layer scale: a writer
+            _or_into(writes, roots, _nonzero_along(module.detach(), axes[id(module)])[positions])
+            continue
         if not isinstance(module, nn.Module):
-            return None, "ties in a raw nn.Parameter, which compaction does not handle"
+            refusal = refusal or "ties in a raw nn.Parameter, which compaction does not handle"
+            continue
+        if module in protected:
+            refusal = refusal or protected[module]
+            continue
         if not any(True for _ in module.parameters(recurse=False)):
             continue  # element-wise ops, concat, reshape: nothing to slice here
         name = names.get(module)
         if name is None:
-            return None, f"contains an untraceable {type(module).__name__}"
+            refusal = refusal or f"contains an untraceable {type(module).__name__}"
+            continue
         is_out = graph.is_out_channel_pruning_fn(dep.handler)
         if module in never_cut and is_out:
-            return None, f"ties in the outputs of {name}, which are model outputs"
+            return None, f"ties in the outputs of {name}, which are model outputs", ""
         if isinstance(module, PRUNABLE_LAYERS):
             conv_groups = getattr(module, "groups", 1)
             depthwise = conv_groups > 1 and conv_groups == module.in_channels
             if conv_groups > 1 and not depthwise:
-                return None, f"ties in the grouped conv {name}, which compaction does not handle"
+                refusal = refusal or (
+                    f"ties in the grouped conv {name}, which compaction does not handle"
+                )
+                continue
             weight = module.weight.detach()
             if is_out or depthwise:
                 writers[name] = None
                 row_alive = _nonzero_along(weight, 0)
-                alive = row_alive.clone()
-                if module.bias is not None:
-                    alive |= module.bias.detach().cpu() != 0
+                alive = _alive_outputs(module)
                 _or_into(writes, roots, alive[positions])
                 _or_into(rows, roots, row_alive[positions])
+                _name_zeros(dropped, name, ~alive[positions], "outputs")
             else:
                 readers[name] = None
-                _or_into(read, roots, _nonzero_along(weight, 1)[positions])
+                column_alive = _nonzero_along(weight, 1)[positions]
+                _or_into(read, roots, column_alive)
+                _name_zeros(dropped, name, ~column_alive, "inputs")
                 scale = probe.input_scale.get(module)
                 if scale is None or scale.numel() <= int(positions.max()):
                     seen[roots] = True  # not observed: assume it reads something
@@ -679,22 +931,39 @@ def _decide(
             writers[name] = None
             _or_into(writes, roots, ~_maps_zero_to_zero(module)[positions])
         else:
-            return None, (
+            refusal = refusal or (
                 f"ties in {name} ({type(module).__name__}), which compaction does not handle"
             )
 
+    if refusal:
+        return None, refusal, ", ".join(dropped.values())
     root_name = names.get(group[0].dep.target.module, "?")
     if not readers:
-        return None, "no Conv/Linear layer reads its channels"
+        return None, "no Conv/Linear layer reads its channels", ""
     removable = ~read | (~writes & ~seen)
+    constant = ~rows & ~removable  # zero filters kept for a bias, shift or f(0) != 0
     if bool(removable.all()):
-        removable[0] = False  # every layer keeps at least one channel
+        removable[0] = False  # every layer keeps at least one channel (not a constant one)
     removed = tuple(int(k) for k in torch.nonzero(removable).flatten())
-    zero_weight_kept = int((~rows & ~removable).sum())
+    zero_weight_kept = int(constant.sum())
     decision = GroupDecision(
         root_name, tuple(writers), tuple(readers), channels, removed, zero_weight_kept
     )
-    return decision, ""
+    return decision, "", ""
+
+
+def _alive_outputs(layer: nn.Module) -> Tensor:
+    """Per output of a Conv/Linear layer: is its weight row or its bias non-zero (bool, CPU)."""
+    alive = _nonzero_along(layer.weight.detach(), 0)
+    if layer.bias is not None:
+        alive |= layer.bias.detach().cpu() != 0
+    return alive
+
+
+def _name_zeros(named: dict[str, str], layer: str, zero: Tensor, what: str) -> None:
+    """Record ``"layer: 3 of 8 outputs"`` when some of a member's slices are all zero."""
+    if bool(zero.any()):
+        named[layer] = f"{layer}: {int(zero.sum())} of {zero.numel()} {what}"
 
 
 def _or_into(flags: Tensor, roots: Tensor, values: Tensor) -> None:

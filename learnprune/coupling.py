@@ -8,17 +8,23 @@ residual add or a concat ties layers together, from every layer joined there. To
 together with everything tied to it, so one keep/drop decision covers them all.
 
 Group members that learnprune knows how to mask: Conv/Linear weights (output rows and
-input columns), their biases, BatchNorm affine entries, and depthwise convs (filter ``c``
+input columns), their biases, BatchNorm affine entries, depthwise convs (filter ``c``
 with input channel ``c``; with a channel multiplier only in the group of their own
-outputs). A dependency group that also touches another parameterised layer (LayerNorm,
-GroupNorm, PReLU, Embedding, attention, raw parameters, grouped convs, a depthwise conv's
-inputs under a channel multiplier) is skipped as a whole and reported, never masked
-half-way; so are the layers whose outputs it holds (``plan.skipped`` says which group).
+outputs), and raw parameters that scale or shift a channel (ConvNeXt's layer scale ``γ``:
+entry ``c`` of the axis :func:`unwrapped_parameters` names). A dependency group that also
+touches another parameterised layer (LayerNorm, GroupNorm, PReLU, Embedding, attention,
+grouped convs, a depthwise conv's inputs under a channel multiplier) is skipped as a whole
+and reported, never masked half-way; so are the layers whose outputs it holds
+(``plan.skipped`` says which group).
+
+Torch-Pruning is told about the raw parameters (:func:`unwrapped_parameters`), so it
+neither warns "Unwrapped parameters detected" nor guesses their channel axis on its own.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
+from typing import Any
 
 import torch
 import torch_pruning as tp
@@ -31,7 +37,6 @@ from learnprune.groups import (
     GroupSet,
     TensorSlices,
     evaluation_mode,
-    example_input,
 )
 
 
@@ -39,7 +44,7 @@ def coupled_group_sets(
     model: nn.Module,
     layers: Mapping[str, nn.Module],
     classifier: str | None,
-    input_shape: Sequence[int],
+    example_inputs: Any,
 ) -> tuple[list[GroupSet], dict[str, str]]:
     """One :class:`GroupSet` per dependency group rooted at a target layer's outputs.
 
@@ -48,7 +53,9 @@ def coupled_group_sets(
         layers: the target layers by name; every other Conv/Linear is treated as excluded
             (its outputs are never cut, its inputs follow their producers).
         classifier: the output layer's name; its outputs are never cut.
-        input_shape: one example's shape, to trace the graph.
+        example_inputs: what the graph is traced on, as Torch-Pruning takes it (a tensor,
+            a tuple of positional or a dict of keyword arguments): the user's real inputs,
+            or one random example of the input shape.
 
     Returns:
         the group sets, and ``{layer: reason}`` for target layers no set covers.
@@ -62,7 +69,9 @@ def coupled_group_sets(
     try:
         with evaluation_mode(model):  # Torch-Pruning calls model.eval() and does not restore
             graph = tp.DependencyGraph().build_dependency(
-                model, example_inputs=example_input(model, input_shape)
+                model,
+                example_inputs=example_inputs,
+                unwrapped_parameters=unwrapped_parameters(model),
             )
         groups = list(
             graph.get_all_groups(ignored_layers=ignored, root_module_types=PRUNABLE_LAYERS)
@@ -77,6 +86,7 @@ def coupled_group_sets(
     skipped: dict[str, str] = {}
     covered: set[str] = set()
     refused: dict[str, str] = {}  # layer or BatchNorm -> why the group of its outputs was skipped
+    names.update((param, name) for name, param in model.named_parameters())
     for group in groups:
         root_name = names.get(group[0].dep.target.module, "?")
         pieces, problem = _group_pieces(graph, group, names)
@@ -112,16 +122,63 @@ def coupled_group_sets(
     return sets, skipped
 
 
+def unwrapped_parameters(model: nn.Module) -> list[tuple[nn.Parameter, int]]:
+    """The model's raw parameters as Torch-Pruning takes them: ``(parameter, channel
+    axis)`` for every parameter not owned by a module Torch-Pruning has a pruner for
+    (its own rule), e.g. ConvNeXt's layer scale ``γ``. The channel axis is the last one
+    longer than 1: a ``(C,)`` or ``(C, 1, 1)`` scale gives its channels, a ``(1, N, D)``
+    position table its ``D`` features (Torch-Pruning's default, made explicit); a tensor
+    with no such axis (a scalar) is left out."""
+    graph = tp.DependencyGraph()
+    wrapped: set[int] = set()
+    for module in model.modules():
+        op_type = tp.ops.module2type(module)
+        pruned = op_type in graph.REGISTERED_PRUNERS and op_type != tp.ops.OPTYPE.ELEMENTWISE
+        if pruned or type(module) in graph.CUSTOMIZED_PRUNERS:
+            wrapped.update(id(p) for p in module.parameters())
+    found = []
+    for param in model.parameters():
+        if id(param) in wrapped:
+            continue
+        axes = [dim for dim, size in enumerate(param.shape) if size > 1]
+        if axes:
+            found.append((param, axes[-1]))
+    return found
+
+
+def layer_scale_axes(graph: tp.DependencyGraph) -> dict[int, int]:
+    """``{id(parameter): channel axis}`` of the graph's raw parameters that learnprune
+    masks and cuts with their channel: those with exactly one axis longer than 1 (a layer
+    scale ``γ`` of shape ``(C,)``, ``(C, 1, 1)`` or ``(1, C, 1, 1)``). A raw parameter
+    with several (a position table, a weight used through ``F.linear``) has no axis one
+    can be sure of; a group that ties it in is left whole."""
+    return {
+        id(param): dim
+        for param, dim in graph.unwrapped_parameters
+        if sum(size > 1 for size in param.shape) == 1
+    }
+
+
 def _group_pieces(
-    graph: tp.DependencyGraph, group: tp.dependency.Group, names: Mapping[nn.Module, str]
+    graph: tp.DependencyGraph, group: tp.dependency.Group, names: Mapping[object, str]
 ) -> tuple[list[TensorSlices], str]:
-    """The tensor slices of one dependency group, or a reason it cannot be masked."""
+    """The tensor slices of one dependency group, or a reason it cannot be masked.
+    ``names`` holds the modules' and the parameters' qualified names."""
+    axes = layer_scale_axes(graph)
     positions: dict[tuple[str, str, int, str], dict[int, int]] = {}
     shapes: dict[tuple[str, str], tuple[int, ...]] = {}
     for item in group.items:
         dep, idxs = item.dep, item.idxs
         root_idxs = item.root_idxs if item.root_idxs is not None else idxs
         module = dep.target.module
+        if isinstance(module, nn.Parameter) and id(module) in axes and module in names:
+            owner, _, attr = names[module].rpartition(".")  # a layer scale: entry c is channel c
+            dim = axes[id(module)]
+            shapes[(owner, attr)] = tuple(module.shape)
+            slot = positions.setdefault((owner, attr, dim, "out"), {})
+            for position, root in zip(idxs, root_idxs, strict=True):
+                slot[int(position)] = int(root)
+            continue
         if not isinstance(module, nn.Module):
             return [], "ties in a raw nn.Parameter, which learnprune cannot mask yet"
         if not any(True for _ in module.parameters(recurse=False)):

@@ -88,3 +88,4 @@ class CheckpointError(LearnpruneError):
 
 class TrainingDivergedError(LearnpruneError, FloatingPointError):
     """The loss became NaN or infinite."""
+

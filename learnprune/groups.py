@@ -67,11 +67,12 @@ import re
 import sys
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 from torch import Tensor, nn
 
-from learnprune.errors import ConfigError, UnsupportedModelError
+from learnprune.errors import ConfigError, LearnpruneError, UnsupportedModelError, relayed
 
 PRUNABLE_LAYERS: tuple[type[nn.Module], ...] = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
 """Layer types whose ``weight`` is a default pruning target (and counts toward sparsity);
@@ -381,17 +382,19 @@ def tied_reason(name: str, tied: Mapping[str, Sequence[str]]) -> str:
     )
 
 
-def output_layer(model: nn.Module, input_shape: Sequence[int] | None = None) -> str | None:
+def output_layer(
+    model: nn.Module, input_shape: Sequence[int] | None = None, example_inputs: Any = None
+) -> str | None:
     """Name of the layer that produces the model's outputs (the classifier).
 
-    With an ``input_shape`` it is the last Conv/Linear executed in a forward pass of one
-    example; without one, the last Conv/Linear registered.
+    With ``example_inputs`` or an ``input_shape`` it is the last Conv/Linear executed in a
+    forward pass (:func:`run_example`); without either, the last Conv/Linear registered.
     """
     types = prunable_layer_types()
     layers = [n for n, m in model.named_modules() if isinstance(m, types)]
     if not layers:
         return None
-    if input_shape is None:
+    if input_shape is None and example_inputs is None:
         return layers[-1]
     order: list[str] = []
     hooks = [
@@ -401,7 +404,7 @@ def output_layer(model: nn.Module, input_shape: Sequence[int] | None = None) -> 
     ]
     try:
         with torch.no_grad(), evaluation_mode(model):
-            model(example_input(model, input_shape))
+            run_example(model, input_shape, example_inputs)
     finally:
         for hook in hooks:
             hook.remove()
@@ -430,6 +433,67 @@ def example_input(model: nn.Module, input_shape: Sequence[int]) -> Tensor:
     return torch.randn(1, *input_shape, device=device)
 
 
+def call_model(model: nn.Module, inputs: Any) -> Any:
+    """``model(**inputs)`` for a mapping, ``model(*inputs)`` for a tuple or list, else
+    ``model(inputs)``."""
+    if isinstance(inputs, Mapping):
+        return model(**inputs)
+    if isinstance(inputs, (tuple, list)):
+        return model(*inputs)
+    return model(inputs)
+
+
+def first_example(inputs: Any) -> Any:
+    """The batch cut to its first example (every tensor with a batch axis sliced ``[:1]``)."""
+    if isinstance(inputs, Tensor):
+        return inputs[:1] if inputs.dim() else inputs
+    if isinstance(inputs, Mapping):
+        return {key: first_example(value) for key, value in inputs.items()}
+    if isinstance(inputs, (tuple, list)):
+        return type(inputs)(first_example(value) for value in inputs)
+    return inputs
+
+
+def describe_inputs(inputs: Any) -> str:
+    """Shapes and dtypes of a forward pass's inputs, for messages: ``(2, 7) int64``."""
+    if isinstance(inputs, Tensor):
+        return f"{tuple(inputs.shape)} {str(inputs.dtype).removeprefix('torch.')}"
+    if isinstance(inputs, Mapping):
+        return "{" + ", ".join(f"{k}: {describe_inputs(v)}" for k, v in inputs.items()) + "}"
+    if isinstance(inputs, (tuple, list)):
+        return "(" + ", ".join(describe_inputs(v) for v in inputs) + ")"
+    return type(inputs).__name__
+
+
+def run_example(
+    model: nn.Module, input_shape: Sequence[int] | None = None, example_inputs: Any = None
+) -> Any:
+    """The model's outputs on ``example_inputs`` (:func:`call_model`: the user's real
+    tensors, integer token ids kept) or, without them, on one random example of
+    ``input_shape``.
+
+    Raises:
+        UnsupportedModelError: the model fails on them (a wrong ``input_shape``), in one
+            line naming the inputs and the model's own message.
+    """
+    if example_inputs is None:
+        if input_shape is None:
+            raise ConfigError("running the model needs input_shape=(C, H, W) or example_inputs=")
+        inputs, given = example_input(model, input_shape), f"input_shape {tuple(input_shape)}"
+        hint = "give the shape of one example, without the batch axis, or example_inputs="
+    else:
+        inputs, given = example_inputs, f"example_inputs {describe_inputs(example_inputs)}"
+        hint = "give inputs the model's forward takes"
+    try:
+        return call_model(model, inputs)
+    except LearnpruneError:
+        raise
+    except Exception as err:  # a user's model fails in its own way on a wrong input
+        raise UnsupportedModelError(
+            f"the model does not run on {given} ({relayed(err)}); {hint}"
+        ) from err
+
+
 def model_input_shape(
     model: nn.Module, input_shape: Sequence[int] | None
 ) -> tuple[int, ...] | None:
@@ -445,6 +509,7 @@ def build_groups(
     exclude: Sequence[str] = (),
     input_shape: Sequence[int] | None = None,
     allow_empty: bool = False,
+    example_inputs: Any = None,
 ) -> GroupPlan:
     """The group sets of ``kind`` over the model's Conv/Linear layers.
 
@@ -455,6 +520,10 @@ def build_groups(
         input_shape: one example's shape (C, H, W); needed for ``coupled`` groups and used
             to find the classifier; defaults to ``model.input_shape`` where it exists.
         allow_empty: return a plan without sets instead of raising (for inspection).
+        example_inputs: what to run the model on instead of a random example of
+            ``input_shape`` (a tensor, a tuple of positional or a dict of keyword
+            arguments; token ids stay integers), to trace ``coupled`` groups and find the
+            classifier.
 
     Modules with trainable parameters that no kind covers go into ``plan.skipped``, with a
     warning when they hold a significant share (:func:`learnprune.inspection.warn_uncovered`).
@@ -479,18 +548,21 @@ def build_groups(
     if kind_name == "coupled":
         _refuse_transposed_linears(model)
     layers, skipped = prunable_layers(model, exclude)
-    classifier = output_layer(model, shape) if kind_name in STRUCTURED_KINDS else None
+    structured = kind_name in STRUCTURED_KINDS
+    classifier = output_layer(model, shape, example_inputs) if structured else None
     if transformer_parts:
         sets, more_skipped = transformer_group_sets(model, transformer_parts, exclude)
         skipped.update(more_skipped)
     elif kind_name == "coupled":
         from learnprune.coupling import coupled_group_sets
 
-        if shape is None:
+        if shape is None and example_inputs is None:
             raise ConfigError(
-                "coupled groups trace the model with one example: pass input_shape=(C, H, W)"
+                "coupled groups trace the model with one example: pass input_shape=(C, H, W) "
+                "or example_inputs="
             )
-        sets, more_skipped = coupled_group_sets(model, layers, classifier, shape)
+        inputs = example_inputs if example_inputs is not None else example_input(model, shape)
+        sets, more_skipped = coupled_group_sets(model, layers, classifier, inputs)
         skipped.update(more_skipped)
     else:
         sets = []

@@ -67,10 +67,10 @@ from learnprune.groups import (
     _matches,
     build_groups,
     evaluation_mode,
-    example_input,
     is_prunable_layer,
     model_input_shape,
     output_layer,
+    run_example,
     tied_parameters,
 )
 
@@ -173,7 +173,8 @@ class PrunabilityReport:
 
     def table(self) -> str:
         """The rows as a text table, then a summary."""
-        traced = f"traced with input {self.input_shape}" if self.traced else "not traced"
+        given = f"input {self.input_shape}" if self.input_shape else "the example inputs"
+        traced = f"traced with {given}" if self.traced else "not traced"
         lines = [f"prunability of {self.model} with groups={self.kind} ({traced})"]
         width = max([len("module"), *(len(row.name) for row in self.rows)])
         type_width = max([len("type"), *(len(row.type) for row in self.rows)])
@@ -210,6 +211,7 @@ def prunability_report(
     *,
     input_shape: Sequence[int] | None = None,
     exclude: Sequence[str] = (),
+    example_inputs: Any = None,
 ) -> PrunabilityReport:
     """One row per module with trainable parameters: pruned by ``groups``, or why not.
 
@@ -221,10 +223,16 @@ def prunability_report(
             ``model.input_shape``); with it the report runs one example to find the
             classifier, the coupled groups and the modules not used in forward.
         exclude: ``fnmatch`` patterns on module or parameter names, as a method takes them.
+        example_inputs: the model's real inputs instead of a random example of
+            ``input_shape`` (a tensor, a tuple of positional or a dict of keyword
+            arguments; token ids stay integers), for a model that a float tensor cannot
+            run (an embedding's token ids).
 
     Raises:
         ConfigError: the model carries gates, an unknown kind, or ``coupled`` without an
             input shape.
+        UnsupportedModelError: the model does not run on one example of ``input_shape``
+            or on ``example_inputs`` (one line naming them and the model's own message).
     """
     from learnprune.masking import gated_tensors
 
@@ -237,25 +245,25 @@ def prunability_report(
     shape = model_input_shape(model, input_shape)
     kind = groups if isinstance(groups, str) else "custom"
     notes: list[str] = []
+    used: set[str] | None = None
+    if shape is not None or example_inputs is not None:  # a model failing on them: refused
+        used = _used_parameters(model, shape, example_inputs)
+    else:
+        notes.append("pass input_shape to run one example: finds the classifier and unused modules")
     try:
         with warnings.catch_warnings():  # the report itself says what is uncovered
             warnings.simplefilter("ignore", UncoveredParametersWarning)
-            warnings.filterwarnings("ignore", "Unwrapped parameters")  # Torch-Pruning's
-            plan = build_groups(model, groups, exclude=exclude, input_shape=shape, allow_empty=True)
+            plan = build_groups(
+                model,
+                groups,
+                exclude=exclude,
+                input_shape=shape,
+                allow_empty=True,
+                example_inputs=example_inputs,
+            )
     except UnsupportedModelError as err:  # coupled groups on a graph Torch-Pruning can't trace
         plan = GroupPlan([], {})
         notes.append(f"no {kind} groups: {err}")
-    used: set[str] | None = None
-    if shape is not None:
-        try:
-            used = _used_parameters(model, shape)
-        except Exception as err:  # a user's model may not run on a random float example
-            notes.append(
-                f"could not run one example of shape {shape} ({_one_line(err)}); "
-                "modules not used in forward are not detected"
-            )
-    else:
-        notes.append("pass input_shape to run one example: finds the classifier and unused modules")
     modules = dict(model.named_modules())
     tied = tied_parameters(model)
     rows = [
@@ -267,7 +275,7 @@ def prunability_report(
         )
         for name, module in _owners(model)
     ]
-    if shape is None and kind in STRUCTURED_KINDS:
+    if used is None and kind in STRUCTURED_KINDS:
         notes.append(
             f"without input_shape the classifier is taken to be the last layer registered, "
             f"{output_layer(model)}"
@@ -527,8 +535,11 @@ def _conv_note(module: nn.Module, kind: str) -> list[str]:
     return [f"{what} conv"]
 
 
-def _used_parameters(model: nn.Module, shape: Sequence[int]) -> set[str]:
-    """Names of the parameters one example's forward pass uses: those the outputs reach
+def _used_parameters(
+    model: nn.Module, shape: Sequence[int] | None, example_inputs: Any = None
+) -> set[str]:
+    """Names of the parameters one forward pass (:func:`~learnprune.groups.run_example`)
+    uses: those the outputs reach
     through autograd, and those of every module whose ``forward`` ran (a parameter read
     only on a non-differentiable path still counts)."""
     from learnprune.compact import output_tensors  # Torch-Pruning only when a shape is given
@@ -541,7 +552,7 @@ def _used_parameters(model: nn.Module, shape: Sequence[int]) -> set[str]:
     ]
     try:
         with evaluation_mode(model), torch.enable_grad():
-            outputs = output_tensors(model(example_input(model, shape)))
+            outputs = output_tensors(run_example(model, shape, example_inputs))
     finally:
         for hook in hooks:
             hook.remove()

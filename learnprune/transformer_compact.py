@@ -30,7 +30,8 @@ per layer), so save a compact Hugging Face model with ``torch.save``, not
 ``save_pretrained``. Heads of ``nn.MultiheadAttention`` are masked but not removed (its
 forward pass assumes ``embed_dim = H·d``); they are listed in
 :attr:`CompactResult.skipped`. Other layers (embeddings, the patch conv, the pooler, the
-classifier) are left as they are.
+classifier) are left as they are here;
+:func:`learnprune.compact` then cuts their dropped channels in a second pass.
 
 The model runs on ``example_inputs``: a tensor (``model(x)``), a tuple (``model(*x)``) or a
 mapping (``model(**x)``, e.g. ``{"input_ids": ..., "attention_mask": ...}``); without them a
@@ -41,14 +42,12 @@ FLOPs are counted for the first example of the batch.
 from __future__ import annotations
 
 import copy
-import dataclasses
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 
-from learnprune.accounting import Counts, count, trace_call
 from learnprune.compact import (
     CompactResult,
     GroupDecision,
@@ -57,13 +56,14 @@ from learnprune.compact import (
     _layer_changes,
     _layer_shapes,
     _one_line,
-    _random_batch,
     _refuse_unsupported,
     apply_masks,
+    model_inputs,
     output_tensors,
 )
-from learnprune.errors import ConfigError, UnsupportedModelError
-from learnprune.groups import model_input_shape, weight_axes
+from learnprune.compact import count_on as _count
+from learnprune.errors import UnsupportedModelError
+from learnprune.groups import call_model, first_example, weight_axes
 from learnprune.transformer_groups import (
     HEAD_COUNT_ATTRS,
     AttentionBlock,
@@ -104,7 +104,7 @@ def compact_transformer(
         raise UnsupportedModelError(f"compact: cannot deep-copy the model ({err})") from err
     work.eval()
     apply_masks(work, keep_masks)
-    inputs = _inputs(work, example_inputs, input_shape)
+    inputs = model_inputs(work, example_inputs, input_shape)
 
     attention, refused = find_attention_blocks(work)
     mlps = find_mlp_blocks(work)
@@ -157,43 +157,6 @@ def compact_transformer(
 # --------------------------------------------------------------------------------------------
 
 
-def _inputs(model: nn.Module, example_inputs: Any, input_shape: Sequence[int] | None) -> Any:
-    """``example_inputs``, else a text model's ``dummy_inputs``, else a random batch."""
-    if example_inputs is not None:
-        return example_inputs
-    shape = model_input_shape(model, input_shape)
-    if shape is not None:
-        return _random_batch(model, shape)
-    dummy = getattr(model, "dummy_inputs", None)
-    if isinstance(dummy, Mapping) and getattr(model, "main_input_name", None) in dummy:
-        return dict(dummy)
-    raise ConfigError(
-        "compact: pass example_inputs= (a tensor, a tuple, or a dict such as "
-        "{'input_ids': ..., 'attention_mask': ...}) or input_shape= to run the model"
-    )
-
-
-def call_model(model: nn.Module, inputs: Any) -> Any:
-    """``model(**inputs)`` for a mapping, ``model(*inputs)`` for a tuple or list, else
-    ``model(inputs)``."""
-    if isinstance(inputs, Mapping):
-        return model(**inputs)
-    if isinstance(inputs, (tuple, list)):
-        return model(*inputs)
-    return model(inputs)
-
-
-def first_example(inputs: Any) -> Any:
-    """The batch cut to its first example (every tensor with a batch axis sliced ``[:1]``)."""
-    if isinstance(inputs, Tensor):
-        return inputs[:1] if inputs.dim() else inputs
-    if isinstance(inputs, Mapping):
-        return {key: first_example(value) for key, value in inputs.items()}
-    if isinstance(inputs, (tuple, list)):
-        return type(inputs)(first_example(value) for value in inputs)
-    return inputs
-
-
 @torch.no_grad()
 def _probe(
     model: nn.Module, inputs: Any, readers: Sequence[nn.Module]
@@ -222,25 +185,6 @@ def _probe(
     if not outputs:
         raise UnsupportedModelError("compact: the model's forward pass returns no tensor")
     return outputs, input_scale
-
-
-@torch.no_grad()
-def _count(model: nn.Module, inputs: Any) -> Counts:
-    """:func:`~learnprune.accounting.count` with the FLOPs of one example of ``inputs``
-    (``count`` itself traces a random tensor of ``input_shape``, which a text model cannot
-    take)."""
-    counts = count(model)
-    positions, total = trace_call(model, lambda: call_model(model, first_example(inputs)))
-    layers = [
-        dataclasses.replace(
-            layer,
-            flops=2 * layer.weights * positions.get(layer.name, 0),
-            effective_flops=2 * layer.nonzero_weights * positions.get(layer.name, 0),
-        )
-        for layer in counts.layers
-    ]
-    saved = sum(layer.flops - layer.effective_flops for layer in layers)
-    return dataclasses.replace(counts, flops=total, effective_flops=total - saved, layers=layers)
 
 
 # --------------------------------------------------------------------------------------------

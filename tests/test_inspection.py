@@ -5,7 +5,7 @@ passes; the ``learnprune inspect`` command."""
 from __future__ import annotations
 
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import pytest
 import torch
@@ -13,10 +13,10 @@ from conftest import call_cli
 from torch import Tensor, nn
 
 from learnprune import masking
-from learnprune.errors import ConfigError
+from learnprune.errors import ConfigError, UnsupportedModelError
 from learnprune.groups import GroupPlan, GroupSet, build_groups
 from learnprune.inspection import ROOT, UncoveredParametersWarning, prunability_report
-from learnprune.methods import Magnitude
+from learnprune.methods import SCL, HardConcrete, Magnitude
 from learnprune.models import build_model
 
 SHAPE = (3, 8, 8)
@@ -160,9 +160,45 @@ def test_recurrent_transposed_conv_and_untraceable_models_are_reported_not_ignor
         def forward(self, ids: Tensor) -> Tensor:
             return self.head(self.embed(ids).mean(1))
 
-    report = prunability_report(Tokens(), input_shape=(12,))
+    report = prunability_report(Tokens())  # not traced: nothing runs the model
     assert report.row("head").status == "pruned"
-    assert any("could not run one example" in note for note in report.notes)
+    with pytest.raises(UnsupportedModelError, match="input_shape"):  # float noise into ids
+        prunability_report(Tokens(), input_shape=(12,))
+
+
+def wrong_shape_net() -> nn.Sequential:
+    """A conv net for 8x8 inputs: any other size breaks its Linear layer."""
+    return nn.Sequential(
+        nn.Conv2d(3, 4, 3), nn.ReLU(), nn.Flatten(), nn.Linear(4 * 6 * 6, 5), nn.ReLU(),
+        nn.Linear(5, 2),
+    )
+
+
+@pytest.mark.parametrize("kind", ["element", "out_channel", "coupled"])
+def test_report_on_a_wrong_input_shape_is_one_line_naming_the_shape(kind: str) -> None:
+    with pytest.raises(UnsupportedModelError) as raised:
+        prunability_report(wrong_shape_net(), kind, input_shape=(3, 9, 9))
+    message = str(raised.value)
+    assert "input_shape (3, 9, 9)" in message
+    assert "mat1 and mat2 shapes cannot be multiplied" in message  # the model's own words
+    assert "\n" not in message
+
+
+@pytest.mark.parametrize(
+    "build",
+    [
+        lambda model: SCL(model, groups="coupled", input_shape=(3, 9, 9)),
+        lambda model: Magnitude(model, groups="out_channel", input_shape=(3, 9, 9), target=0.5),
+        lambda model: HardConcrete(model, groups="l0_units", input_shape=(3, 9, 9)),
+    ],
+)
+def test_method_built_with_a_wrong_input_shape_refuses_in_one_line(
+    build: Callable[[nn.Module], object],
+) -> None:
+    model = wrong_shape_net()
+    with pytest.raises(UnsupportedModelError, match=r"input_shape \(3, 9, 9\).*mat1 and mat2"):
+        build(model)
+    assert not any(True for _ in masking.gated_tensors(model))  # refused before any gate
 
 
 def test_coupled_report_without_an_input_shape_is_a_config_error() -> None:
@@ -342,6 +378,7 @@ def test_cli_inspect_prints_the_table_for_a_user_module_and_a_built_in_model() -
         (["--module", "test_inspection:NoSuchNet"], "has no attribute 'NoSuchNet'"),
         (["--module", "test_inspection"], "path.to.module:factory"),
         (["--model", "lenet300", "--input-shape", "1,x"], "--input-shape"),
+        (["--model", "lenet5", "--input-shape", "1,20,20"], "input_shape (1, 20, 20)"),
     ],
 )
 def test_cli_inspect_bad_input_is_one_line_and_exit_code_2(argv: list[str], message: str) -> None:

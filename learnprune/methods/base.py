@@ -68,12 +68,23 @@ class PruningMethod:
         *,
         exclude: Sequence[str] = (),
         input_shape: Sequence[int] | None = None,
+        example_inputs: Any = None,
     ) -> None:
+        """Build the group plan (:func:`~learnprune.groups.build_groups`: ``exclude``,
+        ``input_shape`` or the model's real ``example_inputs`` for ``coupled`` groups and
+        the classifier) and attach the gates. A plan the method refuses, or a model that
+        does not run on the given input, is refused before the model is touched."""
         self.model = model
         self.step = 0
         self.total_weights = sum(m.weight.numel() for _n, m in prunable_modules(model))
         if self.has_masks:
-            self.plan = build_groups(model, groups, exclude=exclude, input_shape=input_shape)
+            self.plan = build_groups(
+                model,
+                groups,
+                exclude=exclude,
+                input_shape=input_shape,
+                example_inputs=example_inputs,
+            )
             if not self.supports_n_of_m and any(s.n_of_m for s in self.plan.sets):
                 raise ConfigError(f"{self.name} does not support n:m groups")
             self.validate_plan(self.plan)  # before the model is touched

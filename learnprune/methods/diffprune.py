@@ -249,6 +249,8 @@ class DiffPrune(BudgetedMethod):
             overshoots it (LeNet-300-100, target 0.9: 96.3% with a symmetric η).
         exclude: layers left dense (``fnmatch`` patterns).
         input_shape: one example's shape (coupled groups, FLOPs budgets).
+        example_inputs: the model's real inputs for coupled groups and the classifier
+            (token ids for an embedding), instead of a random example of ``input_shape``.
     """
 
     name = "diffprune"
@@ -288,6 +290,7 @@ class DiffPrune(BudgetedMethod):
         lam_down_rate: float | None = None,
         exclude: Sequence[str] = (),
         input_shape: Sequence[int] | None = None,
+        example_inputs: Any = None,
     ) -> None:
         self.lam = validation.non_negative("lam", lam)
         self.mode = validation.choice("mode", mode, MODES)
@@ -313,6 +316,7 @@ class DiffPrune(BudgetedMethod):
             "out_channel" if self.on_activations else groups,
             exclude=exclude,
             input_shape=input_shape,
+            example_inputs=example_inputs,
         )
         down = 50 * lam_rate if lam_down_rate is None else lam_down_rate
         self.setup_budget(self.lam, lam_rate, input_shape, down_rate=down)

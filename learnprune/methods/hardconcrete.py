@@ -111,7 +111,8 @@ class HardConcrete(BudgetedMethod):
         target: a sparsity or ``{"flops": f}`` budget that ``λ`` is scaled to reach,
             measured on the test-time gates (the final model).
         lam_rate: ``η`` of the adaptation (:class:`~learnprune.budget.LambdaController`).
-        exclude: layers left dense; input_shape: one example's shape.
+        exclude: layers left dense; input_shape: one example's shape; example_inputs: the
+            model's real inputs for coupled groups and the classifier (token ids).
     """
 
     name = "hardconcrete"
@@ -143,6 +144,7 @@ class HardConcrete(BudgetedMethod):
         lam_rate: float = 2e-5,
         exclude: Sequence[str] = (),
         input_shape: Sequence[int] | None = None,
+        example_inputs: Any = None,
     ) -> None:
         self.weight_decay = validation.non_negative("weight_decay", weight_decay)
         self.n_train = validation.integer("n_train", n_train, minimum=1)
@@ -150,7 +152,9 @@ class HardConcrete(BudgetedMethod):
         self.penalty = validation.choice("penalty", penalty, PENALTIES)
         self._lam_option, self._drop_option = lam, droprate_init
         self.set_target(target)
-        super().__init__(model, groups, exclude=exclude, input_shape=input_shape)
+        super().__init__(
+            model, groups, exclude=exclude, input_shape=input_shape, example_inputs=example_inputs
+        )
         # λ_l times the adapted scale; measured on the test-time gates, which close late (log
         # α < −2.4): λ rises until they do, then falls 50 times faster so it does not overshoot
         self.setup_budget(1.0, lam_rate, input_shape, down_rate=50 * lam_rate)

@@ -72,12 +72,15 @@ class _MagnitudePruning(FixedMaskMethod):
         score: str,
         exclude: Sequence[str],
         input_shape: Sequence[int] | None,
+        example_inputs: Any = None,
     ) -> None:
         self.scope = validation.choice("scope", scope, SCOPES)
         self.score = validation.choice("score", score, SCORES)
         self.target = None if target is None else validation.fraction("target", target)
         self.current_target = 0.0
-        super().__init__(model, groups, exclude=exclude, input_shape=input_shape)
+        super().__init__(
+            model, groups, exclude=exclude, input_shape=input_shape, example_inputs=example_inputs
+        )
 
     def validate_plan(self, plan: GroupPlan) -> None:
         n_of_m = [s.n_of_m for s in plan.sets if s.n_of_m is not None]
@@ -121,6 +124,8 @@ class Magnitude(_MagnitudePruning):
         prune_at: the step at which to prune; ``0`` prunes now.
         exclude: layers to leave dense (``fnmatch`` patterns).
         input_shape: one example's shape, for ``coupled`` groups.
+        example_inputs: the model's real inputs for ``coupled`` groups and the classifier
+            (token ids for an embedding), instead of a random example of ``input_shape``.
     """
 
     name = "magnitude"
@@ -138,6 +143,7 @@ class Magnitude(_MagnitudePruning):
         prune_at: int = 0,
         exclude: Sequence[str] = (),
         input_shape: Sequence[int] | None = None,
+        example_inputs: Any = None,
     ) -> None:
         super().__init__(
             model,
@@ -147,6 +153,7 @@ class Magnitude(_MagnitudePruning):
             score=score,
             exclude=exclude,
             input_shape=input_shape,
+            example_inputs=example_inputs,
         )
         self.prune_at = validation.integer("prune_at", prune_at)
         if self.prune_at == 0:
@@ -184,7 +191,7 @@ class GMP(_MagnitudePruning):
         end_step: ``t₀ + nΔt``, the step at which ``s_f`` is reached.
         frequency: ``Δt``, steps between two pruning events.
         initial: ``s_i``, the sparsity of the first pruning event.
-        groups, scope, score, exclude, input_shape: as for :class:`Magnitude`.
+        groups, scope, score, exclude, input_shape, example_inputs: as for :class:`Magnitude`.
     """
 
     name = "gmp"
@@ -214,6 +221,7 @@ class GMP(_MagnitudePruning):
         score: str = "rms",
         exclude: Sequence[str] = (),
         input_shape: Sequence[int] | None = None,
+        example_inputs: Any = None,
     ) -> None:
         super().__init__(
             model,
@@ -223,6 +231,7 @@ class GMP(_MagnitudePruning):
             score=score,
             exclude=exclude,
             input_shape=input_shape,
+            example_inputs=example_inputs,
         )
         self.begin_step = validation.integer("begin_step", begin_step)
         self.end_step = validation.integer("end_step", end_step)

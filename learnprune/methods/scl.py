@@ -206,6 +206,8 @@ class SCL(BudgetedMethod):
             closes completely disconnects the network for good).
         exclude: layers left dense (``fnmatch`` patterns).
         input_shape: one example's shape (for coupled groups and FLOPs budgets).
+        example_inputs: the model's real inputs for coupled groups and the classifier
+            (token ids for an embedding), instead of a random example of ``input_shape``.
     """
 
     name = "scl"
@@ -241,6 +243,7 @@ class SCL(BudgetedMethod):
         keep_one: bool = True,
         exclude: Sequence[str] = (),
         input_shape: Sequence[int] | None = None,
+        example_inputs: Any = None,
     ) -> None:
         self.ste = validation.choice("ste", ste, tuple(STE_PROXIES))
         self.ste_slope = validation.positive("ste_slope", ste_slope)
@@ -257,7 +260,9 @@ class SCL(BudgetedMethod):
         if not isinstance(keep_one, bool):
             raise ConfigError(f"keep_one must be true or false, got {keep_one!r}")
         self.keep_one = keep_one
-        super().__init__(model, groups, exclude=exclude, input_shape=input_shape)
+        super().__init__(
+            model, groups, exclude=exclude, input_shape=input_shape, example_inputs=example_inputs
+        )
         self.setup_budget(self.lam, lam_rate, input_shape)
         self.features = {s.name: _feature_count(s) for s in self.plan.sets}
         self._processors = {name: self._make_processor(name) for name in self.gates}
