@@ -188,6 +188,49 @@ def test_an_unknown_recipe_is_one_line_with_close_names(
 
 
 # ------------------------------------------------------------------------------------------
+# The names users try first: lp.export(model, dir) and lp.load(dir)
+# ------------------------------------------------------------------------------------------
+
+EXPORT_AND_LOAD = """
+import sys, torch
+if sys.argv[1] == "submodule-first":
+    import learnprune.export
+import learnprune as lp
+
+torch.manual_seed(0)
+model = lp.build_model("lenet300").eval()
+x = torch.randn(3, 1, 28, 28)
+for attempt in ("first", "after importing the submodule"):
+    named = lp.export(model, f"{sys.argv[2]}/{attempt}/named", model_name="lenet300")
+    plain = lp.export(model, f"{sys.argv[2]}/{attempt}/plain")
+    assert torch.equal(lp.load(named)(x), model(x))
+    assert torch.equal(lp.load(plain, model=lp.build_model("lenet300"))(x), model(x))
+    assert lp.export is lp.export_model and lp.load is lp.load_export
+    import learnprune.export
+    from learnprune.export import read_metadata  # the submodule itself is still there
+
+assert read_metadata(named)["architecture"]["model_name"] == "lenet300"
+print(type(lp.export).__name__, type(sys.modules["learnprune.export"]).__name__)
+"""
+
+
+@pytest.mark.parametrize("order", ["package-first", "submodule-first"])
+def test_lp_export_and_lp_load_whatever_was_imported_first(tmp_path: Path, order: str) -> None:
+    """``lp.export(model, dir)`` and ``lp.load(dir)`` are the functions, before and after an
+    ``import learnprune.export`` (which binds the package attribute on its first import)."""
+    pytest.importorskip("safetensors")
+    done = subprocess.run(
+        [sys.executable, "-c", EXPORT_AND_LOAD, order, str(tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.split() == ["function", "module"]
+
+
+# ------------------------------------------------------------------------------------------
 # The built wheel in a fresh virtual environment (`make test-wheel`, about two minutes)
 # ------------------------------------------------------------------------------------------
 
@@ -227,8 +270,10 @@ def installed_wheel(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Pat
 def test_the_wheel_lists_and_trains_its_recipes_outside_a_checkout(installed_wheel) -> None:
     bin_dir, cwd, env = installed_wheel
     python = str(bin_dir / "python")
-    where = run_checked([python, "-c", "import learnprune; print(learnprune.__file__)"], cwd, env)
-    assert Path(where.strip()).is_relative_to(bin_dir.parent)  # the installed copy
+    names = "import learnprune as lp; print(lp.__file__, lp.export.__name__, lp.load.__name__)"
+    where, *functions = run_checked([python, "-c", names], cwd, env).split()
+    assert functions == ["export", "load"]  # lp.export(model, dir) and lp.load(dir)
+    assert Path(where).is_relative_to(bin_dir.parent)  # the installed copy, not the checkout
     listed = run_checked([str(bin_dir / "learnprune"), "list"], cwd, env)
     assert "lenet300-scl" in listed and "lenet5caffe-diffprune" in listed
 
@@ -249,4 +294,4 @@ def test_the_wheel_lists_and_trains_its_recipes_outside_a_checkout(installed_whe
     assert final["steps"] == 2 and config["method"] == "scl" and config["model"] == "lenet300"
     find = "from learnprune.config import find_recipe as f; print(f('recipes/lenet300-scl.toml'))"
     shipped = run_checked([python, "-c", find], cwd, env)  # a checkout's path, outside one
-    assert Path(shipped.strip()) == Path(where.strip()).parent / "recipes" / "lenet300-scl.toml"
+    assert Path(shipped.strip()) == Path(where).parent / "recipes" / "lenet300-scl.toml"
