@@ -1,7 +1,9 @@
-"""The set-up a newcomer runs: the Makefile's two commands and .ci/run.
+"""What a newcomer meets first: the Makefile's two commands and .ci/run, the shipped
+recipes by name, ``lp.export`` / ``lp.load``, and the built wheel in a fresh venv.
 
 The Makefile's data targets run with stand-ins for ``learnprune`` and ``apt-get`` (small
 shell scripts that log their arguments), so nothing is installed and nothing is fetched.
+The wheel test (marked ``packaging``, run by ``make test-wheel``) installs for minutes.
 """
 
 from __future__ import annotations
@@ -27,11 +29,14 @@ needs_make = pytest.mark.skipif(shutil.which("make") is None, reason="needs make
 
 
 def make(*args: str, cwd: Path = REPO) -> subprocess.CompletedProcess[str]:
+    """``make ARGS`` in ``cwd``, without the flags and variables of a make that runs pytest."""
+    env = {k: v for k, v in os.environ.items() if k not in ("MAKEFLAGS", "MFLAGS", "MAKELEVEL")}
     return subprocess.run(
         ["make", "--no-print-directory", "-C", str(cwd), *args],
         capture_output=True,
         text=True,
         timeout=60,
+        env=env,
     )
 
 
@@ -249,8 +254,15 @@ def installed_wheel(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Pat
     root = tmp_path_factory.mktemp("wheel")
     env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV")}
     env["LEARNPRUNE_DATA"] = str(root / "no-data")
+    # Built from a copy of what the wheel is made of, so that no stale build/ of the checkout
+    # leaks into it (and the checkout gets none).
+    source = root / "source"
+    ignore = shutil.ignore_patterns("__pycache__")
+    shutil.copytree(REPO / "learnprune", source / "learnprune", ignore=ignore)
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copy(REPO / name, source / name)
     run_checked(
-        [sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", str(REPO), "-w", str(root)],
+        [sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", str(source), "-w", str(root)],
         root,
         env,
     )
