@@ -11,6 +11,8 @@ Quick start::
     lp.train(model, gmp, data, lp.TrainConfig(epochs=10, batch_size=100, lr=0.1))
     print(lp.count(model))        # params, nonzero_params, flops, effective_flops, ...
     gmp.finalize()                # masks baked in, a plain nn.Module again
+    lp.export(model, "lenet300-gmp", model_name="lenet300")   # safetensors + model.json
+    again = lp.load("lenet300-gmp")                            # rebuilt, no unpickling
 """
 
 __version__ = "0.1.0"
@@ -48,6 +50,13 @@ from learnprune.methods import (
 from learnprune.models import build_model, list_models
 from learnprune.runner import run
 
+# The names users try first. Importing the submodule ``learnprune.export`` (above) set the
+# package's ``export`` attribute to that module; it is set once, on the first import, so
+# binding the function after every import keeps ``lp.export`` the function, also after a
+# later ``import learnprune.export`` (the module stays in ``sys.modules``).
+export = export_model
+load = load_export
+
 __all__ = [
     "GMP",
     "METHODS",
@@ -79,10 +88,12 @@ __all__ = [
     "count",
     "custom_group_set",
     "evaluate",
+    "export",
     "export_model",
     "finalize",
     "format_table",
     "list_models",
+    "load",
     "load_dataset",
     "load_export",
     "prunability_report",

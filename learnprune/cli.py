@@ -2,7 +2,7 @@
 
 ::
 
-    learnprune train --recipe recipes/lenet300-gmp.toml           # a shipped recipe
+    learnprune train --recipe lenet300-gmp                        # a shipped recipe, by name
     learnprune train --model lenet300 --data mnist --method gmp --target 0.95 --epochs 20
     learnprune train --resume runs/lenet300-gmp-20261126-140501     # continue a run
     learnprune eval runs/lenet300-gmp-20261126-140501
@@ -45,7 +45,8 @@ def _parser() -> argparse.ArgumentParser:
 
     train = commands.add_parser("train", help="train and prune a model; writes a run directory")
     train.add_argument(
-        "--recipe", help="a recipe file (TOML or YAML), e.g. recipes/lenet300-gmp.toml"
+        "--recipe",
+        help="a shipped recipe's name (learnprune list), e.g. lenet300-gmp, or a TOML/YAML file",
     )
     from learnprune.methods import METHODS
 
@@ -186,7 +187,9 @@ def _parser() -> argparse.ArgumentParser:
     compare = commands.add_parser(
         "compare", help="run several methods at several strengths on one recipe; table + report"
     )
-    compare.add_argument("--recipe", required=True, help="model, data and epochs of the sweep")
+    compare.add_argument(
+        "--recipe", required=True, help="model, data and epochs of the sweep (a name or a file)"
+    )
     compare.add_argument(
         "--methods",
         default="scl,dessilbi,diffprune,hardconcrete,gmp,magnitude",
@@ -608,16 +611,15 @@ def _inspect(args: argparse.Namespace) -> int:
 
 
 def _list() -> int:
+    from learnprune.config import shipped_recipes
     from learnprune.data import DATASETS
     from learnprune.methods import METHODS
     from learnprune.models import list_models
 
-    recipes = sorted((Path(__file__).resolve().parent.parent / "recipes").glob("*.toml"))
     print("models:   " + ", ".join(list_models()))
     print("methods:  " + ", ".join(METHODS))
     print("data:     " + ", ".join(DATASETS))
-    if recipes:
-        print("recipes:  " + ", ".join(f"recipes/{r.name}" for r in recipes))
+    print("recipes:  " + ", ".join(shipped_recipes()) + "  (train --recipe NAME)")
     return 0
 
 

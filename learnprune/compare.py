@@ -33,10 +33,9 @@ from pathlib import Path
 from typing import Any
 
 from learnprune import checkpoint
-from learnprune.config import RunConfig, read_recipe
+from learnprune.config import RECIPES_DIR, RunConfig, read_recipe
 from learnprune.errors import ConfigError
 
-RECIPES = Path(__file__).resolve().parent.parent / "recipes"
 TARGETED = ("scl", "diffprune", "hardconcrete", "gmp", "magnitude")
 COLUMNS = (
     "method",
@@ -76,7 +75,7 @@ def method_recipe(base: Mapping[str, Any], method: str) -> dict[str, Any]:
     ``end_epoch``, learning-rate ``milestones``) are scaled to the new length.
     """
     prefix = str(base["model"]).replace("-", "")
-    shipped = RECIPES / f"{prefix}-{method}.toml"
+    shipped = RECIPES_DIR / f"{prefix}-{method}.toml"
     base_train = dict(base.get("train", {}))
     if shipped.is_file():
         raw = read_recipe(shipped)

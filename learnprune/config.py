@@ -23,6 +23,7 @@ Every field can be overridden from the command line (``--epochs 2``, ``--target 
 from __future__ import annotations
 
 import copy
+import difflib
 import sys
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field, fields
@@ -188,15 +189,43 @@ def _aliases(names: Sequence[str]) -> set[str]:
     return {name.lower() for name in names}
 
 
+RECIPES_DIR = Path(__file__).resolve().parent / "recipes"
+"""The recipes shipped inside the package, one ``<name>.toml`` each."""
+
+
+def shipped_recipes() -> list[str]:
+    """The names of the shipped recipes, sorted (``lenet300-scl`` is ``lenet300-scl.toml``)."""
+    return sorted(path.stem for path in RECIPES_DIR.glob("*.toml"))
+
+
+def find_recipe(name_or_path: str | Path) -> Path:
+    """The recipe file that ``name_or_path`` names, from any working directory.
+
+    An existing file is taken as it is. Otherwise a bare name (``lenet300-scl``), a file name
+    (``lenet300-scl.toml``) or a checkout's path (``recipes/lenet300-scl.toml``) names the
+    shipped recipe. Raises :class:`ConfigError` for a missing file or an unknown name (with
+    the shipped names closest to it).
+    """
+    given = Path(name_or_path)
+    if given.is_file():
+        return given
+    if given.parent not in (Path("."), Path("recipes")) or given.suffix not in ("", ".toml"):
+        raise ConfigError(f"recipe {name_or_path} does not exist")
+    name = given.name.removesuffix(".toml")
+    shipped = RECIPES_DIR / f"{name}.toml"
+    if shipped.is_file():
+        return shipped
+    names = shipped_recipes()
+    close = [known for known in names if name and name in known]
+    close = close or difflib.get_close_matches(name, names, n=4, cutoff=0.5)
+    hint = f"did you mean {', '.join(close[:4])}?" if close else "`learnprune list` shows them"
+    raise ConfigError(f"no recipe file {name_or_path} and no shipped recipe {name!r}; {hint}")
+
+
 def read_recipe(path: str | Path) -> dict[str, Any]:
-    """The raw dictionary of a TOML or YAML recipe file."""
-    recipe = Path(path)
-    if not recipe.is_file():
-        shipped = Path(__file__).resolve().parent.parent / "recipes" / recipe.name
-        if shipped.is_file() and recipe.parent == Path("."):
-            recipe = shipped
-        else:
-            raise ConfigError(f"recipe {path} does not exist (recipes live in recipes/*.toml)")
+    """The raw dictionary of a TOML or YAML recipe: a file, or a shipped recipe's name
+    (see :func:`find_recipe`)."""
+    recipe = find_recipe(path)
     text = recipe.read_text()
     try:
         if recipe.suffix in (".yaml", ".yml"):

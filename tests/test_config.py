@@ -7,12 +7,18 @@ from pathlib import Path
 import pytest
 import torch
 
-from learnprune.config import RunConfig, apply_overrides, parse_override, read_recipe
+from learnprune.config import (
+    RECIPES_DIR,
+    RunConfig,
+    apply_overrides,
+    parse_override,
+    read_recipe,
+)
 from learnprune.data import Dataset
 from learnprune.errors import ConfigError
 from learnprune.runner import build
 
-RECIPES = sorted((Path(__file__).resolve().parent.parent / "recipes").glob("*.toml"))
+RECIPES = sorted(RECIPES_DIR.glob("*.toml"))
 
 
 def _fake_data(shape: tuple[int, ...] = (1, 28, 28)) -> Dataset:
