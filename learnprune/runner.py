@@ -34,6 +34,7 @@ import json
 import math
 import platform
 import time
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -336,12 +337,21 @@ def compact_summary(
     (:func:`learnprune.compact.compact`, outputs checked): kept units, parameters, FLOPs;
     and the compact model itself. A model compaction cannot handle gets ``{"error":
     reason}`` and ``None``; the run still succeeds."""
-    from learnprune.compact import compact
+    from learnprune.compact import UncutStructureWarning, compact
 
     try:
-        result = compact(model, None, input_shape)
+        # What compaction leaves is recorded in final.json, not warned about in every run
+        # (`learnprune compact RUN_DIR` warns).
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always", UncutStructureWarning)
+            result = compact(model, None, input_shape)
     except LearnpruneError as err:
         return {"error": str(err)}, None
+    for warning in caught:
+        if not issubclass(warning.category, UncutStructureWarning):
+            warnings.warn_explicit(
+                warning.message, warning.category, warning.filename, warning.lineno
+            )
     summary = {
         "architecture": result.architecture_after,
         "removed_channels": result.removed_channels,
@@ -350,6 +360,9 @@ def compact_summary(
         "effective_flops": result.after.effective_flops,
         "max_abs_diff": result.max_abs_diff,
     }
+    left = [str(w.message) for w in caught if issubclass(w.category, UncutStructureWarning)]
+    if left:
+        summary["left_uncut"] = left
     return summary, result.model
 
 

@@ -336,6 +336,21 @@ def test_masks_none_uses_the_zeros_stored_in_the_weights() -> None:
 # --- constant channels: zero weights, non-zero shift ---------------------------------------------
 
 
+def test_a_runs_compact_summary_records_what_stays_instead_of_warning(recwarn) -> None:
+    from learnprune.compact import UncutStructureWarning
+    from learnprune.runner import compact_summary
+
+    model = mlp(bias=0.5)
+    with torch.no_grad():
+        model.fc1.weight[1] = 0  # a constant channel: relu(0.5) feeds fc2
+    summary, small = compact_summary(model, (4,))
+    assert small is not None and small.fc1.out_features == 3  # kept: it is not zero
+    assert not [w for w in recwarn if issubclass(w.category, UncutStructureWarning)]
+    assert len(summary["left_uncut"]) == 1 and "constant channels" in summary["left_uncut"][0]
+    with pytest.warns(UncutStructureWarning, match="constant channels"):
+        compact(model, None, (4,))  # called directly, compact says it aloud
+
+
 def test_zero_weights_with_a_nonzero_bias_are_kept_as_a_constant_channel() -> None:
     model = mlp(bias=0.5)  # relu(0 · x + 0.5) = 0.5 feeds fc2: removing it would shift fc2
     masks = keep_all(model, "fc1.weight")
