@@ -36,6 +36,17 @@ class _Parser(argparse.ArgumentParser):
         raise SystemExit(EXIT_USAGE)
 
 
+def _positive_int(text: str) -> int:
+    """An argparse type: a whole number >= 1 (argparse reports the error)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number >= 1, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a whole number >= 1, got {text!r}")
+    return value
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="learnprune", description="Learn sparse neural networks in PyTorch.")
     from learnprune import __version__
@@ -169,7 +180,9 @@ def _parser() -> argparse.ArgumentParser:
     bench.add_argument("run_dir")
     bench.add_argument("--batches", default="1,64", help="comma-separated batch sizes")
     bench.add_argument("--threads", default="1,2", help="comma-separated thread counts")
-    bench.add_argument("--repeats", type=int, default=30, help="timed calls per form")
+    bench.add_argument(
+        "--repeats", type=_positive_int, default=30, help="timed calls per form (>= 1)"
+    )
     bench.add_argument(
         "--min-sparsity", type=float, default=0.5, help="csr: Linear layers from this sparsity"
     )

@@ -40,6 +40,8 @@ else:  # pragma: no cover
 OPTIMIZERS = ("sgd", "adam", "adamw")
 LR_SCHEDULES = ("cosine", "step", "constant")
 AUGMENTATIONS = ("auto", "none", "crop_flip")
+MAX_SEED = 2**32 - 1
+"""The largest seed every generator takes (numpy's ``np.random.seed`` is 32-bit)."""
 
 
 @dataclass
@@ -81,7 +83,7 @@ class TrainConfig:
             raise ConfigError(f"milestones must be a list of epochs, got {self.milestones!r}")
         self.milestones = [validation.positive("milestones", m) for m in self.milestones]
         self.gamma = validation.positive("gamma", self.gamma)
-        self.seed = validation.integer("seed", self.seed)
+        self.seed = validation.integer("seed", self.seed, maximum=MAX_SEED)
         if self.max_steps is not None:
             self.max_steps = validation.integer("max_steps", self.max_steps, minimum=1)
         if self.train_subset is not None:

@@ -42,8 +42,8 @@ def fraction(name: str, value: object) -> float:
     return number
 
 
-def integer(name: str, value: object, minimum: int = 0) -> int:
-    """A whole number >= ``minimum``."""
+def integer(name: str, value: object, minimum: int = 0, maximum: int | None = None) -> int:
+    """A whole number in ``[minimum, maximum]`` (no upper bound when ``maximum`` is None)."""
     if isinstance(value, bool) or not isinstance(value, (Integral, Real)):
         raise ConfigError(f"{name} must be a whole number, got {value!r}")
     if not isinstance(value, Integral) and (
@@ -53,6 +53,8 @@ def integer(name: str, value: object, minimum: int = 0) -> int:
     number = int(value)
     if number < minimum:
         raise ConfigError(f"{name} must be >= {minimum}, got {value!r}")
+    if maximum is not None and number > maximum:
+        raise ConfigError(f"{name} must be <= {maximum}, got {value!r}")
     return number
 
 

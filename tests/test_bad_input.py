@@ -1,0 +1,70 @@
+"""Bad input, one test per class of mistake: exit code 2, one stderr line
+``learnprune: error: ...``, no traceback, and nothing written (earlier files intact).
+
+Most tests call :func:`learnprune.cli.main` in-process (see ``conftest.call_cli``); the few
+that need a run directory share one tiny finished run (LeNet-300-100, 200 MNIST examples).
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from conftest import call_cli
+from torch import nn
+
+from learnprune.bench import time_forms
+from learnprune.config import TrainConfig
+from learnprune.errors import ConfigError
+
+ERROR_PREFIX = "learnprune: error:"
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+def assert_one_error_line(err: str) -> str:
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert len(lines) == 1, f"expected one error line, got:\n{err}"
+    assert lines[0].startswith(ERROR_PREFIX) and lines[0] != ERROR_PREFIX, lines[0]
+    return lines[0]
+
+
+def bad(*argv: str) -> str:
+    """Run the command; assert exit code 2, one error line and nothing on stdout."""
+    code, stdout, err = call_cli(*argv)
+    assert code == 2, (code, err)
+    assert stdout == ""
+    return assert_one_error_line(err)
+
+
+def train_args(out, *extra: str) -> list[str]:
+    return [
+        "train", "--model", "lenet300", "--data", "mnist", "--method", "gmp", "--target", "0.9",
+        "--epochs", "1", "--train-subset", "200", "--out", str(out), "--no-progress", "--quiet",
+        *extra,
+    ]  # fmt: skip
+
+
+# ------------------------------------------------------------------------------------------
+# Numbers beyond what their consumer takes
+# ------------------------------------------------------------------------------------------
+
+
+def test_seed_beyond_32_bits_is_refused_before_anything_is_written(tmp_path):
+    out = tmp_path / "run"
+    line = bad(*train_args(out, "--seed", str(2**32)))
+    assert "seed must be <= 4294967295" in line
+    assert not out.exists()
+    assert TrainConfig(seed=2**32 - 1).validate().seed == 2**32 - 1
+    with pytest.raises(ConfigError, match="seed"):
+        TrainConfig(seed=2**64).validate()
+
+
+def test_bench_repeats_must_be_positive(tmp_path):
+    line = bad("bench", str(tmp_path), "--repeats", "-5")
+    assert "--repeats" in line and "'-5'" in line
+    with pytest.raises(ConfigError, match="repeats must be >= 1"):
+        time_forms({"dense": nn.Linear(2, 2)}, (2,), batches=(1,), threads=(1,), repeats=0)
+    timings = time_forms(
+        {"dense": nn.Linear(2, 2)}, (2,), batches=(1,), threads=(1,), warmup=0, repeats=1
+    )
+    assert [t.form for t in timings] == ["dense"] and torch.get_num_threads() == 1
