@@ -91,10 +91,7 @@ class TrainConfig:
         self.augment = validation.choice("augment", self.augment, AUGMENTATIONS)
         if not isinstance(self.nesterov, bool):
             raise ConfigError(f"nesterov must be true or false, got {self.nesterov!r}")
-        if not isinstance(self.device, str) or (
-            self.device not in ("auto", "cpu") and not self.device.startswith("cuda")
-        ):
-            raise ConfigError(f"device must be auto, cpu or cuda[:N], got {self.device!r}")
+        self.device = validation.device("device", self.device)
         return self
 
 

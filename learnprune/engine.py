@@ -87,14 +87,21 @@ def seed_everything(seed: int) -> None:
 
 
 def resolve_device(name: str) -> torch.device:
-    """``"auto"`` -> CUDA when available, else CPU."""
+    """``"auto"`` -> CUDA when available, else CPU; ``cuda:N`` must exist on this machine."""
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     device = torch.device(name)
-    if device.type == "cuda" and not torch.cuda.is_available():
+    if device.type == "cuda":
         from learnprune.errors import ConfigError
 
-        raise ConfigError("device cuda was asked for but no CUDA device is available")
+        if not torch.cuda.is_available():
+            raise ConfigError("device cuda was asked for but no CUDA device is available")
+        count = torch.cuda.device_count()
+        if (device.index or 0) >= count:
+            raise ConfigError(
+                f"device {name} was asked for but this machine has {count} CUDA device(s), "
+                f"cuda:0 to cuda:{count - 1}"
+            )
     return device
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import re
 from numbers import Integral, Real
 
 from learnprune.errors import ConfigError
@@ -64,3 +65,15 @@ def choice(name: str, value: object, options: tuple[str, ...]) -> str:
     if text not in options:
         raise ConfigError(f"{name} must be one of {', '.join(options)}; got {value!r}")
     return text
+
+
+DEVICE_PATTERN = re.compile(r"auto|cpu|cuda(:[0-9]+)?")
+"""The devices a run may ask for: ``auto`` (CUDA when available), ``cpu``, ``cuda[:N]``."""
+
+
+def device(name: str, value: object) -> str:
+    """A device name matching :data:`DEVICE_PATTERN` (what ``torch.device`` parses for
+    these types; ``cuda:abc`` or ``cuda:-1`` are refused here rather than by torch)."""
+    if not isinstance(value, str) or not DEVICE_PATTERN.fullmatch(value.strip().lower()):
+        raise ConfigError(f"{name} must be auto, cpu, cuda or cuda:N, got {value!r}")
+    return value.strip().lower()

@@ -12,6 +12,7 @@ import torch
 from conftest import call_cli
 from torch import nn
 
+from learnprune import engine
 from learnprune.bench import time_forms
 from learnprune.config import TrainConfig
 from learnprune.errors import ConfigError
@@ -68,3 +69,23 @@ def test_bench_repeats_must_be_positive(tmp_path):
         {"dense": nn.Linear(2, 2)}, (2,), batches=(1,), threads=(1,), warmup=0, repeats=1
     )
     assert [t.form for t in timings] == ["dense"] and torch.get_num_threads() == 1
+
+
+# ------------------------------------------------------------------------------------------
+# Device names
+# ------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("device", ["cuda:abc", "cuda:-1", "cudax", "cpu:0x"])
+def test_malformed_device_is_refused_before_anything_is_written(tmp_path, device):
+    out = tmp_path / "run"
+    assert f"got '{device}'" in bad(*train_args(out, "--device", device))
+    assert not out.exists()
+
+
+def test_cuda_index_beyond_the_machine(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    with pytest.raises(ConfigError, match=r"has 1 CUDA device\(s\), cuda:0 to cuda:0"):
+        engine.resolve_device("cuda:1")
+    assert engine.resolve_device("cuda:0") == torch.device("cuda:0")
