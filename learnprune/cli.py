@@ -272,6 +272,7 @@ def _dispatch(args: argparse.Namespace) -> int:
 
         with process_group_from_env():  # under torchrun: one process of a DDP group
             return _train(args)
+    _check_output_paths(args)
     if args.command == "eval":
         return _eval(args)
     if args.command == "ticket":
@@ -295,10 +296,20 @@ def _dispatch(args: argparse.Namespace) -> int:
     return _list()
 
 
+def _check_output_paths(args: argparse.Namespace) -> None:
+    """Refuse an ``--out`` or ``--root`` that cannot be written (one line, nothing left)."""
+    from learnprune.validation import output_directory
+
+    for flag in ("out", "root"):
+        if getattr(args, flag, None):
+            output_directory(f"--{flag}", getattr(args, flag))
+
+
 def _train(args: argparse.Namespace) -> int:
     from learnprune.config import RunConfig, apply_overrides, read_recipe
     from learnprune.distributed import on_main
     from learnprune.runner import default_run_dir, read_run_config
+    from learnprune.validation import output_directory
 
     if args.resume:
         given = [
@@ -358,6 +369,7 @@ def _train(args: argparse.Namespace) -> int:
                 "method dense prunes nothing; pass --method magnitude or gmp with --target"
             )
         out = Path(args.out) if args.out else on_main(lambda: default_run_dir(config))
+        on_main(lambda: output_directory("--out", out))
     return _run_and_report(args, config, out, resume=bool(args.resume))
 
 

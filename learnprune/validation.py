@@ -1,10 +1,13 @@
-"""Checks for user-supplied hyper-parameters, each failing with one clear ConfigError."""
+"""Checks for user-supplied hyper-parameters and paths, each failing with one clear ConfigError."""
 
 from __future__ import annotations
 
 import math
+import os
 import re
+import tempfile
 from numbers import Integral, Real
+from pathlib import Path
 
 from learnprune.errors import ConfigError
 
@@ -77,3 +80,39 @@ def device(name: str, value: object) -> str:
     if not isinstance(value, str) or not DEVICE_PATTERN.fullmatch(value.strip().lower()):
         raise ConfigError(f"{name} must be auto, cpu, cuda or cuda:N, got {value!r}")
     return value.strip().lower()
+
+
+def output_directory(flag: str, path: str | os.PathLike[str]) -> Path:
+    """``path`` as a directory learnprune can create (or write into, when it exists).
+
+    Checked by doing it: every missing directory on the way is created and removed again
+    (the nearest existing one gets a temporary directory, removed again), so a path under
+    a regular file, under ``/proc``, on a read-only or full file system, too long or with a
+    NUL byte fails here, before anything slow happens, and nothing is left behind.
+    """
+    target = Path(path)
+    shown = repr(str(target)) if "\x00" in str(target) else str(target)
+    created: list[Path] = []
+    try:
+        missing = []
+        existing = target
+        while not existing.exists():
+            missing.append(existing)
+            existing = existing.parent
+        if not existing.is_dir():
+            where = "is" if existing == target else f"is under {existing}, which is"
+            raise ConfigError(f"{flag} {shown} {where} a file, not a directory")
+        for directory in reversed(missing):
+            os.mkdir(directory)
+            created.append(directory)
+        if not missing:
+            os.rmdir(tempfile.mkdtemp(prefix=".learnprune-check-", dir=target))
+    except ConfigError:
+        raise
+    except (OSError, ValueError) as err:  # ValueError: a NUL byte in the path
+        reason = err.strerror if isinstance(err, OSError) and err.strerror else str(err)
+        raise ConfigError(f"{flag} {shown}: cannot create a directory there ({reason})") from err
+    finally:
+        for directory in reversed(created):
+            directory.rmdir()
+    return target

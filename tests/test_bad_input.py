@@ -7,12 +7,15 @@ that need a run directory share one tiny finished run (LeNet-300-100, 200 MNIST 
 
 from __future__ import annotations
 
+import shutil
+from pathlib import Path
+
 import pytest
 import torch
 from conftest import call_cli
 from torch import nn
 
-from learnprune import engine
+from learnprune import engine, validation
 from learnprune.bench import time_forms
 from learnprune.config import TrainConfig
 from learnprune.errors import ConfigError
@@ -43,6 +46,28 @@ def train_args(out, *extra: str) -> list[str]:
         "--epochs", "1", "--train-subset", "200", "--out", str(out), "--no-progress", "--quiet",
         *extra,
     ]  # fmt: skip
+
+
+def snapshot(directory: Path) -> dict[str, bytes]:
+    """Every file under ``directory`` with its bytes."""
+    return {
+        str(p.relative_to(directory)): p.read_bytes() for p in directory.rglob("*") if p.is_file()
+    }
+
+
+@pytest.fixture(scope="module")
+def finished_run(tmp_path_factory) -> Path:
+    """A finished tiny run (read-only for the tests: copy it before changing anything)."""
+    out = tmp_path_factory.mktemp("bad-input") / "run"
+    code, _stdout, err = call_cli(*train_args(out))
+    assert code == 0, err
+    return out
+
+
+@pytest.fixture
+def run_copy(finished_run, tmp_path) -> Path:
+    """A copy of the finished run that a test may damage."""
+    return Path(shutil.copytree(finished_run, tmp_path / "copy"))
 
 
 # ------------------------------------------------------------------------------------------
@@ -89,3 +114,43 @@ def test_cuda_index_beyond_the_machine(monkeypatch):
     with pytest.raises(ConfigError, match=r"has 1 CUDA device\(s\), cuda:0 to cuda:0"):
         engine.resolve_device("cuda:1")
     assert engine.resolve_device("cuda:0") == torch.device("cuda:0")
+
+
+# ------------------------------------------------------------------------------------------
+# Output directories that cannot be written
+# ------------------------------------------------------------------------------------------
+
+OUTPUT_COMMANDS = {
+    "train": lambda run, out: train_args(out),
+    "compact": lambda run, out: ["compact", str(run), "--out", str(out)],
+    "export": lambda run, out: ["export", str(run), "--out", str(out)],
+    "compare": lambda run, out: ["compare", "--recipe", "lenet300-gmp.toml", "--out", str(out)],
+    "data fetch": lambda run, out: ["data", "fetch", "mnist", "--root", str(out)],
+}
+
+
+@pytest.mark.parametrize("command", list(OUTPUT_COMMANDS))
+def test_output_under_a_file_or_under_proc(tmp_path, finished_run, command):
+    before = snapshot(finished_run)
+    a_file = tmp_path / "notes.txt"
+    a_file.write_text("mine")
+    line = bad(*OUTPUT_COMMANDS[command](finished_run, a_file / "out"))
+    assert f"{a_file}, which is a file, not a directory" in line
+    assert a_file.read_text() == "mine"
+    line = bad(*OUTPUT_COMMANDS[command](finished_run, Path("/proc/learnprune-test/out")))
+    assert "/proc/learnprune-test/out: cannot create a directory there" in line
+    assert snapshot(finished_run) == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["notes.txt"]
+
+
+def test_output_directory_check_leaves_nothing_behind(tmp_path):
+    nested = tmp_path / "a" / "b" / "c"
+    assert validation.output_directory("--out", nested) == nested
+    assert list(tmp_path.iterdir()) == []
+    (tmp_path / "mine").mkdir()
+    validation.output_directory("--out", tmp_path / "mine")
+    assert list((tmp_path / "mine").iterdir()) == []
+    with pytest.raises(ConfigError, match="embedded null byte"):
+        validation.output_directory("--out", tmp_path / "a\x00b")
+    with pytest.raises(ConfigError, match="cannot create a directory there"):
+        validation.output_directory("--out", tmp_path / ("x" * 300))
