@@ -63,6 +63,59 @@ def _json_default(value: Any) -> Any:
     raise TypeError(f"cannot write {type(value).__name__} to JSON")
 
 
+def read_json(path: Path) -> dict[str, Any]:
+    """A run directory's JSON file (``config.json``, ``final.json``, ``bench.json``): one
+    JSON object, read as UTF-8.
+
+    Raises:
+        CheckpointError: missing, unreadable, not UTF-8, not JSON, or not a JSON object.
+    """
+    return _json_object(_read_text(Path(path)), f"{path}")
+
+
+def read_json_lines(path: Path) -> list[dict[str, Any]]:
+    """``metrics.jsonl``: one JSON object per non-empty line; a missing file has none.
+
+    Raises:
+        CheckpointError: unreadable, not UTF-8, or a line that is not a JSON object.
+    """
+    path = Path(path)
+    if not path.exists():
+        return []
+    lines = _read_text(path).splitlines()
+    return [
+        _json_object(line, f"{path} line {number}")
+        for number, line in enumerate(lines, start=1)
+        if line.strip()
+    ]
+
+
+def _read_text(path: Path) -> str:
+    try:
+        return path.read_bytes().decode("utf-8")
+    except FileNotFoundError as err:
+        raise CheckpointError(f"no {path.name} at {path}") from err
+    except OSError as err:
+        raise CheckpointError(f"{path} cannot be read ({err.strerror or err})") from err
+    except UnicodeDecodeError as err:
+        raise CheckpointError(
+            f"{path} is corrupt: not UTF-8 text (byte 0x{err.object[err.start]:02x} at "
+            f"offset {err.start})"
+        ) from err
+
+
+def _json_object(text: str, where: str) -> dict[str, Any]:
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as err:
+        raise CheckpointError(
+            f"{where} is corrupt: not JSON (line {err.lineno}, column {err.colno}: {err.msg})"
+        ) from err
+    if not isinstance(value, dict):
+        raise CheckpointError(f"{where} is corrupt: expected a JSON object, got {value!r:.40}")
+    return value
+
+
 def save_torch(path: Path, value: Any) -> None:
     """``torch.save`` through :func:`atomic_write_bytes`."""
     buffer = io.BytesIO()

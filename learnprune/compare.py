@@ -75,7 +75,7 @@ def method_recipe(base: Mapping[str, Any], method: str) -> dict[str, Any]:
     ``max_steps``, ``device``); its schedule points given in epochs (``begin_epoch``,
     ``end_epoch``, learning-rate ``milestones``) are scaled to the new length.
     """
-    prefix = str(base["model"]).replace("-", "")
+    prefix = str(base.get("model", "")).replace("-", "")  # none: RunConfig says so
     shipped = RECIPES / f"{prefix}-{method}.toml"
     base_train = dict(base.get("train", {}))
     if shipped.is_file():
@@ -200,10 +200,12 @@ def _clear(run_dir: Path) -> None:
 
 def collect(planned: Sequence[Planned], runs: Path) -> list[dict[str, Any]]:
     """The table rows of the finished runs (DessiLBI: one row per path epoch)."""
+    from learnprune.report import read_final
+
     rows = []
     for item in planned:
         run_dir = runs / item.name
-        final = json.loads((run_dir / "final.json").read_text())
+        final = read_final(run_dir)
         small = final.get("compact") or {}
         common = {
             "method": item.method,
@@ -212,7 +214,7 @@ def collect(planned: Sequence[Planned], runs: Path) -> list[dict[str, Any]]:
             "layers": final.get("layers", []),
         }
         if item.path_epochs:
-            lines = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
+            lines = checkpoint.read_json_lines(run_dir / "metrics.jsonl")
             by_epoch = {line["epoch"]: line for line in lines}
             for epoch in item.path_epochs:
                 line = by_epoch[epoch]
@@ -237,7 +239,7 @@ def collect(planned: Sequence[Planned], runs: Path) -> list[dict[str, Any]]:
             continue
         bench_file = run_dir / "bench.json"
         if bench_file.is_file():
-            timings = json.loads(bench_file.read_text())["timings"]
+            timings = checkpoint.read_json(bench_file).get("timings", [])
             common["speedups"] = {t["form"]: t["speedup"] for t in timings}
         rows.append(
             {

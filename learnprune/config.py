@@ -196,25 +196,45 @@ def read_recipe(path: str | Path) -> dict[str, Any]:
             recipe = shipped
         else:
             raise ConfigError(f"recipe {path} does not exist (recipes live in recipes/*.toml)")
-    text = recipe.read_text()
     try:
-        if recipe.suffix in (".yaml", ".yml"):
-            try:
-                import yaml
-            except ImportError as err:
-                raise ConfigError(
-                    "YAML recipes need PyYAML: pip install 'learnprune[yaml]'"
-                ) from err
-            loaded = yaml.safe_load(text) or {}
-        else:
+        text = recipe.read_bytes().decode("utf-8")
+    except OSError as err:
+        raise ConfigError(f"recipe {path} cannot be read ({err.strerror or err})") from err
+    except UnicodeDecodeError as err:
+        raise ConfigError(
+            f"recipe {path} is not UTF-8 text (byte 0x{err.object[err.start]:02x} at offset "
+            f"{err.start})"
+        ) from err
+    if recipe.suffix in (".yaml", ".yml"):
+        loaded = _load_yaml(text, path)
+    else:
+        try:
             loaded = tomllib.loads(text)
-    except ConfigError:
-        raise
-    except Exception as err:
-        raise ConfigError(f"recipe {path} is not valid {recipe.suffix or 'TOML'}: {err}") from err
+        except tomllib.TOMLDecodeError as err:
+            raise ConfigError(
+                f"recipe {path} is not valid {recipe.suffix or 'TOML'}: {err}"
+            ) from err
     if not isinstance(loaded, dict):
         raise ConfigError(f"recipe {path} must hold a table of keys")
     return loaded
+
+
+def _load_yaml(text: str, path: str | Path) -> Any:
+    """``yaml.safe_load``; a syntax error is one line ``FILE:LINE:COLUMN: reason``."""
+    try:
+        import yaml
+    except ImportError as err:
+        raise ConfigError("YAML recipes need PyYAML: pip install 'learnprune[yaml]'") from err
+    try:
+        return yaml.safe_load(text) or {}
+    except yaml.MarkedYAMLError as err:
+        mark = err.problem_mark or err.context_mark
+        where = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark else f"{path}"
+        reason = " ".join(str(err.problem or err.context or "syntax error").split())
+        raise ConfigError(f"recipe {where}: not valid YAML: {reason}") from err
+    except yaml.YAMLError as err:
+        reason = " ".join(str(err).split())
+        raise ConfigError(f"recipe {path}: not valid YAML: {reason}") from err
 
 
 def parse_override(text: str) -> tuple[list[str], Any]:

@@ -466,16 +466,19 @@ def _truncate_metrics(path: Path, epochs: int) -> None:
     """Drop metric lines of epochs after ``epochs`` (written after the last checkpoint)."""
     if not path.exists():
         return
-    kept = [
-        line
-        for line in path.read_text().splitlines()
-        if line.strip() and json.loads(line)["epoch"] <= epochs
-    ]
-    checkpoint.atomic_write_text(path, "".join(line + "\n" for line in kept))
+    kept = [row for row in _read_metrics(path) if row["epoch"] <= epochs]
+    checkpoint.atomic_write_text(path, "".join(json.dumps(row) + "\n" for row in kept))
 
 
 def _last_metrics(path: Path) -> dict[str, Any]:
-    lines = (
-        [line for line in path.read_text().splitlines() if line.strip()] if path.exists() else []
-    )
-    return json.loads(lines[-1]) if lines else {}
+    rows = _read_metrics(path)
+    return rows[-1] if rows else {}
+
+
+def _read_metrics(path: Path) -> list[dict[str, Any]]:
+    """The rows of ``metrics.jsonl``, each with a whole-number ``epoch`` (CheckpointError)."""
+    rows = checkpoint.read_json_lines(path)
+    for row in rows:
+        if isinstance(row.get("epoch"), bool) or not isinstance(row.get("epoch"), int):
+            raise CheckpointError(f"{path} is corrupt: a row without a whole-number epoch")
+    return rows

@@ -7,6 +7,8 @@ that need a run directory share one tiny finished run (LeNet-300-100, 200 MNIST 
 
 from __future__ import annotations
 
+import json
+import re
 import shutil
 from pathlib import Path
 
@@ -18,7 +20,8 @@ from torch import nn
 from learnprune import engine, validation
 from learnprune.bench import time_forms
 from learnprune.config import TrainConfig
-from learnprune.errors import ConfigError
+from learnprune.errors import CheckpointError, ConfigError
+from learnprune.report import read_final
 
 ERROR_PREFIX = "learnprune: error:"
 
@@ -154,3 +157,72 @@ def test_output_directory_check_leaves_nothing_behind(tmp_path):
         validation.output_directory("--out", tmp_path / "a\x00b")
     with pytest.raises(ConfigError, match="cannot create a directory there"):
         validation.output_directory("--out", tmp_path / ("x" * 300))
+
+
+# ------------------------------------------------------------------------------------------
+# Files learnprune reads: recipes and a run's JSON files (encoding, syntax, content)
+# ------------------------------------------------------------------------------------------
+
+
+def test_recipe_that_is_not_utf8(tmp_path):
+    recipe = tmp_path / "latin1.toml"
+    recipe.write_bytes('model = "lenet300"\ndescription = "caf\xe9"\n'.encode("latin-1"))
+    out = tmp_path / "run"
+    line = bad("train", "--recipe", str(recipe), "--out", str(out))
+    assert line.endswith(f"recipe {recipe} is not UTF-8 text (byte 0xe9 at offset 37)")
+    assert not out.exists()
+
+
+def test_malformed_yaml_is_one_line_with_file_line_and_column(tmp_path):
+    recipe = tmp_path / "broken.yaml"
+    recipe.write_text("model: lenet300\ndata: mnist\ntrain:\n  epochs: [1, 2\n  lr: 0.1\n")
+    out = tmp_path / "run"
+    line = bad("train", "--recipe", str(recipe), "--out", str(out))
+    assert f"recipe {recipe}:5:5: not valid YAML: expected ',' or ']'" in line
+    assert not out.exists()
+
+
+RESUME = ("train", "--quiet", "--resume")
+
+
+@pytest.mark.parametrize(
+    ("name", "content", "argv", "expected"),
+    [
+        ("config.json", b'{"model": "lenet300\xff"}', ("eval",), "not UTF-8 text (byte 0xff"),
+        ("config.json", b"[]", ("eval",), "expected a JSON object, got []"),
+        ("final.json", b"{}", ("report",), "final.json is corrupt: no method"),
+        ("final.json", b'{"method": "gmp"', ("report",), "not JSON (line 1, column 17"),
+        ("metrics.jsonl", b'{"epoch": 1}\n{"oops\n', RESUME, "line 2 is corrupt"),
+    ],
+)
+def test_corrupt_run_file(run_copy, name, content, argv, expected):
+    (run_copy / name).write_bytes(content)
+    if argv[0] == "train":  # an unfinished run, to resume
+        (run_copy / "final.json").unlink()
+    before = snapshot(run_copy)
+    assert expected in bad(*argv, str(run_copy))
+    assert snapshot(run_copy) == before
+
+
+def test_read_final_checks_the_fields_report_uses(run_copy):
+    final = run_copy / "final.json"
+    result = json.loads(final.read_text())
+    assert read_final(run_copy) == result
+    for field, value, expected in [
+        ("test_accuracy", "high", "test_accuracy is 'high'"),
+        ("epochs", True, "epochs is True"),
+        ("layers", [{"name": "fc1"}], "no layers[0].shape"),
+        ("speed", {"timings": []}, "no speed.threads"),
+    ]:
+        final.write_text(json.dumps({**result, field: value}))
+        with pytest.raises(CheckpointError, match=re.escape(expected)):
+            read_final(run_copy)
+
+
+def test_report_on_a_missing_run(tmp_path, finished_run):
+    missing = tmp_path / "no-such-run"
+    assert bad("report", str(missing)).endswith(f"no run directory at {missing}")
+    assert bad("report", str(finished_run), str(missing)).endswith(
+        f"no run directory at {missing}"
+    )
+    assert "not a learnprune run directory" in bad("report", str(tmp_path))
