@@ -288,6 +288,7 @@ def train(
         resume = False
     if resume:
         state = checkpoint.load_checkpoint(out / CHECKPOINT, expect=_identity(info))
+        _check_resume_fields(state, out / CHECKPOINT)
         _restore(state, model, method, optimizer)
         start_epoch, step, elapsed = state["epoch"], state["step"], state["elapsed"]
         if main:
@@ -428,6 +429,33 @@ def _generator(seed: int, epoch: int) -> torch.Generator:
     return torch.Generator().manual_seed(seed * 1_000_003 + epoch)
 
 
+RESUME_FIELDS: dict[str, type | tuple[type, ...]] = {
+    "epoch": int,
+    "step": int,
+    "elapsed": (int, float),
+    "model_state": dict,
+    "method_state": dict,
+    "optimizer_state": dict,
+    "rng": dict,
+}
+"""What resuming reads from a checkpoint, with its type."""
+
+
+def _check_resume_fields(state: Mapping[str, Any], path: Path) -> None:
+    """Refuse (CheckpointError) a checkpoint missing a field resuming needs, or holding
+    one of the wrong type (a whole-number ``epoch`` and ``step`` >= 0, the RNG states)."""
+    for name, kind in RESUME_FIELDS.items():
+        if name not in state:
+            raise CheckpointError(f"{path} is corrupt: it has no {name}")
+        if isinstance(state[name], bool) or not isinstance(state[name], kind):
+            raise CheckpointError(f"{path} is corrupt: {name} is {state[name]!r:.40}")
+    if state["epoch"] < 0 or state["step"] < 0:
+        raise CheckpointError(f"{path} is corrupt: epoch {state['epoch']}, step {state['step']}")
+    missing = [key for key in ("torch", "numpy", "python") if key not in state["rng"]]
+    if missing:
+        raise CheckpointError(f"{path} is corrupt: its RNG states lack {', '.join(missing)}")
+
+
 def _restore(
     state: Mapping[str, Any],
     model: nn.Module,
@@ -442,7 +470,10 @@ def _restore(
         raise CheckpointError(
             f"checkpoint does not fit this run: {str(err).splitlines()[0]}"
         ) from err
-    checkpoint.set_rng_state(state["rng"])
+    try:
+        checkpoint.set_rng_state(state["rng"])
+    except (KeyError, TypeError, ValueError, RuntimeError) as err:
+        raise CheckpointError(f"the checkpoint's RNG states are corrupt ({err})") from err
 
 
 def _diverged(epoch: int, step: int, out: Path | None) -> TrainingDivergedError:

@@ -17,7 +17,7 @@ import torch
 from conftest import call_cli
 from torch import nn
 
-from learnprune import engine, validation
+from learnprune import checkpoint, engine, validation
 from learnprune.bench import time_forms
 from learnprune.config import TrainConfig
 from learnprune.errors import CheckpointError, ConfigError
@@ -226,3 +226,28 @@ def test_report_on_a_missing_run(tmp_path, finished_run):
         f"no run directory at {missing}"
     )
     assert "not a learnprune run directory" in bad("report", str(tmp_path))
+
+
+# ------------------------------------------------------------------------------------------
+# A checkpoint without a field resuming needs
+# ------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("change", "expected"),
+    [
+        (lambda state: state.pop("rng"), "checkpoint.pt is corrupt: it has no rng"),
+        (lambda state: state.pop("epoch"), "checkpoint.pt is corrupt: it has no epoch"),
+        (lambda state: state.update(epoch="1"), "checkpoint.pt is corrupt: epoch is '1'"),
+        (lambda state: state["rng"].pop("numpy"), "its RNG states lack numpy"),
+        (lambda state: state["rng"].update(torch=1), "the checkpoint's RNG states are corrupt"),
+    ],
+)
+def test_resume_from_a_checkpoint_missing_a_field(run_copy, change, expected):
+    (run_copy / "final.json").unlink()  # unfinished: resumable
+    state = torch.load(run_copy / "checkpoint.pt", weights_only=True)
+    change(state)
+    checkpoint.save_checkpoint(run_copy / "checkpoint.pt", state)
+    before = snapshot(run_copy)
+    assert expected in bad(*RESUME, str(run_copy))
+    assert snapshot(run_copy) == before
