@@ -18,14 +18,17 @@ from __future__ import annotations
 
 import argparse
 import sys
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import Any, NoReturn, TextIO
 
 from learnprune.errors import ConfigError, LearnpruneError
 
 EXIT_USAGE = 2
 EXIT_INTERRUPTED = 130
+LEARNPRUNE_WARNING = "learnprune: "
+"""How learnprune's own warning messages begin (the command line shows them on one line)."""
 
 
 class _Parser(argparse.ArgumentParser):
@@ -253,7 +256,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point; returns the exit code."""
     args = _parser().parse_args(argv)
     try:
-        return _dispatch(args)
+        with warnings.catch_warnings():
+            warnings.showwarning = _show_warning
+            return _dispatch(args)
     except LearnpruneError as err:
         if not getattr(err, "reported_by_rank_0", False):  # one message per torchrun job
             sys.stderr.write(f"learnprune: error: {err}\n")
@@ -264,6 +269,23 @@ def main(argv: Sequence[str] | None = None) -> int:
             hint = f"; continue with: learnprune train --resume {args._run_dir}"
         sys.stderr.write(f"learnprune: interrupted{hint}\n")
         return EXIT_INTERRUPTED
+
+
+def _show_warning(
+    message: Warning | str,
+    category: type[Warning],
+    filename: str,
+    lineno: int,
+    file: TextIO | None = None,
+    line: str | None = None,
+) -> None:
+    """learnprune's own warnings as one line ``learnprune: warning: ...``; others as usual."""
+    text = str(message)
+    if text.startswith(LEARNPRUNE_WARNING):
+        shown = f"learnprune: warning: {text[len(LEARNPRUNE_WARNING) :]}\n"
+    else:
+        shown = warnings.formatwarning(message, category, filename, lineno, line)
+    (file or sys.stderr).write(shown)
 
 
 def _dispatch(args: argparse.Namespace) -> int:

@@ -40,6 +40,9 @@ else:  # pragma: no cover
 OPTIMIZERS = ("sgd", "adam", "adamw")
 LR_SCHEDULES = ("cosine", "step", "constant")
 AUGMENTATIONS = ("auto", "none", "crop_flip")
+DATA_OPTIONS: dict[str, type] = {"root": str, "pad_to_32": bool, "channels": int, "normalize": bool}
+"""The keys of ``[data_options]`` (:func:`learnprune.data.load_dataset`'s options) and types."""
+_KIND_NAMES = {str: "a path", bool: "true or false", int: "a whole number"}
 MAX_SEED = 2**32 - 1
 """The largest seed every generator takes (numpy's ``np.random.seed`` is 32-bit)."""
 
@@ -179,6 +182,17 @@ class RunConfig:
         for key, value in self.method_options.items():
             if isinstance(value, float):
                 validation.real(key, value)
+        unknown = sorted(set(self.data_options) - set(DATA_OPTIONS))
+        if unknown:
+            raise ConfigError(
+                f"unknown data_options key {', '.join(unknown)}; known: {', '.join(DATA_OPTIONS)}"
+            )
+        for key, kind in DATA_OPTIONS.items():
+            value = self.data_options.get(key)
+            if value is not None and (
+                isinstance(value, bool) != (kind is bool) or not isinstance(value, kind)
+            ):
+                raise ConfigError(f"data_options {key} must be {_KIND_NAMES[kind]}, got {value!r}")
         self.train.validate()
         return self
 

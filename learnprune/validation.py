@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import fnmatch
 import math
 import os
 import re
 import tempfile
+import warnings
+from collections.abc import Iterable
 from numbers import Integral, Real
 from pathlib import Path
 
@@ -116,3 +119,34 @@ def output_directory(flag: str, path: str | os.PathLike[str]) -> Path:
         for directory in reversed(created):
             directory.rmdir()
     return target
+
+
+class UnmatchedPatternWarning(UserWarning):
+    """A name pattern (``exclude``) that matches nothing in the model: likely a typo, or a
+    recipe written for another model."""
+
+
+def patterns(name: str, value: object) -> list[str]:
+    """``fnmatch`` name patterns: one string or a list of strings."""
+    if isinstance(value, str):
+        return [value]
+    if isinstance(value, (list, tuple)) and all(isinstance(p, str) for p in value):
+        return list(value)
+    raise ConfigError(f"{name} must be a name pattern or a list of them, got {value!r:.60}")
+
+
+def warn_unmatched(name: str, given: Iterable[str], names: Iterable[str]) -> list[str]:
+    """Warn (:class:`UnmatchedPatternWarning`) about each pattern of ``given`` that matches
+    none of ``names``; return those patterns."""
+    names = list(names)
+    unmatched = [p for p in given if not any(fnmatch.fnmatchcase(n, p) for n in names)]
+    if unmatched:
+        warnings.warn(
+            f"learnprune: {name} pattern{'s' if len(unmatched) > 1 else ''} "
+            f"{', '.join(map(repr, unmatched))} match{'' if len(unmatched) > 1 else 'es'} no "
+            "module or parameter name of the model; nothing is left dense by "
+            f"{'them' if len(unmatched) > 1 else 'it'}",
+            UnmatchedPatternWarning,
+            stacklevel=3,
+        )
+    return unmatched

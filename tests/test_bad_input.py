@@ -21,6 +21,7 @@ from learnprune import checkpoint, engine, validation
 from learnprune.bench import time_forms
 from learnprune.config import TrainConfig
 from learnprune.errors import CheckpointError, ConfigError
+from learnprune.groups import build_groups
 from learnprune.report import read_final
 
 ERROR_PREFIX = "learnprune: error:"
@@ -251,3 +252,55 @@ def test_resume_from_a_checkpoint_missing_a_field(run_copy, change, expected):
     before = snapshot(run_copy)
     assert expected in bad(*RESUME, str(run_copy))
     assert snapshot(run_copy) == before
+
+
+# ------------------------------------------------------------------------------------------
+# Options of the wrong type or out of order (checked before anything is written)
+# ------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("extra", "expected"),
+    [
+        (("--set", "method.groups=5"), "groups must be a kind name or a non-empty list"),
+        (("--set", "method.exclude={fc1=1}"), "exclude must be a name pattern or a list"),
+        (("--set", "method.exclude=[1]"), "exclude must be a name pattern or a list"),
+        (("--set", "data_options.bogus=1"), "unknown data_options key bogus"),
+        (("--set", "data_options.root=5"), "data_options root must be a path, got 5"),
+        (("--set", "data_options.pad_to_32='yes'"), "pad_to_32 must be true or false"),
+        (("--epochs", "4", "--set", "method.begin_epoch=3", "--set", "method.end_epoch=2"),
+         "begin_epoch 3 is after end_epoch 2"),
+        (("--method", "scl", "--set", "method.lam_rate='fast'"), "lam_rate must be a number"),
+    ],
+)  # fmt: skip
+def test_option_of_the_wrong_type_or_order(tmp_path, extra, expected):
+    out = tmp_path / "run"
+    if "--method" in extra:  # another method, without gmp's target
+        args = [a for a in train_args(out) if a not in ("--target", "0.9")]
+        args[args.index("gmp")] = extra[1]
+        extra = extra[2:]
+    else:
+        args = train_args(out)
+    assert expected in bad(*args, *extra)
+    assert not out.exists()
+
+
+def test_gmp_without_a_target(tmp_path):
+    out = tmp_path / "run"
+    args = [a for a in train_args(out) if a not in ("--target", "0.9")]
+    assert "gmp needs a target sparsity" in bad(*args)
+    assert not out.exists()
+
+
+def test_exclude_pattern_that_matches_nothing_warns_in_one_line(tmp_path):
+    model = nn.Sequential(nn.Linear(4, 3), nn.ReLU(), nn.Linear(3, 2))
+    with pytest.warns(validation.UnmatchedPatternWarning, match="'fc9' matches no module"):
+        plan = build_groups(model, exclude=["fc9", "0"])
+    assert [s.params for s in plan.sets] == [["2.weight"]]  # "0" still excludes layer 0
+    out = tmp_path / "run"
+    code, _stdout, err = call_cli(*train_args(out, "--exclude", "fc9", "--max-steps", "1"))
+    assert code == 0
+    assert err.splitlines() == [
+        "learnprune: warning: exclude pattern 'fc9' matches no module or parameter name of the "
+        "model; nothing is left dense by it"
+    ]
