@@ -155,10 +155,29 @@ def plan(
             table[option] = value
             run_raw["method"] = table
             config = RunConfig.from_dict(run_raw).validate()
+            _check_method_builds(config)
             planned.append(
                 Planned(f"{method}-{option}{value:g}", method, f"{option} {value:g}", config)
             )
     return planned
+
+
+def _check_method_builds(config: RunConfig) -> None:
+    """Attach the config's method to a fresh model (on the model's own input shape), so an
+    option the method refuses (``--strengths scl=lam:-1``) fails before any run starts."""
+    from learnprune.methods import build_method
+    from learnprune.methods.base import TrainingContext
+    from learnprune.models import build_model
+
+    model = build_model(config.model, **config.model_options)
+    epochs = config.train.epochs
+    context = TrainingContext(
+        epochs=epochs,
+        steps_per_epoch=100,
+        total_steps=100 * epochs,
+        input_shape=getattr(model, "input_shape", None),
+    )
+    build_method(config.method, model, config.method_options, context)
 
 
 def run_sweep(
