@@ -271,6 +271,8 @@ def test_resume_from_a_checkpoint_missing_a_field(run_copy, change, expected):
         (("--epochs", "4", "--set", "method.begin_epoch=3", "--set", "method.end_epoch=2"),
          "begin_epoch 3 is after end_epoch 2"),
         (("--method", "scl", "--set", "method.lam_rate='fast'"), "lam_rate must be a number"),
+        (("--method", "diffprune", "--set", "method.lam_rate={a=1}"), "lam_rate must be a"),
+        (("--method", "dessilbi", "--set", "method.exclude=true"), "exclude must be a name"),
     ],
 )  # fmt: skip
 def test_option_of_the_wrong_type_or_order(tmp_path, extra, expected):

@@ -93,7 +93,7 @@ def default_coupled(name: str, param: Tensor) -> bool:
 def coupled_except(exclude: str | Sequence[str] = ()) -> Callable[[str, Tensor], bool]:
     """:func:`default_coupled` but for the tensors and layers that match one of the
     ``exclude`` patterns (``fnmatch``; ``"fc3"`` names the layer: ``fc3.weight`` stays plain)."""
-    patterns = [exclude] if isinstance(exclude, str) else list(exclude)
+    patterns = validation.patterns("exclude", exclude)
 
     def coupled(name: str, param: Tensor) -> bool:
         layer = name.rpartition(".")[0]
@@ -436,7 +436,7 @@ class DessiLBIMethod(PruningMethod):
             "conv_lam": conv_lam,
             "variant": variant,
         }
-        self.exclude = [exclude] if isinstance(exclude, str) else list(exclude)
+        self.exclude = validation.patterns("exclude", exclude)
         # build once to validate the options now, before any training
         self.optimizer: DessiLBI = self._make(
             lr=0.1, momentum=0.9, nesterov=False, weight_decay=0.0
