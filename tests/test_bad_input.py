@@ -22,6 +22,7 @@ from learnprune.bench import time_forms
 from learnprune.config import TrainConfig
 from learnprune.errors import CheckpointError, ConfigError
 from learnprune.groups import build_groups
+from learnprune.methods import DessiLBIMethod
 from learnprune.report import read_final
 
 ERROR_PREFIX = "learnprune: error:"
@@ -299,6 +300,8 @@ def test_exclude_pattern_that_matches_nothing_warns_in_one_line(tmp_path):
     with pytest.warns(validation.UnmatchedPatternWarning, match="'fc9' matches no module"):
         plan = build_groups(model, exclude=["fc9", "0"])
     assert [s.params for s in plan.sets] == [["2.weight"]]  # "0" still excludes layer 0
+    with pytest.warns(validation.UnmatchedPatternWarning, match="'fc9' matches no module"):
+        DessiLBIMethod(model, exclude="fc9")
     out = tmp_path / "run"
     code, _stdout, err = call_cli(*train_args(out, "--exclude", "fc9", "--max-steps", "1"))
     assert code == 0

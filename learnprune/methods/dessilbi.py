@@ -437,6 +437,8 @@ class DessiLBIMethod(PruningMethod):
             "variant": variant,
         }
         self.exclude = validation.patterns("exclude", exclude)
+        names = [*dict(model.named_modules()), *dict(model.named_parameters())]
+        validation.warn_unmatched("exclude", self.exclude, names)
         # build once to validate the options now, before any training
         self.optimizer: DessiLBI = self._make(
             lr=0.1, momentum=0.9, nesterov=False, weight_decay=0.0
