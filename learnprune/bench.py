@@ -30,6 +30,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from learnprune import validation
 from learnprune.accounting import count
 from learnprune.errors import ConfigError
 
@@ -117,6 +118,7 @@ def measure(
     progress: Callable[[str], None] | None = None,
 ) -> list[Timing]:
     """Time every form at every batch size and thread count (see the module docstring)."""
+    _call_counts(warmup, repeats, rounds)  # before the forms are built
     built = build_forms(model, input_shape, forms, min_sparsity)
     return time_forms(
         built,
@@ -127,6 +129,15 @@ def measure(
         repeats=repeats,
         rounds=rounds,
         progress=progress,
+    )
+
+
+def _call_counts(warmup: int, repeats: int, rounds: int) -> tuple[int, int, int]:
+    """``warmup >= 0``, ``repeats >= 1`` and ``rounds >= 1`` as ints (raises ConfigError)."""
+    return (
+        validation.integer("warmup", warmup),
+        validation.integer("repeats", repeats, minimum=1),
+        validation.integer("rounds", rounds, minimum=1),
     )
 
 
@@ -143,6 +154,7 @@ def time_forms(
 ) -> list[Timing]:
     """:func:`measure` on forms already built (``{form name: model}``, ``"dense"`` the
     reference of the speed-ups when present)."""
+    warmup, repeats, rounds = _call_counts(warmup, repeats, rounds)
     flops = _flops(built, input_shape)
     before = torch.get_num_threads()
     timings: list[Timing] = []

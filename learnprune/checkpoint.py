@@ -24,6 +24,7 @@ import json
 import math
 import os
 import random
+import re
 import secrets
 import zipfile
 from collections.abc import Mapping
@@ -125,6 +126,96 @@ def _json_default(value: Any) -> Any:
     if isinstance(value, tuple):
         return list(value)
     raise TypeError(f"cannot write {type(value).__name__} to JSON")
+
+
+def read_json(path: Path) -> dict[str, Any]:
+    """A run directory's JSON file (``config.json``, ``final.json``, ``bench.json``): one
+    JSON object, read as UTF-8.
+
+    Raises:
+        CheckpointError: missing, unreadable, not UTF-8, not JSON, or not a JSON object.
+    """
+    return _json_object(_read_text(Path(path)), f"{path}")
+
+
+def read_json_lines(path: Path) -> list[dict[str, Any]]:
+    """``metrics.jsonl``: one JSON object per non-empty line; a missing file has none.
+
+    Raises:
+        CheckpointError: unreadable, not UTF-8, or a line that is not a JSON object.
+    """
+    path = Path(path)
+    if not path.exists():
+        return []
+    lines = _read_text(path).splitlines()
+    return [
+        _json_object(line, f"{path} line {number}")
+        for number, line in enumerate(lines, start=1)
+        if line.strip()
+    ]
+
+
+def _read_text(path: Path) -> str:
+    try:
+        return path.read_bytes().decode("utf-8")
+    except FileNotFoundError as err:
+        raise CheckpointError(f"no {path.name} at {path}") from err
+    except OSError as err:
+        raise CheckpointError(f"{path} cannot be read ({err.strerror or err})") from err
+    except UnicodeDecodeError as err:
+        raise CheckpointError(
+            f"{path} is corrupt: not UTF-8 text (byte 0x{err.object[err.start]:02x} at "
+            f"offset {err.start})"
+        ) from err
+
+
+def _json_object(text: str, where: str) -> dict[str, Any]:
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as err:
+        raise CheckpointError(
+            f"{where} is corrupt: not JSON (line {err.lineno}, column {err.colno}: {err.msg})"
+        ) from err
+    if not isinstance(value, dict):
+        raise CheckpointError(f"{where} is corrupt: expected a JSON object, got {value!r:.40}")
+    return _restore_non_finite(value)
+
+
+_NOTED_PLACE = re.compile(r"(?P<key>.*?)(?P<indices>(?:\[\d+\])*)")
+
+
+def _restore_non_finite(value: Any) -> Any:
+    """The inverse of :func:`json_text`'s notes: each ``null`` an object's ``"non_finite"``
+    entry names (``"compression"``, ``"timings[2]"``) is its float again (``inf``, ``nan``)
+    and the entry goes, so what was written is what is read."""
+    if isinstance(value, list):
+        return [_restore_non_finite(item) for item in value]
+    if not isinstance(value, dict):
+        return value
+    restored = {key: _restore_non_finite(item) for key, item in value.items()}
+    notes = restored.get(NON_FINITE)
+    if not isinstance(notes, dict):
+        return restored
+    for place, text in notes.items():
+        match = _NOTED_PLACE.fullmatch(str(place))
+        indices = [int(i) for i in re.findall(r"\d+", match["indices"])] if match else []
+        holder: Any = restored
+        key: Any = match["key"] if match else place
+        for index in indices:
+            inner = holder.get(key) if isinstance(holder, dict) else holder[key]
+            if not isinstance(inner, list) or index >= len(inner):
+                break
+            holder, key = inner, index
+        else:
+            try:
+                number = float(text)
+            except (TypeError, ValueError):
+                continue
+            present = key in holder if isinstance(holder, dict) else True
+            if present and holder[key] is None:
+                holder[key] = number
+    del restored[NON_FINITE]
+    return restored
 
 
 def save_torch(path: Path, value: Any) -> None:

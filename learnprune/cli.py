@@ -18,14 +18,17 @@ from __future__ import annotations
 
 import argparse
 import sys
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import Any, NoReturn, TextIO
 
 from learnprune.errors import ConfigError, LearnpruneError, one_line
 
 EXIT_USAGE = 2
 EXIT_INTERRUPTED = 130
+LEARNPRUNE_WARNING = "learnprune: "
+"""How learnprune's own warning messages begin (the command line shows them on one line)."""
 
 
 class _Parser(argparse.ArgumentParser):
@@ -34,6 +37,17 @@ class _Parser(argparse.ArgumentParser):
     def error(self, message: str) -> NoReturn:
         sys.stderr.write(f"learnprune: error: {message} (see {self.prog} --help)\n")
         raise SystemExit(EXIT_USAGE)
+
+
+def _positive_int(text: str) -> int:
+    """An argparse type: a whole number >= 1 (argparse reports the error)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number >= 1, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a whole number >= 1, got {text!r}")
+    return value
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -178,7 +192,9 @@ def _parser() -> argparse.ArgumentParser:
     bench.add_argument("run_dir")
     bench.add_argument("--batches", default="1,64", help="comma-separated batch sizes")
     bench.add_argument("--threads", default="1,2", help="comma-separated thread counts")
-    bench.add_argument("--repeats", type=int, default=30, help="timed calls per form")
+    bench.add_argument(
+        "--repeats", type=_positive_int, default=30, help="timed calls per form (>= 1)"
+    )
     bench.add_argument(
         "--min-sparsity", type=float, default=0.5, help="csr: Linear layers from this sparsity"
     )
@@ -251,7 +267,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point; returns the exit code."""
     args = _parser().parse_args(argv)
     try:
-        return _dispatch(args)
+        with warnings.catch_warnings():
+            warnings.showwarning = _show_warning
+            return _dispatch(args)
     except LearnpruneError as err:
         if not getattr(err, "reported_by_rank_0", False):  # one message per torchrun job
             sys.stderr.write(f"learnprune: error: {one_line(str(err))}\n")
@@ -265,12 +283,30 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_INTERRUPTED
 
 
+def _show_warning(
+    message: Warning | str,
+    category: type[Warning],
+    filename: str,
+    lineno: int,
+    file: TextIO | None = None,
+    line: str | None = None,
+) -> None:
+    """learnprune's own warnings as one line ``learnprune: warning: ...``; others as usual."""
+    text = str(message)
+    if text.startswith(LEARNPRUNE_WARNING):
+        shown = f"learnprune: warning: {text[len(LEARNPRUNE_WARNING) :]}\n"
+    else:
+        shown = warnings.formatwarning(message, category, filename, lineno, line)
+    (file or sys.stderr).write(shown)
+
+
 def _dispatch(args: argparse.Namespace) -> int:
     if args.command == "train":
         from learnprune.distributed import process_group_from_env
 
         with process_group_from_env():  # under torchrun: one process of a DDP group
             return _train(args)
+    _check_output_paths(args)
     if args.command == "eval":
         return _eval(args)
     if args.command == "ticket":
@@ -294,9 +330,20 @@ def _dispatch(args: argparse.Namespace) -> int:
     return _list()
 
 
+def _check_output_paths(args: argparse.Namespace) -> None:
+    """Refuse an ``--out`` or ``--root`` that cannot be written (one line, nothing left)."""
+    from learnprune.validation import output_directory
+
+    for flag in ("out", "root"):
+        if getattr(args, flag, None):
+            output_directory(f"--{flag}", getattr(args, flag))
+
+
 def _train(args: argparse.Namespace) -> int:
     from learnprune.config import RunConfig, apply_overrides, read_recipe
+    from learnprune.distributed import on_main
     from learnprune.runner import read_run_config
+    from learnprune.validation import output_directory
 
     if args.resume:
         given = [
@@ -356,6 +403,8 @@ def _train(args: argparse.Namespace) -> int:
                 "method dense prunes nothing; pass --method magnitude or gmp with --target"
             )
         out = Path(args.out) if args.out else None  # None: a new runs/<name> directory
+        if out is not None:
+            on_main(lambda: output_directory("--out", out))
     return _run_and_report(args, config, out, resume=bool(args.resume))
 
 

@@ -74,7 +74,7 @@ def method_recipe(base: Mapping[str, Any], method: str) -> dict[str, Any]:
     ``max_steps``, ``device``); its schedule points given in epochs (``begin_epoch``,
     ``end_epoch``, learning-rate ``milestones``) are scaled to the new length.
     """
-    prefix = str(base["model"]).replace("-", "")
+    prefix = str(base.get("model", "")).replace("-", "")  # none: RunConfig says so
     shipped = RECIPES_DIR / f"{prefix}-{method}.toml"
     base_train = dict(base.get("train", {}))
     if shipped.is_file():
@@ -154,10 +154,29 @@ def plan(
             table[option] = value
             run_raw["method"] = table
             config = RunConfig.from_dict(run_raw).validate()
+            _check_method_builds(config)
             planned.append(
                 Planned(f"{method}-{option}{value:g}", method, f"{option} {value:g}", config)
             )
     return planned
+
+
+def _check_method_builds(config: RunConfig) -> None:
+    """Attach the config's method to a fresh model (on the model's own input shape), so an
+    option the method refuses (``--strengths scl=lam:-1``) fails before any run starts."""
+    from learnprune.methods import build_method
+    from learnprune.methods.base import TrainingContext
+    from learnprune.models import build_model
+
+    model = build_model(config.model, **config.model_options)
+    epochs = config.train.epochs
+    context = TrainingContext(
+        epochs=epochs,
+        steps_per_epoch=100,
+        total_steps=100 * epochs,
+        input_shape=getattr(model, "input_shape", None),
+    )
+    build_method(config.method, model, config.method_options, context)
 
 
 def run_sweep(
@@ -199,10 +218,12 @@ def _clear(run_dir: Path) -> None:
 
 def collect(planned: Sequence[Planned], runs: Path) -> list[dict[str, Any]]:
     """The table rows of the finished runs (DessiLBI: one row per path epoch)."""
+    from learnprune.report import read_final
+
     rows = []
     for item in planned:
         run_dir = runs / item.name
-        final = json.loads((run_dir / "final.json").read_text())
+        final = read_final(run_dir)
         small = final.get("compact") or {}
         common = {
             "method": item.method,
@@ -211,7 +232,7 @@ def collect(planned: Sequence[Planned], runs: Path) -> list[dict[str, Any]]:
             "layers": final.get("layers", []),
         }
         if item.path_epochs:
-            lines = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
+            lines = checkpoint.read_json_lines(run_dir / "metrics.jsonl")
             by_epoch = {line["epoch"]: line for line in lines}
             for epoch in item.path_epochs:
                 line = by_epoch[epoch]
@@ -236,7 +257,7 @@ def collect(planned: Sequence[Planned], runs: Path) -> list[dict[str, Any]]:
             continue
         bench_file = run_dir / "bench.json"
         if bench_file.is_file():
-            timings = json.loads(bench_file.read_text())["timings"]
+            timings = checkpoint.read_json(bench_file).get("timings", [])
             common["speedups"] = {t["form"]: t["speedup"] for t in timings}
         rows.append(
             {

@@ -41,6 +41,11 @@ else:  # pragma: no cover
 OPTIMIZERS = ("sgd", "adam", "adamw")
 LR_SCHEDULES = ("cosine", "step", "constant")
 AUGMENTATIONS = ("auto", "none", "crop_flip")
+DATA_OPTIONS: dict[str, type] = {"root": str, "pad_to_32": bool, "channels": int, "normalize": bool}
+"""The keys of ``[data_options]`` (:func:`learnprune.data.load_dataset`'s options) and types."""
+_KIND_NAMES = {str: "a path", bool: "true or false", int: "a whole number"}
+MAX_SEED = 2**32 - 1
+"""The largest seed every generator takes (numpy's ``np.random.seed`` is 32-bit)."""
 
 
 @dataclass
@@ -82,7 +87,7 @@ class TrainConfig:
             raise ConfigError(f"milestones must be a list of epochs, got {self.milestones!r}")
         self.milestones = [validation.positive("milestones", m) for m in self.milestones]
         self.gamma = validation.positive("gamma", self.gamma)
-        self.seed = validation.integer("seed", self.seed)
+        self.seed = validation.integer("seed", self.seed, maximum=MAX_SEED)
         if self.max_steps is not None:
             self.max_steps = validation.integer("max_steps", self.max_steps, minimum=1)
         if self.train_subset is not None:
@@ -90,10 +95,7 @@ class TrainConfig:
         self.augment = validation.choice("augment", self.augment, AUGMENTATIONS)
         if not isinstance(self.nesterov, bool):
             raise ConfigError(f"nesterov must be true or false, got {self.nesterov!r}")
-        if not isinstance(self.device, str) or (
-            self.device not in ("auto", "cpu") and not self.device.startswith("cuda")
-        ):
-            raise ConfigError(f"device must be auto, cpu or cuda[:N], got {self.device!r}")
+        self.device = validation.device("device", self.device)
         return self
 
 
@@ -181,6 +183,17 @@ class RunConfig:
         for key, value in self.method_options.items():
             if isinstance(value, float):
                 validation.real(key, value)
+        unknown = sorted(set(self.data_options) - set(DATA_OPTIONS))
+        if unknown:
+            raise ConfigError(
+                f"unknown data_options key {', '.join(unknown)}; known: {', '.join(DATA_OPTIONS)}"
+            )
+        for key, kind in DATA_OPTIONS.items():
+            value = self.data_options.get(key)
+            if value is not None and (
+                isinstance(value, bool) != (kind is bool) or not isinstance(value, kind)
+            ):
+                raise ConfigError(f"data_options {key} must be {_KIND_NAMES[kind]}, got {value!r}")
         self.train.validate()
         return self
 
@@ -226,25 +239,45 @@ def read_recipe(path: str | Path) -> dict[str, Any]:
     """The raw dictionary of a TOML or YAML recipe: a file, or a shipped recipe's name
     (see :func:`find_recipe`)."""
     recipe = find_recipe(path)
-    text = recipe.read_text()
     try:
-        if recipe.suffix in (".yaml", ".yml"):
-            try:
-                import yaml
-            except ImportError as err:
-                raise ConfigError(
-                    "YAML recipes need PyYAML: pip install 'learnprune[yaml]'"
-                ) from err
-            loaded = yaml.safe_load(text) or {}
-        else:
+        text = recipe.read_bytes().decode("utf-8")
+    except OSError as err:
+        raise ConfigError(f"recipe {path} cannot be read ({err.strerror or err})") from err
+    except UnicodeDecodeError as err:
+        raise ConfigError(
+            f"recipe {path} is not UTF-8 text (byte 0x{err.object[err.start]:02x} at offset "
+            f"{err.start})"
+        ) from err
+    if recipe.suffix in (".yaml", ".yml"):
+        loaded = _load_yaml(text, path)
+    else:
+        try:
             loaded = tomllib.loads(text)
-    except ConfigError:
-        raise
-    except Exception as err:
-        raise ConfigError(f"recipe {path} is not valid {recipe.suffix or 'TOML'}: {err}") from err
+        except tomllib.TOMLDecodeError as err:
+            raise ConfigError(
+                f"recipe {path} is not valid {recipe.suffix or 'TOML'}: {err}"
+            ) from err
     if not isinstance(loaded, dict):
         raise ConfigError(f"recipe {path} must hold a table of keys")
     return loaded
+
+
+def _load_yaml(text: str, path: str | Path) -> Any:
+    """``yaml.safe_load``; a syntax error is one line ``FILE:LINE:COLUMN: reason``."""
+    try:
+        import yaml
+    except ImportError as err:
+        raise ConfigError("YAML recipes need PyYAML: pip install 'learnprune[yaml]'") from err
+    try:
+        return yaml.safe_load(text) or {}
+    except yaml.MarkedYAMLError as err:
+        mark = err.problem_mark or err.context_mark
+        where = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark else f"{path}"
+        reason = " ".join(str(err.problem or err.context or "syntax error").split())
+        raise ConfigError(f"recipe {where}: not valid YAML: {reason}") from err
+    except yaml.YAMLError as err:
+        reason = " ".join(str(err).split())
+        raise ConfigError(f"recipe {path}: not valid YAML: {reason}") from err
 
 
 def parse_override(text: str) -> tuple[list[str], Any]:

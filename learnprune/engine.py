@@ -87,12 +87,19 @@ def seed_everything(seed: int) -> None:
 
 
 def resolve_device(name: str) -> torch.device:
-    """``"auto"`` -> CUDA when available, else CPU."""
+    """``"auto"`` -> CUDA when available, else CPU; ``cuda:N`` must exist on this machine."""
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     device = torch.device(name)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ConfigError("device cuda was asked for but no CUDA device is available")
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ConfigError("device cuda was asked for but no CUDA device is available")
+        count = torch.cuda.device_count()
+        if (device.index or 0) >= count:
+            raise ConfigError(
+                f"device {name} was asked for but this machine has {count} CUDA device(s), "
+                f"cuda:0 to cuda:{count - 1}"
+            )
     return device
 
 
@@ -283,6 +290,7 @@ def train(
         resume = False
     if resume:
         state = checkpoint.load_checkpoint(out / CHECKPOINT, expect=_identity(info))
+        _check_resume_fields(state, out / CHECKPOINT)
         _restore(state, model, method, optimizer)
         start_epoch, step, elapsed = state["epoch"], state["step"], state["elapsed"]
         if main:
@@ -426,6 +434,33 @@ def _generator(seed: int, epoch: int) -> torch.Generator:
     return torch.Generator().manual_seed(seed * 1_000_003 + epoch)
 
 
+RESUME_FIELDS: dict[str, type | tuple[type, ...]] = {
+    "epoch": int,
+    "step": int,
+    "elapsed": (int, float),
+    "model_state": dict,
+    "method_state": dict,
+    "optimizer_state": dict,
+    "rng": dict,
+}
+"""What resuming reads from a checkpoint, with its type."""
+
+
+def _check_resume_fields(state: Mapping[str, Any], path: Path) -> None:
+    """Refuse (CheckpointError) a checkpoint missing a field resuming needs, or holding
+    one of the wrong type (a whole-number ``epoch`` and ``step`` >= 0, the RNG states)."""
+    for name, kind in RESUME_FIELDS.items():
+        if name not in state:
+            raise CheckpointError(f"{path} is corrupt: it has no {name}")
+        if isinstance(state[name], bool) or not isinstance(state[name], kind):
+            raise CheckpointError(f"{path} is corrupt: {name} is {state[name]!r:.40}")
+    if state["epoch"] < 0 or state["step"] < 0:
+        raise CheckpointError(f"{path} is corrupt: epoch {state['epoch']}, step {state['step']}")
+    missing = [key for key in ("torch", "numpy", "python") if key not in state["rng"]]
+    if missing:
+        raise CheckpointError(f"{path} is corrupt: its RNG states lack {', '.join(missing)}")
+
+
 def _restore(
     state: Mapping[str, Any],
     model: nn.Module,
@@ -438,7 +473,10 @@ def _restore(
         optimizer.load_state_dict(state["optimizer_state"])
     except (KeyError, RuntimeError, ValueError) as err:
         raise CheckpointError(f"checkpoint does not fit this run: {relayed(err)}") from err
-    checkpoint.set_rng_state(state["rng"])
+    try:
+        checkpoint.set_rng_state(state["rng"])
+    except (KeyError, TypeError, ValueError, RuntimeError) as err:
+        raise CheckpointError(f"the checkpoint's RNG states are corrupt ({relayed(err)})") from err
 
 
 def _check_attached(method: PruningMethod, model: nn.Module) -> None:
@@ -487,16 +525,19 @@ def _truncate_metrics(path: Path, epochs: int) -> None:
     """Drop metric lines of epochs after ``epochs`` (written after the last checkpoint)."""
     if not path.exists():
         return
-    kept = [
-        line
-        for line in path.read_text().splitlines()
-        if line.strip() and json.loads(line)["epoch"] <= epochs
-    ]
-    checkpoint.atomic_write_text(path, "".join(line + "\n" for line in kept))
+    kept = [row for row in _read_metrics(path) if row["epoch"] <= epochs]
+    checkpoint.atomic_write_text(path, "".join(json.dumps(row) + "\n" for row in kept))
 
 
 def _last_metrics(path: Path) -> dict[str, Any]:
-    lines = (
-        [line for line in path.read_text().splitlines() if line.strip()] if path.exists() else []
-    )
-    return json.loads(lines[-1]) if lines else {}
+    rows = _read_metrics(path)
+    return rows[-1] if rows else {}
+
+
+def _read_metrics(path: Path) -> list[dict[str, Any]]:
+    """The rows of ``metrics.jsonl``, each with a whole-number ``epoch`` (CheckpointError)."""
+    rows = checkpoint.read_json_lines(path)
+    for row in rows:
+        if isinstance(row.get("epoch"), bool) or not isinstance(row.get("epoch"), int):
+            raise CheckpointError(f"{path} is corrupt: a row without a whole-number epoch")
+    return rows

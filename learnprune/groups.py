@@ -72,6 +72,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from learnprune import validation
 from learnprune.errors import ConfigError, LearnpruneError, UnsupportedModelError, relayed
 
 PRUNABLE_LAYERS: tuple[type[nn.Module], ...] = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
@@ -350,6 +351,12 @@ def parse_kind(kind: str) -> tuple[str, tuple[int, int] | None]:
     return key, None
 
 
+def _names(model: nn.Module) -> list[str]:
+    """Every module and parameter name of ``model`` (what ``exclude`` patterns can match)."""
+    modules = [name for name, _ in model.named_modules(remove_duplicate=False)]
+    return modules + [name for name, _ in model.named_parameters(remove_duplicate=False)]
+
+
 def _matches(patterns: Sequence[str], *names: str) -> bool:
     return any(fnmatch.fnmatchcase(name, pattern) for pattern in patterns for name in names)
 
@@ -532,13 +539,15 @@ def build_groups(
         ConfigError: unknown kind, or nothing left to prune.
         UnsupportedModelError: the dependency graph cannot be built for ``coupled``.
     """
-    if isinstance(exclude, str):
-        exclude = [exclude]
+    exclude = validation.patterns("exclude", exclude)
+    validation.warn_unmatched("exclude", exclude, _names(model))
     shape = model_input_shape(model, input_shape)
     if not isinstance(kind, str):
-        plan = GroupPlan(list(kind))
+        plan = GroupPlan(list(kind) if isinstance(kind, (list, tuple)) else [])
         if not plan.sets or not all(isinstance(s, GroupSet) for s in plan.sets):
-            raise ConfigError("groups must be a kind name or a non-empty list of GroupSet")
+            raise ConfigError(
+                f"groups must be a kind name or a non-empty list of GroupSet, got {kind!r:.60}"
+            )
         return plan
     # transformer kinds (heads, mlp_neurons): learnprune.transformer_groups
     from learnprune.transformer_groups import parse_transformer_kind, transformer_group_sets

@@ -195,7 +195,7 @@ def read_run_config(run_dir: str | Path) -> RunConfig:
     if not path.is_file():
         raise CheckpointError(f"{run_dir} is not a learnprune run directory (no {CONFIG})")
     try:
-        return RunConfig.from_dict(json.loads(path.read_text()))
+        return RunConfig.from_dict(checkpoint.read_json(path))
     except (json.JSONDecodeError, TypeError) as err:
         raise CheckpointError(f"{path} is corrupt: {err}") from err
 

@@ -82,7 +82,12 @@ def test_bad_strengths_and_methods_are_refused_in_one_line(tmp_path: Path) -> No
         parse_strengths(["scl=lam:x"])
     recipe = tmp_path / "tiny.toml"
     recipe.write_text(RECIPE)
-    for extra in (["--methods", "nosuch"], ["--strengths", "scl=lam:"], ["--targets", "a"]):
+    for extra in (
+        ["--methods", "nosuch"],
+        ["--strengths", "scl=lam:"],
+        ["--targets", "a"],
+        ["--methods", "scl", "--strengths", "scl=lam:0.001,-1"],  # refused by SCL itself
+    ):
         code, _out, err = call(
             "compare", "--recipe", str(recipe), "--out", str(tmp_path / "x"), *extra
         )

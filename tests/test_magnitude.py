@@ -12,6 +12,7 @@ from torch.nn.utils import prune
 from learnprune.accounting import count
 from learnprune.errors import ConfigError
 from learnprune.methods import GMP, Magnitude
+from learnprune.methods.base import TrainingContext
 from learnprune.models import build_model
 
 
@@ -169,6 +170,25 @@ def test_bad_hyper_parameters_are_config_errors() -> None:
         GMP(_model("lenet300"), target=0.5, end_step=5, initial=0.6)
     with pytest.raises(ConfigError, match="only"):
         Magnitude(_model("lenet300"), target=0.999, exclude=["fc1"])
+
+
+@pytest.mark.parametrize(
+    ("options", "expected"),
+    [
+        ({"begin_epoch": 6, "end_epoch": 4}, r"begin_epoch 6 is after end_epoch 4;"),
+        ({"begin_epoch": 8}, r"begin_epoch 8 is after end_epoch 7\.5 \(the default"),
+        ({}, r"gmp needs a target sparsity"),
+    ],
+)
+def test_gmp_recipe_options_in_epochs_are_checked(options: dict, expected: str) -> None:
+    context = TrainingContext(epochs=10, steps_per_epoch=5, total_steps=50)
+    model = _model("lenet300")
+    target = {} if not options else {"target": 0.5}
+    with pytest.raises(ConfigError, match=expected):
+        GMP.from_options(model, {**target, **options}, context)
+    assert not any(hasattr(m, "parametrizations") for m in model.modules())  # left untouched
+    method = GMP.from_options(model, {"target": 0.5, "begin_epoch": 4, "end_epoch": 4}, context)
+    assert (method.begin_step, method.end_step) == (20, 21)  # equal epochs: prune once
 
 
 def test_finalize_leaves_a_plain_model_with_the_zeros() -> None:

@@ -407,3 +407,15 @@ def test_release_leaves_a_directory_that_holds_results(tmp_path):
     held.release()
     held.release()  # twice is harmless
     assert names(tmp_path / "run") == ["final.json"]
+
+
+def test_non_finite_numbers_written_as_null_are_read_back_as_themselves(tmp_path) -> None:
+    """final.json of a run that pruned everything has compression = inf: written as valid
+    JSON (null plus a note), read back as inf by every reader (report, compare)."""
+    value = {"compression": math.inf, "x": [1.0, math.nan, [-math.inf]], "ok": None}
+    path = tmp_path / "final.json"
+    checkpoint.atomic_write_json(path, value)
+    json.loads(path.read_text(), parse_constant=lambda name: pytest.fail(f"{name} in JSON"))
+    back = checkpoint.read_json(path)
+    assert back["compression"] == math.inf and back["x"][2] == [-math.inf]
+    assert math.isnan(back["x"][1]) and back["ok"] is None and "non_finite" not in back

@@ -19,7 +19,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from learnprune import budget, costs
+from learnprune import budget, costs, validation
 from learnprune.groups import model_input_shape
 from learnprune.masking import GroupGate
 from learnprune.methods.base import PruningMethod, TrainingContext
@@ -47,7 +47,11 @@ class BudgetedMethod(PruningMethod):
         input_shape: Sequence[int] | None,
         down_rate: float | None = None,
     ) -> None:
-        """Build the λ controller and the group costs it measures."""
+        """Build the λ controller and the group costs it measures (the rates are checked
+        with or without a target, so a wrong one never passes unnoticed)."""
+        lam_rate = validation.positive("lam_rate", lam_rate)
+        if down_rate is not None:
+            down_rate = validation.positive("lam_down_rate", down_rate)
         self.base_lam = start_lam
         self.controller = (
             budget.LambdaController(

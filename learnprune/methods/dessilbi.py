@@ -114,7 +114,7 @@ def default_coupled(name: str, param: Tensor) -> bool:
 def coupled_except(exclude: str | Sequence[str] = ()) -> Callable[[str, Tensor], bool]:
     """:func:`default_coupled` but for the tensors and layers that match one of the
     ``exclude`` patterns (``fnmatch``; ``"fc3"`` names the layer: ``fc3.weight`` stays plain)."""
-    patterns = [exclude] if isinstance(exclude, str) else list(exclude)
+    patterns = validation.patterns("exclude", exclude)
 
     def coupled(name: str, param: Tensor) -> bool:
         layer = name.rpartition(".")[0]
@@ -540,7 +540,9 @@ class DessiLBIMethod(PruningMethod):
             "lbi_momentum": lbi_momentum,
             "lbi_momentum_rule": lbi_momentum_rule,
         }
-        self.exclude = [exclude] if isinstance(exclude, str) else list(exclude)
+        self.exclude = validation.patterns("exclude", exclude)
+        names = [*dict(model.named_modules()), *dict(model.named_parameters())]
+        validation.warn_unmatched("exclude", self.exclude, names)
         # build once to validate the options now, before any training
         self.optimizer: DessiLBI = self._make(
             lr=0.1, momentum=0.9, nesterov=False, weight_decay=0.0

@@ -318,6 +318,7 @@ class DiffPrune(BudgetedMethod):
             input_shape=input_shape,
             example_inputs=example_inputs,
         )
+        lam_rate = validation.positive("lam_rate", lam_rate)
         down = 50 * lam_rate if lam_down_rate is None else lam_down_rate
         self.setup_budget(self.lam, lam_rate, input_shape, down_rate=down)
         if self.mode == "stochastic":

@@ -157,6 +157,7 @@ class HardConcrete(BudgetedMethod):
         )
         # λ_l times the adapted scale; measured on the test-time gates, which close late (log
         # α < −2.4): λ rises until they do, then falls 50 times faster so it does not overshoot
+        lam_rate = validation.positive("lam_rate", lam_rate)
         self.setup_budget(1.0, lam_rate, input_shape, down_rate=50 * lam_rate)
         shape = model_input_shape(model, input_shape)
         self._sizes = {s.name: _uniform(s.sizes(weights_only=False)) for s in self.plan.sets}

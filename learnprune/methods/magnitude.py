@@ -256,10 +256,19 @@ class GMP(_MagnitudePruning):
         """Recipe options in epochs: ``begin_epoch`` (default 0), ``end_epoch`` (default
         three quarters of the run), ``frequency`` in steps (default 100)."""
         options = dict(options)
+        if options.get("target") is None:
+            raise ConfigError("gmp needs a target sparsity in [0, 1), e.g. --target 0.9")
         begin = validation.non_negative("begin_epoch", options.pop("begin_epoch", 0))
+        end_given = "end_epoch" in options
         end = validation.positive("end_epoch", options.pop("end_epoch", 0.75 * context.epochs))
         if end > context.epochs:
             raise ConfigError(f"end_epoch {end} is after the last epoch {context.epochs}")
+        if begin > end:
+            raise ConfigError(
+                f"begin_epoch {begin:g} is after end_epoch {end:g}"
+                + ("" if end_given else " (the default: three quarters of the run)")
+                + "; pruning must begin before it ends"
+            )
         return cls(
             model,
             begin_step=context.steps(begin),
