@@ -72,7 +72,6 @@ import inspect
 import json
 import logging
 import os
-import tempfile
 import warnings
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
@@ -83,7 +82,6 @@ import torch
 from torch import Tensor, nn
 from torch.nn.utils import parametrize
 
-from learnprune.checkpoint import atomic_write_bytes
 from learnprune.compact import output_tensors
 from learnprune.errors import (
     CheckpointError,
@@ -92,6 +90,7 @@ from learnprune.errors import (
     UnsupportedModelError,
     relayed,
 )
+from learnprune.files import atomic_write_bytes, replace_with, temporary_file
 from learnprune.models import build_model
 from learnprune.sparse_linear import DEFAULT_BLOCK, SparseLinear, densify, sparsify
 
@@ -389,18 +388,6 @@ def _safetensors_bytes(tensors: Mapping[str, Tensor], content: str) -> bytes:
 
 def _file_record(data: bytes) -> dict[str, Any]:
     return {"bytes": len(data), "sha256": hashlib.sha256(data).hexdigest()}
-
-
-@contextlib.contextmanager
-def _temporary_path(target: Path) -> Iterator[Path]:
-    """A temporary file name beside ``target``; removed unless the body renamed it."""
-    handle, name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
-    os.close(handle)
-    temporary = Path(name)
-    try:
-        yield temporary
-    finally:
-        temporary.unlink(missing_ok=True)
 
 
 @contextlib.contextmanager
@@ -966,7 +953,7 @@ def export(
         onnx_file = None
         if "onnx" in chosen:
             directory.mkdir(parents=True, exist_ok=True)
-            onnx_file = stack.enter_context(_temporary_path(directory / FILES["onnx"]))
+            onnx_file = stack.enter_context(temporary_file(directory / FILES["onnx"]))
             onnx_record, onnx_bytes = _export_onnx(model, shape, example_inputs, onnx_file)
             metadata["onnx"] = {"file": FILES["onnx"], **onnx_record}
             metadata["files"][FILES["onnx"]] = _file_record(onnx_bytes)
@@ -979,9 +966,7 @@ def export(
             atomic_write_bytes(directory / name, data)
             metadata["files"][name] = _file_record(data)
         if onnx_file is not None:
-            with open(onnx_file, "rb+") as stream:
-                os.fsync(stream.fileno())
-            os.replace(onnx_file, directory / FILES["onnx"])
+            replace_with(onnx_file, directory / FILES["onnx"])
     # the files of the export this one replaces that it does not rewrite, and temporaries an
     # interrupted write left: learnprune's own, nothing else is ever removed
     for stale in (previous - set(metadata["files"]) - {METADATA_FILE}) | leftovers:

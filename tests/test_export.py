@@ -10,6 +10,7 @@ from __future__ import annotations
 import importlib
 import importlib.util
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -497,6 +498,30 @@ def test_an_empty_directory_and_leftover_temporaries_are_fine(tmp_path: Path) ->
     (interrupted / ".model.safetensors.k2j4.tmp").write_bytes(b"half")
     export(model, interrupted, model_name="lenet300")
     assert sorted(p.name for p in interrupted.iterdir()) == ["model.json", "model.safetensors"]
+
+
+@pytest.mark.parametrize(("umask", "mode"), [(0o022, 0o644), (0o077, 0o600)])
+def test_every_exported_file_honours_the_umask(tmp_path: Path, umask: int, mode: int) -> None:
+    """Before, model.onnx came from tempfile.mkstemp and was 0600 whatever the umask."""
+    model = pruned_model("lenet300")
+    formats = ["safetensors", "csr", "bsr"] + (["onnx"] if HAS_ORT else [])
+    masks = {"fc1.weight": model.fc1.weight != 0}
+    before = os.umask(umask)
+    try:
+        target = export(
+            model,
+            tmp_path / "out",
+            model_name="lenet300",
+            formats=formats,
+            masks=masks,
+            extra_files={"notes.json": b"{}"},
+        )
+    finally:
+        os.umask(before)
+    modes = {p.name: p.stat().st_mode & 0o777 for p in target.iterdir()}
+    expected = {"model.json", "masks.safetensors", "notes.json", *(FILES[f] for f in formats)}
+    assert set(modes) == expected
+    assert set(modes.values()) == {mode}, modes
 
 
 def test_extra_files_are_listed_as_the_exports_own(tmp_path: Path) -> None:
