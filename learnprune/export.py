@@ -82,6 +82,7 @@ import torch
 from torch import Tensor, nn
 from torch.nn.utils import parametrize
 
+from learnprune.checkpoint import json_text
 from learnprune.compact import output_tensors
 from learnprune.errors import (
     CheckpointError,
@@ -168,8 +169,10 @@ def _require(module: str) -> ModuleType:
 
 
 def _jsonable(value: Any) -> Any:
-    """``value`` as JSON will give it back (tuples become lists)."""
-    return json.loads(json.dumps(value))
+    """``value`` as JSON will give it back (tuples become lists); ``ValueError`` for a
+    non-finite number (NaN, ±inf are not JSON) and ``TypeError`` for a non-JSON value: what
+    rebuilds the model must be written exactly, not as ``null``."""
+    return json.loads(json.dumps(value, allow_nan=False))
 
 
 # ------------------------------------------------------------------------------------------
@@ -212,7 +215,13 @@ def describe_layers(model: nn.Module) -> dict[str, dict[str, Any]]:
             continue
         kind = _kind(module)
         if kind is not None:
-            layers[name] = _describe(module, kind)
+            try:
+                layers[name] = _describe(module, kind)
+            except (TypeError, ValueError) as err:
+                raise UnsupportedModelError(
+                    f"layer {name!r} ({type(module).__name__}) cannot be described in JSON: "
+                    f"{relayed(err)}"
+                ) from err
     return layers
 
 
@@ -971,8 +980,7 @@ def export(
     # interrupted write left: learnprune's own, nothing else is ever removed
     for stale in (previous - set(metadata["files"]) - {METADATA_FILE}) | leftovers:
         (directory / stale).unlink(missing_ok=True)
-    text = json.dumps(metadata, indent=2) + "\n"
-    atomic_write_bytes(directory / METADATA_FILE, text.encode())
+    atomic_write_bytes(directory / METADATA_FILE, (json_text(metadata, indent=2) + "\n").encode())
     return directory
 
 

@@ -524,6 +524,27 @@ def test_every_exported_file_honours_the_umask(tmp_path: Path, umask: int, mode:
     assert set(modes.values()) == {mode}, modes
 
 
+def strict_json(text: str) -> object:
+    """``json.loads`` that refuses NaN and ±Infinity, as every parser but Python's does."""
+
+    def refuse(constant: str) -> object:
+        raise ValueError(f"{constant} is not JSON")
+
+    return json.loads(text, parse_constant=refuse)
+
+
+def test_every_json_file_of_an_export_is_strict_json(tmp_path: Path) -> None:
+    """Before, a layer argument such as BatchNorm's momentum=nan went to model.json as
+    ``NaN``, which no strict JSON parser reads; now such a model is refused in one line."""
+    model = nn.Sequential(nn.Linear(4, 3), nn.BatchNorm1d(3, momentum=float("nan")))
+    with pytest.raises(UnsupportedModelError) as err:
+        export(model, tmp_path / "nan")
+    assert_clear(err, "layer '1' (BatchNorm1d)")
+    assert not (tmp_path / "nan").exists()
+    target = export(pruned_model("lenet300"), tmp_path / "ok", model_name="lenet300")
+    assert strict_json((target / "model.json").read_text())["format"] == "learnprune-export"
+
+
 def test_extra_files_are_listed_as_the_exports_own(tmp_path: Path) -> None:
     model = pruned_model("lenet300")
     target = export(model, tmp_path / "x", model_name="lenet300", extra_files={"a.json": b"{}"})
