@@ -46,15 +46,20 @@ exported the same way (tensors and layer records); give :func:`load` an instance
 built before compaction, as ``model=``: it is resized in place.
 
 **Atomicity.** Every file is written to a temporary name in the same directory and renamed
-over its target (``os.replace``); ``model.json`` comes last and, when an export is replaced,
-the old ``model.json`` goes first, so an interrupted export leaves a directory that
-:func:`load` rejects instead of a mix of two exports.
+over its target (``os.replace``, :mod:`learnprune.files`). Once everything that can fail
+has been done in memory or in temporary files, a *manifest* replaces ``model.json`` first
+(``"complete": false`` and the names of the files about to be written or removed), then
+the files are written, and the full ``model.json`` (``"complete": true``) comes last. An
+interrupted export therefore leaves a directory that :func:`load` rejects as interrupted,
+never a mix of two exports, and the next :func:`export` into it replaces the listed files
+as its own, without ``overwrite``.
 
-**The user's files.** :func:`export` writes into a new or empty directory. A directory that
-holds another export, or any file learnprune did not write (a ``model.onnx`` of your own,
-``notes.txt``), is refused unless ``overwrite=True``; even then only the export's own files
-are replaced or removed: the names it writes, the files the replaced export's
-``model.json`` lists, and temporaries an interrupted write left. Nothing else is touched.
+**The user's files.** :func:`export` writes into a new or empty directory, or one holding
+an interrupted export. A directory that holds another export, or any file learnprune did
+not write (a ``model.onnx`` of your own, ``notes.txt``), is refused unless
+``overwrite=True``; even then only the export's own files are replaced or removed: the
+names it writes, the files the replaced (or interrupted) export's ``model.json`` lists, and
+temporaries an interrupted write left. Nothing else is touched.
 
 **Errors.** Anything wrong with the files (a missing directory or file, a truncated or
 malformed safetensors or JSON file, a newer format version, tensors that do not fit the
@@ -688,18 +693,20 @@ def _plain_name(name: Any) -> bool:
     return isinstance(name, str) and name not in ("", ".", "..") and Path(name).name == name
 
 
-def _files_of_export(directory: Path) -> set[str]:
-    """The files a learnprune export in ``directory`` wrote: its ``model.json`` and every
-    file that lists (plain names only), or nothing when ``model.json`` is absent or not a
-    learnprune export description."""
+def _files_of_export(directory: Path) -> tuple[set[str], bool]:
+    """The files a learnprune export in ``directory`` wrote or was writing: its
+    ``model.json`` and every file that lists (plain names only), or nothing when
+    ``model.json`` is absent or not a learnprune export description; and whether that
+    export was interrupted (its ``model.json`` is the manifest, ``"complete": false``)."""
     try:
         meta = json.loads((directory / METADATA_FILE).read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError):
-        return set()
+        return set(), False
     if not isinstance(meta, dict) or meta.get("format") != EXPORT_FORMAT:
-        return set()
-    listed = meta.get("files") if isinstance(meta.get("files"), dict) else {}
-    return {METADATA_FILE, *(name for name in listed if _plain_name(name))}
+        return set(), False
+    listed = meta.get("files") if isinstance(meta.get("files"), (dict, list)) else []
+    interrupted = meta.get("complete") is False
+    return {METADATA_FILE, *(name for name in listed if _plain_name(name))}, interrupted
 
 
 def _claim_directory(
@@ -708,17 +715,19 @@ def _claim_directory(
     """Check that an export may be written to ``directory``; returns the files an earlier
     export there wrote and the temporaries an interrupted write left (both learnprune's).
 
-    The directory may be new or empty. It may hold an earlier export only with
-    ``overwrite``; it may hold any file learnprune did not write only with ``overwrite``,
-    and even then such a file is never removed (only replaced when it has the name of a
-    file this export writes).
+    The directory may be new or empty, or hold an interrupted export (its manifest lists
+    the files it was writing: they are replaced). It may hold an earlier, complete export
+    only with ``overwrite``; it may hold any file learnprune did not write only with
+    ``overwrite``, and even then such a file is never removed (only replaced when it has
+    the name of a file this export writes).
     """
     if not directory.exists():
         return set(), set()
     if not directory.is_dir():
         raise CheckpointError(f"{directory} exists and is not a directory")
     names = {entry.name for entry in directory.iterdir()}
-    previous = _files_of_export(directory) & names
+    listed, interrupted = _files_of_export(directory)
+    previous = listed & names
     ours = {METADATA_FILE, *_ALL_FILES, *extra_files, *previous}
     leftovers = {
         name
@@ -728,7 +737,7 @@ def _claim_directory(
     foreign = sorted(names - previous - leftovers)
     if overwrite:
         return previous, leftovers
-    if previous:
+    if previous and not interrupted:
         raise CheckpointError(
             f"{directory} already holds an export ({METADATA_FILE}); "
             "choose another directory or pass overwrite=True (learnprune: --overwrite)"
@@ -933,6 +942,7 @@ def export(
         "onnx": None,
         "masks": None,
         "files": {},
+        "complete": True,
     }
     # 1. everything that can fail, in memory or in temporary files: an existing export in
     #    the directory stays intact until all of it has succeeded
@@ -967,19 +977,27 @@ def export(
             metadata["onnx"] = {"file": FILES["onnx"], **onnx_record}
             metadata["files"][FILES["onnx"]] = _file_record(onnx_bytes)
 
-        # 2. commit: drop the old description first, so an interruption from here on leaves
-        #    a directory that load() rejects rather than a mix of two exports
-        directory.mkdir(parents=True, exist_ok=True)
-        (directory / METADATA_FILE).unlink(missing_ok=True)
+        for name, data in {**payloads, **extra}.items():
+            metadata["files"][name] = _file_record(data)
+        # the files of the export this one replaces that it does not rewrite: learnprune's
+        # own, like the temporaries an interrupted write left; nothing else is ever removed
+        stale = previous - set(metadata["files"]) - {METADATA_FILE}
+
+        # 2. commit: the manifest replaces the old description first, so an interruption
+        #    from here on leaves a directory that load() rejects as interrupted (not a mix
+        #    of two exports) and that the next export may write into without overwrite
+        manifest = {
+            key: metadata[key]
+            for key in ("format", "format_version", "learnprune_version", "formats")
+        }
+        manifest.update(complete=False, files=sorted({*metadata["files"], *stale}))
+        atomic_write_bytes(directory / METADATA_FILE, (json_text(manifest) + "\n").encode())
         for name, data in {**payloads, **extra}.items():
             atomic_write_bytes(directory / name, data)
-            metadata["files"][name] = _file_record(data)
         if onnx_file is not None:
             replace_with(onnx_file, directory / FILES["onnx"])
-    # the files of the export this one replaces that it does not rewrite, and temporaries an
-    # interrupted write left: learnprune's own, nothing else is ever removed
-    for stale in (previous - set(metadata["files"]) - {METADATA_FILE}) | leftovers:
-        (directory / stale).unlink(missing_ok=True)
+    for name in stale | leftovers:
+        (directory / name).unlink(missing_ok=True)
     atomic_write_bytes(directory / METADATA_FILE, (json_text(metadata, indent=2) + "\n").encode())
     return directory
 
@@ -997,6 +1015,11 @@ def _check_metadata(meta: Any, path: Path) -> dict[str, Any]:
     """Validate the parsed ``model.json``; returns it."""
     if not isinstance(meta, dict) or meta.get("format") != EXPORT_FORMAT:
         raise CheckpointError(f"{path} is not a learnprune export description")
+    if meta.get("complete") is False:
+        raise CheckpointError(
+            f"the export to {path.parent} was interrupted before it finished ({path} lists "
+            "the files it was writing); export again into that directory"
+        )
     version = meta.get("format_version")
     if isinstance(version, bool) or not isinstance(version, int) or version < 1:
         raise _malformed(path, f"format_version is {version!r}")

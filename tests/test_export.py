@@ -545,6 +545,79 @@ def test_every_json_file_of_an_export_is_strict_json(tmp_path: Path) -> None:
     assert strict_json((target / "model.json").read_text())["format"] == "learnprune-export"
 
 
+def kill_export_at(monkeypatch: pytest.MonkeyPatch, name: str) -> None:
+    """Make the next export die the way a killed process would while writing ``name``: the
+    files before it written, a partial temporary of it left, nothing after it."""
+    write = export_module.atomic_write_bytes
+
+    def killed_while_writing(path: Path, data: bytes) -> None:
+        if path.name == name:
+            (path.parent / f".{name}.4f2a9c.tmp").write_bytes(data[: len(data) // 2])
+            monkeypatch.setattr(export_module, "atomic_write_bytes", write)
+            raise KeyboardInterrupt
+        write(path, data)
+
+    monkeypatch.setattr(export_module, "atomic_write_bytes", killed_while_writing)
+
+
+def test_an_interrupted_export_is_refused_by_load_and_restarts_without_overwrite(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Before, the files of an export killed before its model.json counted as the user's:
+    the next export refused them and pointed to --overwrite."""
+    model = pruned_model("lenet300")
+    target = tmp_path / "out"
+    kill_export_at(monkeypatch, FILES["csr"])
+    with pytest.raises(KeyboardInterrupt):
+        export(model, target, model_name="lenet300", formats=("safetensors", "csr"))
+    assert (target / "model.safetensors").exists() and not (target / FILES["csr"]).exists()
+    manifest = json.loads((target / "model.json").read_text())
+    assert manifest["complete"] is False
+    assert manifest["files"] == ["model.safetensors", "sparse_csr.safetensors"]
+    with pytest.raises(CheckpointError, match="was interrupted before it finished") as err:
+        load(target)
+    assert_clear(err, "model.json")
+    export(model, target, model_name="lenet300")  # no overwrite needed
+    assert sorted(p.name for p in target.iterdir()) == ["model.json", "model.safetensors"]
+    assert read_metadata(target)["complete"] is True
+    assert_same_state(model, load(target))
+
+
+def test_an_interrupted_replacement_restarts_and_keeps_the_users_files(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    model = pruned_model("lenet300")
+    target = tmp_path / "out"
+    export(
+        model,
+        target,
+        model_name="lenet300",
+        formats=("csr",),
+        masks={"fc1.weight": model.fc1.weight != 0},
+    )
+    (target / "notes.txt").write_bytes(b"my notes")
+    kill_export_at(monkeypatch, "model.safetensors")
+    with pytest.raises(KeyboardInterrupt):
+        export(model, target, model_name="lenet300", overwrite=True)
+    # the replaced export's files are listed by the manifest, so they are learnprune's
+    assert set(json.loads((target / "model.json").read_text())["files"]) == {
+        "model.safetensors",
+        "sparse_csr.safetensors",
+        "masks.safetensors",
+    }
+    with pytest.raises(CheckpointError) as err:  # the user's file still needs overwrite
+        export(model, target, model_name="lenet300")
+    assert_clear(err, "did not write (notes.txt)")
+    export(model, target, model_name="lenet300", overwrite=True)
+    assert sorted(p.name for p in target.iterdir()) == [
+        "model.json",
+        "model.safetensors",
+        "notes.txt",
+    ]
+    assert (target / "notes.txt").read_bytes() == b"my notes"
+    assert_same_state(model, load(target))
+
+
 def test_extra_files_are_listed_as_the_exports_own(tmp_path: Path) -> None:
     model = pruned_model("lenet300")
     target = export(model, tmp_path / "x", model_name="lenet300", extra_files={"a.json": b"{}"})
