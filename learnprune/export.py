@@ -96,7 +96,7 @@ from learnprune.errors import (
     UnsupportedModelError,
     relayed,
 )
-from learnprune.files import atomic_write_bytes, replace_with, temporary_file
+from learnprune.files import atomic_write_bytes, atomic_write_text, replace_with, temporary_file
 from learnprune.models import build_model
 from learnprune.sparse_linear import DEFAULT_BLOCK, SparseLinear, densify, sparsify
 
@@ -991,14 +991,14 @@ def export(
             for key in ("format", "format_version", "learnprune_version", "formats")
         }
         manifest.update(complete=False, files=sorted({*metadata["files"], *stale}))
-        atomic_write_bytes(directory / METADATA_FILE, (json_text(manifest) + "\n").encode())
+        atomic_write_text(directory / METADATA_FILE, json_text(manifest) + "\n")
         for name, data in {**payloads, **extra}.items():
             atomic_write_bytes(directory / name, data)
         if onnx_file is not None:
             replace_with(onnx_file, directory / FILES["onnx"])
     for name in stale | leftovers:
         (directory / name).unlink(missing_ok=True)
-    atomic_write_bytes(directory / METADATA_FILE, (json_text(metadata, indent=2) + "\n").encode())
+    atomic_write_text(directory / METADATA_FILE, json_text(metadata, indent=2) + "\n")
     return directory
 
 
