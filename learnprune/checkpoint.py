@@ -1,11 +1,10 @@
 """Checkpoints and run-directory files, written atomically and read defensively.
 
-Every file a run writes goes to a temporary name in the same directory first and is then
-renamed over the target (``os.replace`` is atomic on POSIX), so an interrupted write never
-leaves a half-written checkpoint that looks valid; a process killed mid-write leaves only
-the temporary file (``.<name>.<random>.tmp``), which :func:`is_temporary_leftover`
-recognises so the next start can remove it. Files get the permissions ``0o666 & ~umask``
-like any file the user creates.
+Every file a run writes goes through :mod:`learnprune.files` (a temporary name in the same
+directory, then ``os.replace``), so an interrupted write never leaves a half-written
+checkpoint that looks valid, and files get the permissions ``0o666 & ~umask`` like any file
+the user creates. Its :func:`atomic_write_bytes`, :func:`atomic_write_text` and
+:func:`is_temporary_leftover` are importable from here too.
 
 JSON is written strictly (no ``NaN`` or ``Infinity``, which are not JSON): a non-finite
 number becomes ``null`` and the object holding it says why (:func:`json_text`).
@@ -22,10 +21,8 @@ from __future__ import annotations
 import io
 import json
 import math
-import os
 import random
 import re
-import secrets
 import zipfile
 from collections.abc import Mapping
 from pathlib import Path
@@ -36,48 +33,15 @@ import torch
 
 from learnprune.errors import CheckpointError, relayed
 
+# atomic writing lives in the bottom layer; these names stay importable from here
+from learnprune.files import atomic_write_bytes as atomic_write_bytes
+from learnprune.files import atomic_write_text as atomic_write_text
+from learnprune.files import is_temporary_leftover as is_temporary_leftover
+
 FORMAT = "learnprune-checkpoint"
 VERSION = 1
 NON_FINITE = "non_finite"
 """The key under which a JSON object lists the non-finite numbers written as ``null``."""
-
-
-def _temporary_name(path: Path) -> Path:
-    return path.with_name(f".{path.name}.{secrets.token_hex(6)}.tmp")
-
-
-def is_temporary_leftover(name: str, targets: tuple[str, ...]) -> bool:
-    """Whether ``name`` is the temporary file of an :func:`atomic_write_bytes` of one of
-    ``targets`` (left behind only by a process killed while writing)."""
-    return name.endswith(".tmp") and any(name.startswith(f".{target}.") for target in targets)
-
-
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` through a temporary file and a rename. The temporary file
-    is created with mode ``0o666`` (less the umask), so ``path`` gets the usual
-    permissions (``tempfile.mkstemp`` would make it ``0o600``)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    while True:
-        temporary = _temporary_name(path)
-        try:
-            handle = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
-            break
-        except FileExistsError:  # 48 random bits taken: draw again
-            continue
-    try:
-        with os.fdopen(handle, "wb") as stream:
-            stream.write(data)
-            stream.flush()
-            os.fsync(stream.fileno())
-        os.replace(temporary, path)
-    except BaseException:
-        temporary.unlink(missing_ok=True)
-        raise
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    atomic_write_bytes(path, text.encode())
 
 
 def atomic_write_json(path: Path, value: Any) -> None:

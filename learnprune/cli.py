@@ -445,7 +445,7 @@ def _parsed_sets(texts: list[str]) -> dict[tuple[str, ...], Any]:
 
 def _ticket(args: argparse.Namespace) -> int:
     from learnprune.config import RunConfig, apply_overrides
-    from learnprune.runner import INITIAL_WEIGHTS, read_run_config
+    from learnprune.runner import initial_weights, read_run_config
 
     source = Path(args.run_dir)
     found = read_run_config(source)
@@ -459,7 +459,7 @@ def _ticket(args: argparse.Namespace) -> int:
         "epoch": args.epoch,
         "layers": args.layers,
     }
-    raw["init"] = str(source / INITIAL_WEIGHTS)
+    raw["init"] = str(initial_weights(source))
     raw["description"] = f"lottery ticket of {source} at epoch {args.epoch}"
     overrides: dict[tuple[str, ...], Any] = {
         ("train", "epochs"): args.epochs,

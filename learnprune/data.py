@@ -29,7 +29,6 @@ import math
 import numbers
 import os
 import pickle
-import secrets
 import shutil
 import struct
 import subprocess
@@ -46,6 +45,7 @@ import numpy as np
 import torch
 
 from learnprune.errors import ConfigError, DataError
+from learnprune.files import atomic_write_stream
 
 __all__ = [
     "DATASETS",
@@ -355,27 +355,6 @@ def read_idx(path: PathLike) -> np.ndarray:
     return values.reshape(shape)
 
 
-def _atomic_write(path: Path, write_content: Callable[[IO[bytes]], None]) -> None:
-    """Write ``path`` via a temporary file in the same directory and ``os.replace``.
-
-    A crash leaves either the old file or the complete new one, never a partial file under
-    the final name.
-    """
-    path.parent.mkdir(parents=True, exist_ok=True)
-    # Unlike tempfile.mkstemp, open(..., "xb") honours the umask, so the final file gets
-    # the usual permissions.
-    temporary_path = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
-    try:
-        with temporary_path.open("xb") as stream:
-            write_content(stream)
-            stream.flush()
-            os.fsync(stream.fileno())
-        os.replace(temporary_path, path)
-    except BaseException:
-        temporary_path.unlink(missing_ok=True)
-        raise
-
-
 def write_idx(path: PathLike, array: np.ndarray) -> None:
     """Write a ``uint8`` array (1-D labels or 3-D images) as an IDX file, atomically.
 
@@ -401,7 +380,7 @@ def write_idx(path: PathLike, array: np.ndarray) -> None:
             stream.write(header)
             stream.write(payload)
 
-    _atomic_write(path, write_content)
+    atomic_write_stream(path, write_content)
 
 
 def _find_idx_file(directory: Path, stem: str) -> Path | None:
@@ -838,7 +817,7 @@ def _fetch_fashion_mnist(target: Path) -> Path:
             with source_file.open("rb") as original:
                 shutil.copyfileobj(original, stream, 1 << 20)
 
-        _atomic_write(destination, copy_content)
+        atomic_write_stream(destination, copy_content)
         # A stale file of the other variant (raw vs .gz) would shadow the fresh copy.
         for stale in (target / stem, target / f"{stem}.gz"):
             if stale != destination:

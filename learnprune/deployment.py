@@ -17,7 +17,6 @@ Nothing in the run directory is modified. The output directory must be new or em
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
@@ -97,7 +96,7 @@ def compact_run(
         model_name=config.model,
         model_options=options,
         input_shape=data.input_shape,
-        extra_files={COMPACT_FILE: (json.dumps(summary, indent=2) + "\n").encode()},
+        extra_files={COMPACT_FILE: (checkpoint.json_text(summary, indent=2) + "\n").encode()},
         overwrite=overwrite,
     )
     summary["table"] = result.table()

@@ -46,15 +46,20 @@ exported the same way (tensors and layer records); give :func:`load` an instance
 built before compaction, as ``model=``: it is resized in place.
 
 **Atomicity.** Every file is written to a temporary name in the same directory and renamed
-over its target (``os.replace``); ``model.json`` comes last and, when an export is replaced,
-the old ``model.json`` goes first, so an interrupted export leaves a directory that
-:func:`load` rejects instead of a mix of two exports.
+over its target (``os.replace``, :mod:`learnprune.files`). Once everything that can fail
+has been done in memory or in temporary files, a *manifest* replaces ``model.json`` first
+(``"complete": false`` and the names of the files about to be written or removed), then
+the files are written, and the full ``model.json`` (``"complete": true``) comes last. An
+interrupted export therefore leaves a directory that :func:`load` rejects as interrupted,
+never a mix of two exports, and the next :func:`export` into it replaces the listed files
+as its own, without ``overwrite``.
 
-**The user's files.** :func:`export` writes into a new or empty directory. A directory that
-holds another export, or any file learnprune did not write (a ``model.onnx`` of your own,
-``notes.txt``), is refused unless ``overwrite=True``; even then only the export's own files
-are replaced or removed: the names it writes, the files the replaced export's
-``model.json`` lists, and temporaries an interrupted write left. Nothing else is touched.
+**The user's files.** :func:`export` writes into a new or empty directory, or one holding
+an interrupted export. A directory that holds another export, or any file learnprune did
+not write (a ``model.onnx`` of your own, ``notes.txt``), is refused unless
+``overwrite=True``; even then only the export's own files are replaced or removed: the
+names it writes, the files the replaced (or interrupted) export's ``model.json`` lists, and
+temporaries an interrupted write left. Nothing else is touched.
 
 **Errors.** Anything wrong with the files (a missing directory or file, a truncated or
 malformed safetensors or JSON file, a newer format version, tensors that do not fit the
@@ -72,7 +77,6 @@ import inspect
 import json
 import logging
 import os
-import tempfile
 import warnings
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
@@ -83,7 +87,7 @@ import torch
 from torch import Tensor, nn
 from torch.nn.utils import parametrize
 
-from learnprune.checkpoint import atomic_write_bytes
+from learnprune.checkpoint import json_text
 from learnprune.compact import output_tensors
 from learnprune.errors import (
     CheckpointError,
@@ -92,6 +96,7 @@ from learnprune.errors import (
     UnsupportedModelError,
     relayed,
 )
+from learnprune.files import atomic_write_bytes, atomic_write_text, replace_with, temporary_file
 from learnprune.models import build_model
 from learnprune.sparse_linear import DEFAULT_BLOCK, SparseLinear, densify, sparsify
 
@@ -169,8 +174,10 @@ def _require(module: str) -> ModuleType:
 
 
 def _jsonable(value: Any) -> Any:
-    """``value`` as JSON will give it back (tuples become lists)."""
-    return json.loads(json.dumps(value))
+    """``value`` as JSON will give it back (tuples become lists); ``ValueError`` for a
+    non-finite number (NaN, ±inf are not JSON) and ``TypeError`` for a non-JSON value: what
+    rebuilds the model must be written exactly, not as ``null``."""
+    return json.loads(json.dumps(value, allow_nan=False))
 
 
 # ------------------------------------------------------------------------------------------
@@ -213,7 +220,13 @@ def describe_layers(model: nn.Module) -> dict[str, dict[str, Any]]:
             continue
         kind = _kind(module)
         if kind is not None:
-            layers[name] = _describe(module, kind)
+            try:
+                layers[name] = _describe(module, kind)
+            except (TypeError, ValueError) as err:
+                raise UnsupportedModelError(
+                    f"layer {name!r} ({type(module).__name__}) cannot be described in JSON: "
+                    f"{relayed(err)}"
+                ) from err
     return layers
 
 
@@ -389,18 +402,6 @@ def _safetensors_bytes(tensors: Mapping[str, Tensor], content: str) -> bytes:
 
 def _file_record(data: bytes) -> dict[str, Any]:
     return {"bytes": len(data), "sha256": hashlib.sha256(data).hexdigest()}
-
-
-@contextlib.contextmanager
-def _temporary_path(target: Path) -> Iterator[Path]:
-    """A temporary file name beside ``target``; removed unless the body renamed it."""
-    handle, name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
-    os.close(handle)
-    temporary = Path(name)
-    try:
-        yield temporary
-    finally:
-        temporary.unlink(missing_ok=True)
 
 
 @contextlib.contextmanager
@@ -692,18 +693,20 @@ def _plain_name(name: Any) -> bool:
     return isinstance(name, str) and name not in ("", ".", "..") and Path(name).name == name
 
 
-def _files_of_export(directory: Path) -> set[str]:
-    """The files a learnprune export in ``directory`` wrote: its ``model.json`` and every
-    file that lists (plain names only), or nothing when ``model.json`` is absent or not a
-    learnprune export description."""
+def _files_of_export(directory: Path) -> tuple[set[str], bool]:
+    """The files a learnprune export in ``directory`` wrote or was writing: its
+    ``model.json`` and every file that lists (plain names only), or nothing when
+    ``model.json`` is absent or not a learnprune export description; and whether that
+    export was interrupted (its ``model.json`` is the manifest, ``"complete": false``)."""
     try:
         meta = json.loads((directory / METADATA_FILE).read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError):
-        return set()
+        return set(), False
     if not isinstance(meta, dict) or meta.get("format") != EXPORT_FORMAT:
-        return set()
-    listed = meta.get("files") if isinstance(meta.get("files"), dict) else {}
-    return {METADATA_FILE, *(name for name in listed if _plain_name(name))}
+        return set(), False
+    listed = meta.get("files") if isinstance(meta.get("files"), (dict, list)) else []
+    interrupted = meta.get("complete") is False
+    return {METADATA_FILE, *(name for name in listed if _plain_name(name))}, interrupted
 
 
 def _claim_directory(
@@ -712,17 +715,19 @@ def _claim_directory(
     """Check that an export may be written to ``directory``; returns the files an earlier
     export there wrote and the temporaries an interrupted write left (both learnprune's).
 
-    The directory may be new or empty. It may hold an earlier export only with
-    ``overwrite``; it may hold any file learnprune did not write only with ``overwrite``,
-    and even then such a file is never removed (only replaced when it has the name of a
-    file this export writes).
+    The directory may be new or empty, or hold an interrupted export (its manifest lists
+    the files it was writing: they are replaced). It may hold an earlier, complete export
+    only with ``overwrite``; it may hold any file learnprune did not write only with
+    ``overwrite``, and even then such a file is never removed (only replaced when it has
+    the name of a file this export writes).
     """
     if not directory.exists():
         return set(), set()
     if not directory.is_dir():
         raise CheckpointError(f"{directory} exists and is not a directory")
     names = {entry.name for entry in directory.iterdir()}
-    previous = _files_of_export(directory) & names
+    listed, interrupted = _files_of_export(directory)
+    previous = listed & names
     ours = {METADATA_FILE, *_ALL_FILES, *extra_files, *previous}
     leftovers = {
         name
@@ -732,7 +737,7 @@ def _claim_directory(
     foreign = sorted(names - previous - leftovers)
     if overwrite:
         return previous, leftovers
-    if previous:
+    if previous and not interrupted:
         raise CheckpointError(
             f"{directory} already holds an export ({METADATA_FILE}); "
             "choose another directory or pass overwrite=True (learnprune: --overwrite)"
@@ -937,6 +942,7 @@ def export(
         "onnx": None,
         "masks": None,
         "files": {},
+        "complete": True,
     }
     # 1. everything that can fail, in memory or in temporary files: an existing export in
     #    the directory stays intact until all of it has succeeded
@@ -966,28 +972,33 @@ def export(
         onnx_file = None
         if "onnx" in chosen:
             directory.mkdir(parents=True, exist_ok=True)
-            onnx_file = stack.enter_context(_temporary_path(directory / FILES["onnx"]))
+            onnx_file = stack.enter_context(temporary_file(directory / FILES["onnx"]))
             onnx_record, onnx_bytes = _export_onnx(model, shape, example_inputs, onnx_file)
             metadata["onnx"] = {"file": FILES["onnx"], **onnx_record}
             metadata["files"][FILES["onnx"]] = _file_record(onnx_bytes)
 
-        # 2. commit: drop the old description first, so an interruption from here on leaves
-        #    a directory that load() rejects rather than a mix of two exports
-        directory.mkdir(parents=True, exist_ok=True)
-        (directory / METADATA_FILE).unlink(missing_ok=True)
+        for name, data in {**payloads, **extra}.items():
+            metadata["files"][name] = _file_record(data)
+        # the files of the export this one replaces that it does not rewrite: learnprune's
+        # own, like the temporaries an interrupted write left; nothing else is ever removed
+        stale = previous - set(metadata["files"]) - {METADATA_FILE}
+
+        # 2. commit: the manifest replaces the old description first, so an interruption
+        #    from here on leaves a directory that load() rejects as interrupted (not a mix
+        #    of two exports) and that the next export may write into without overwrite
+        manifest = {
+            key: metadata[key]
+            for key in ("format", "format_version", "learnprune_version", "formats")
+        }
+        manifest.update(complete=False, files=sorted({*metadata["files"], *stale}))
+        atomic_write_text(directory / METADATA_FILE, json_text(manifest) + "\n")
         for name, data in {**payloads, **extra}.items():
             atomic_write_bytes(directory / name, data)
-            metadata["files"][name] = _file_record(data)
         if onnx_file is not None:
-            with open(onnx_file, "rb+") as stream:
-                os.fsync(stream.fileno())
-            os.replace(onnx_file, directory / FILES["onnx"])
-    # the files of the export this one replaces that it does not rewrite, and temporaries an
-    # interrupted write left: learnprune's own, nothing else is ever removed
-    for stale in (previous - set(metadata["files"]) - {METADATA_FILE}) | leftovers:
-        (directory / stale).unlink(missing_ok=True)
-    text = json.dumps(metadata, indent=2) + "\n"
-    atomic_write_bytes(directory / METADATA_FILE, text.encode())
+            replace_with(onnx_file, directory / FILES["onnx"])
+    for name in stale | leftovers:
+        (directory / name).unlink(missing_ok=True)
+    atomic_write_text(directory / METADATA_FILE, json_text(metadata, indent=2) + "\n")
     return directory
 
 
@@ -1004,6 +1015,11 @@ def _check_metadata(meta: Any, path: Path) -> dict[str, Any]:
     """Validate the parsed ``model.json``; returns it."""
     if not isinstance(meta, dict) or meta.get("format") != EXPORT_FORMAT:
         raise CheckpointError(f"{path} is not a learnprune export description")
+    if meta.get("complete") is False:
+        raise CheckpointError(
+            f"the export to {path.parent} was interrupted before it finished ({path} lists "
+            "the files it was writing); export again into that directory"
+        )
     version = meta.get("format_version")
     if isinstance(version, bool) or not isinstance(version, int) or version < 1:
         raise _malformed(path, f"format_version is {version!r}")

@@ -28,8 +28,8 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from learnprune.checkpoint import is_temporary_leftover
 from learnprune.errors import ConfigError
+from learnprune.files import is_temporary_leftover
 
 LOCK_FILE = ".learnprune.lock"
 

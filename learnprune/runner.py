@@ -189,6 +189,27 @@ def _check_run_dir(claimed: run_directory.ClaimedDirectory, resume: bool) -> Non
         )
 
 
+def initial_weights(run_dir: str | Path) -> Path:
+    """The run's ``init.pt`` (its starting weights, what a lottery ticket is retrained
+    from), or a :class:`CheckpointError` saying how to get it: an interrupted run writes it
+    on ``--resume``; a finished one (resumed by a learnprune that did not write it again)
+    has to be trained again.
+    """
+    path = Path(run_dir) / INITIAL_WEIGHTS
+    if path.is_file():
+        return path
+    if (Path(run_dir) / FINAL).is_file():
+        raise CheckpointError(
+            f"{run_dir} has no {INITIAL_WEIGHTS}, the starting weights a ticket is retrained "
+            "from, and the run is finished, so --resume cannot write it: train the run again "
+            f"(same recipe and seed, see its {CONFIG}) and take the ticket from the new run"
+        )
+    raise CheckpointError(
+        f"{run_dir} has no {INITIAL_WEIGHTS}, the starting weights a ticket is retrained from: "
+        f"run `learnprune train --resume {run_dir}`, which writes it, then the ticket again"
+    )
+
+
 def read_run_config(run_dir: str | Path) -> RunConfig:
     """The :class:`RunConfig` saved in a run directory."""
     path = Path(run_dir) / CONFIG

@@ -257,7 +257,7 @@ def test_failed_atomic_write_keeps_the_old_file_and_no_temporary(tmp_path, monke
     def failing_replace(source, destination):
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr(checkpoint.os, "replace", failing_replace)
+    monkeypatch.setattr("learnprune.files.os.replace", failing_replace)
     with pytest.raises(OSError, match="No space left"):
         atomic_write_bytes(target, b"x" * 100_000)
     assert target.read_bytes() == b"the previous checkpoint"

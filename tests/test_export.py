@@ -10,6 +10,7 @@ from __future__ import annotations
 import importlib
 import importlib.util
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -497,6 +498,124 @@ def test_an_empty_directory_and_leftover_temporaries_are_fine(tmp_path: Path) ->
     (interrupted / ".model.safetensors.k2j4.tmp").write_bytes(b"half")
     export(model, interrupted, model_name="lenet300")
     assert sorted(p.name for p in interrupted.iterdir()) == ["model.json", "model.safetensors"]
+
+
+@pytest.mark.parametrize(("umask", "mode"), [(0o022, 0o644), (0o077, 0o600)])
+def test_every_exported_file_honours_the_umask(tmp_path: Path, umask: int, mode: int) -> None:
+    """Before, model.onnx came from tempfile.mkstemp and was 0600 whatever the umask."""
+    model = pruned_model("lenet300")
+    formats = ["safetensors", "csr", "bsr"] + (["onnx"] if HAS_ORT else [])
+    masks = {"fc1.weight": model.fc1.weight != 0}
+    before = os.umask(umask)
+    try:
+        target = export(
+            model,
+            tmp_path / "out",
+            model_name="lenet300",
+            formats=formats,
+            masks=masks,
+            extra_files={"notes.json": b"{}"},
+        )
+    finally:
+        os.umask(before)
+    modes = {p.name: p.stat().st_mode & 0o777 for p in target.iterdir()}
+    expected = {"model.json", "masks.safetensors", "notes.json", *(FILES[f] for f in formats)}
+    assert set(modes) == expected
+    assert set(modes.values()) == {mode}, modes
+
+
+def strict_json(text: str) -> object:
+    """``json.loads`` that refuses NaN and ±Infinity, as every parser but Python's does."""
+
+    def refuse(constant: str) -> object:
+        raise ValueError(f"{constant} is not JSON")
+
+    return json.loads(text, parse_constant=refuse)
+
+
+def test_every_json_file_of_an_export_is_strict_json(tmp_path: Path) -> None:
+    """Before, a layer argument such as BatchNorm's momentum=nan went to model.json as
+    ``NaN``, which no strict JSON parser reads; now such a model is refused in one line."""
+    model = nn.Sequential(nn.Linear(4, 3), nn.BatchNorm1d(3, momentum=float("nan")))
+    with pytest.raises(UnsupportedModelError) as err:
+        export(model, tmp_path / "nan")
+    assert_clear(err, "layer '1' (BatchNorm1d)")
+    assert not (tmp_path / "nan").exists()
+    target = export(pruned_model("lenet300"), tmp_path / "ok", model_name="lenet300")
+    assert strict_json((target / "model.json").read_text())["format"] == "learnprune-export"
+
+
+def kill_export_at(monkeypatch: pytest.MonkeyPatch, name: str) -> None:
+    """Make the next export die the way a killed process would while writing ``name``: the
+    files before it written, a partial temporary of it left, nothing after it."""
+    write = export_module.atomic_write_bytes
+
+    def killed_while_writing(path: Path, data: bytes) -> None:
+        if path.name == name:
+            (path.parent / f".{name}.4f2a9c.tmp").write_bytes(data[: len(data) // 2])
+            monkeypatch.setattr(export_module, "atomic_write_bytes", write)
+            raise KeyboardInterrupt
+        write(path, data)
+
+    monkeypatch.setattr(export_module, "atomic_write_bytes", killed_while_writing)
+
+
+def test_an_interrupted_export_is_refused_by_load_and_restarts_without_overwrite(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Before, the files of an export killed before its model.json counted as the user's:
+    the next export refused them and pointed to --overwrite."""
+    model = pruned_model("lenet300")
+    target = tmp_path / "out"
+    kill_export_at(monkeypatch, FILES["csr"])
+    with pytest.raises(KeyboardInterrupt):
+        export(model, target, model_name="lenet300", formats=("safetensors", "csr"))
+    assert (target / "model.safetensors").exists() and not (target / FILES["csr"]).exists()
+    manifest = json.loads((target / "model.json").read_text())
+    assert manifest["complete"] is False
+    assert manifest["files"] == ["model.safetensors", "sparse_csr.safetensors"]
+    with pytest.raises(CheckpointError, match="was interrupted before it finished") as err:
+        load(target)
+    assert_clear(err, "model.json")
+    export(model, target, model_name="lenet300")  # no overwrite needed
+    assert sorted(p.name for p in target.iterdir()) == ["model.json", "model.safetensors"]
+    assert read_metadata(target)["complete"] is True
+    assert_same_state(model, load(target))
+
+
+def test_an_interrupted_replacement_restarts_and_keeps_the_users_files(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    model = pruned_model("lenet300")
+    target = tmp_path / "out"
+    export(
+        model,
+        target,
+        model_name="lenet300",
+        formats=("csr",),
+        masks={"fc1.weight": model.fc1.weight != 0},
+    )
+    (target / "notes.txt").write_bytes(b"my notes")
+    kill_export_at(monkeypatch, "model.safetensors")
+    with pytest.raises(KeyboardInterrupt):
+        export(model, target, model_name="lenet300", overwrite=True)
+    # the replaced export's files are listed by the manifest, so they are learnprune's
+    assert set(json.loads((target / "model.json").read_text())["files"]) == {
+        "model.safetensors",
+        "sparse_csr.safetensors",
+        "masks.safetensors",
+    }
+    with pytest.raises(CheckpointError) as err:  # the user's file still needs overwrite
+        export(model, target, model_name="lenet300")
+    assert_clear(err, "did not write (notes.txt)")
+    export(model, target, model_name="lenet300", overwrite=True)
+    assert sorted(p.name for p in target.iterdir()) == [
+        "model.json",
+        "model.safetensors",
+        "notes.txt",
+    ]
+    assert (target / "notes.txt").read_bytes() == b"my notes"
+    assert_same_state(model, load(target))
 
 
 def test_extra_files_are_listed_as_the_exports_own(tmp_path: Path) -> None:

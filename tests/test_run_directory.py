@@ -241,6 +241,25 @@ def test_dessilbi_killed_before_init_pt_resumes_with_the_same_init_pt(
     assert all(torch.equal(written[k], original[k]) for k in original)
 
 
+def test_a_ticket_from_a_run_without_init_pt_says_how_to_get_it(tmp_path, synthetic, dessilbi_run):
+    """Before, ``learnprune ticket`` said only "no weights file at .../init.pt"."""
+    out = tmp_path / "run"
+    shutil.copytree(dessilbi_run, out, ignore=shutil.ignore_patterns("init.pt"))
+    code, _stdout, err = call_cli("ticket", str(out), "--epoch", "1", "--out", str(tmp_path / "t"))
+    assert code == 2
+    assert "the run is finished, so --resume cannot write it: train the run again" in (
+        one_error_line(err)
+    )
+    for done in ("final.json", "model.pt"):  # killed before it finished: resume writes init.pt
+        (out / done).unlink()
+    code, _stdout, err = call_cli("ticket", str(out), "--epoch", "1", "--out", str(tmp_path / "t"))
+    assert code == 2
+    assert f"run `learnprune train --resume {out}`, which writes it" in one_error_line(err)
+    assert not (tmp_path / "t").exists()
+    run(config_of("dessilbi"), out, resume=True, quiet=True, data=synthetic)
+    assert (out / "init.pt").is_file()
+
+
 # ------------------------------------------------------------------------------------------
 # 3.2 A checkpoint or model changed after it was written is refused
 # ------------------------------------------------------------------------------------------
