@@ -19,7 +19,6 @@ DDP averages the gradients, and only rank 0 writes (:mod:`learnprune.distributed
 
 from __future__ import annotations
 
-import json
 import math
 import sys
 import time
@@ -526,7 +525,8 @@ def _truncate_metrics(path: Path, epochs: int) -> None:
     if not path.exists():
         return
     kept = [row for row in _read_metrics(path) if row["epoch"] <= epochs]
-    checkpoint.atomic_write_text(path, "".join(json.dumps(row) + "\n" for row in kept))
+    text = "".join(checkpoint.json_text(row) + "\n" for row in kept)
+    checkpoint.atomic_write_text(path, text)
 
 
 def _last_metrics(path: Path) -> dict[str, Any]:

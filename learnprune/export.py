@@ -625,7 +625,7 @@ def _verify_onnx(model: nn.Module, session: Any, call: _OnnxCall, random_batch: 
                 f"the ONNX model's output has shape {list(theirs.shape)}, "
                 f"PyTorch's {list(ours.shape)}"
             )
-        diff = (theirs.double() - ours.double()).abs().max().item() if ours.numel() else 0.0
+        diff = max_difference(ours, theirs)
         if not torch.allclose(theirs, ours, rtol=ONNX_TOLERANCE, atol=ONNX_TOLERANCE):
             raise UnsupportedModelError(
                 f"the ONNX export does not reproduce the model: ONNX Runtime and PyTorch "
@@ -633,6 +633,17 @@ def _verify_onnx(model: nn.Module, session: Any, call: _OnnxCall, random_batch: 
             )
         max_diff = max(max_diff, diff)
     return max_diff
+
+
+def max_difference(ours: Tensor, theirs: Tensor) -> float:
+    """``max |theirs - ours|`` over the elements, an element equal on both sides counting
+    0 (the same infinity gives ``inf - inf = nan``, which would hide every other
+    difference); 0 for empty tensors."""
+    if not ours.numel():
+        return 0.0
+    gap = (theirs.double() - ours.double()).abs()
+    gap[theirs == ours] = 0.0
+    return gap.max().item()
 
 
 def _onnx_export(model: nn.Module, call: _OnnxCall, path: Path, *, dynamic: bool) -> None:

@@ -46,7 +46,6 @@ The same rule keeps :func:`~learnprune.groups.build_groups` from ignoring anythi
 from __future__ import annotations
 
 import importlib
-import json
 import re
 import sys
 import warnings
@@ -59,6 +58,7 @@ import torch
 from torch import nn
 from torch.nn.modules.batchnorm import _NormBase
 
+from learnprune.checkpoint import json_text
 from learnprune.errors import ConfigError, LearnpruneError, UnsupportedModelError, relayed
 from learnprune.groups import (
     STRUCTURED_KINDS,
@@ -386,7 +386,7 @@ def inspect_command(
         raise
     except Exception as err:  # a user's model can fail in Torch-Pruning or its own code
         raise UnsupportedModelError(f"inspect: {_one_line(err)}") from err
-    return json.dumps(report.as_dict(), indent=2) if as_json else report.table()
+    return json_text(report.as_dict(), indent=2) if as_json else report.table()
 
 
 # ------------------------------------------------------------------------------------------

@@ -10,6 +10,7 @@ from __future__ import annotations
 import importlib
 import importlib.util
 import json
+import math
 import os
 from pathlib import Path
 
@@ -825,3 +826,13 @@ def test_example_inputs_must_be_tensors_tuples_or_dicts(tmp_path: Path) -> None:
         export(nn.Linear(2, 2), tmp_path / "x", formats=("onnx",), example_inputs="ids")
     with pytest.raises(ConfigError, match=r"example_inputs .* or input_shape"):
         export(nn.Linear(2, 2), tmp_path / "x", formats=("onnx",))
+
+
+
+def test_output_difference_counts_the_same_infinity_on_both_sides_as_none() -> None:
+    from learnprune.export import max_difference
+
+    ours = torch.tensor([float("inf"), 1.0, -float("inf")])
+    assert max_difference(ours, torch.tensor([float("inf"), 1.5, -float("inf")])) == 0.5
+    assert max_difference(ours, ours.clone()) == 0.0
+    assert math.isinf(max_difference(ours, torch.tensor([1.0, 1.0, -float("inf")])))
