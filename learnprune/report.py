@@ -108,8 +108,12 @@ def _check_fields(
 
 def summary(result: Mapping[str, Any]) -> str:
     """Headline numbers and the per-layer table of one result."""
+    length = f"{result['epochs']} epochs"
+    max_steps = ((result.get("config") or {}).get("train") or {}).get("max_steps")
+    if max_steps is not None and result.get("steps") == max_steps:
+        length = f"{max_steps} steps (max_steps; {result['epochs']} epochs planned)"
     head = (
-        f"{result['method']} on {result['model']} / {result['data']}, {result['epochs']} epochs: "
+        f"{result['method']} on {result['model']} / {result['data']}, {length}: "
         f"test accuracy {result['test_accuracy']:.2%} (error {result['test_error']:.2%}), "
         f"sparsity {result['sparsity']:.2%}, compression {result['compression']:.1f}x, "
         f"{result['seconds'] / 60:.1f} min"
