@@ -28,9 +28,12 @@ import torch
 from torch import Tensor, nn
 from torch.utils.flop_counter import FlopCounterMode
 
+from learnprune.errors import ConfigError
 from learnprune.groups import (
+    call_model,
     evaluation_mode,
     example_input,
+    first_example,
     is_linear_layer,
     is_prunable_layer,
     weight_axes,
@@ -134,7 +137,9 @@ def prunable_modules(model: nn.Module) -> Iterator[tuple[str, nn.Module]]:
 
 
 @torch.no_grad()
-def count(model: nn.Module, input_shape: Sequence[int] | None = None) -> Counts:
+def count(
+    model: nn.Module, input_shape: Sequence[int] | None = None, example_inputs: Any = None
+) -> Counts:
     """Parameters, nonzero parameters, sparsity, FLOPs and effective FLOPs of ``model``.
 
     Works on a plain model, on one carrying learnprune gates (it counts the gated weights)
@@ -143,7 +148,10 @@ def count(model: nn.Module, input_shape: Sequence[int] | None = None) -> Counts:
     Args:
         model: the model.
         input_shape: one example's shape, e.g. ``(1, 28, 28)``; defaults to
-            ``model.input_shape``. Without it FLOPs are reported as 0.
+            ``model.input_shape``. Without it (and without ``example_inputs``) FLOPs are
+            reported as 0.
+        example_inputs: the model's real inputs (a tensor, tuple or dict: token ids for a
+            text model); FLOPs are counted on their first example.
     """
     params = nonzero_params = 0
     for _name, tensor in effective_parameters(model):
@@ -153,8 +161,8 @@ def count(model: nn.Module, input_shape: Sequence[int] | None = None) -> Counts:
     shape = input_shape if input_shape is not None else getattr(model, "input_shape", None)
     positions: dict[str, int] = {}
     total_flops = 0
-    if shape is not None:
-        positions, total_flops = trace_layers(model, tuple(shape))
+    if example_inputs is not None or shape is not None:
+        positions, total_flops = trace_layers(model, shape, example_inputs)
 
     layers = []
     for name, module in prunable_modules(model):
@@ -188,9 +196,18 @@ def count(model: nn.Module, input_shape: Sequence[int] | None = None) -> Counts:
 
 
 @torch.no_grad()
-def trace_layers(model: nn.Module, shape: Sequence[int]) -> tuple[dict[str, int], int]:
+def trace_layers(
+    model: nn.Module, shape: Sequence[int] | None = None, example_inputs: Any = None
+) -> tuple[dict[str, int], int]:
     """Run one example: output positions of every Conv/Linear layer, and the total FLOPs
-    FlopCounterMode counts."""
+    FlopCounterMode counts. The example is the first of the user's ``example_inputs`` (a
+    tensor, tuple or dict, token ids kept as they are) when given, else a random float
+    example of ``shape``."""
+    if example_inputs is not None:
+        one = first_example(example_inputs)
+        return trace_call(model, lambda: call_model(model, one))
+    if shape is None:
+        raise ConfigError("counting FLOPs needs input_shape=(C, H, W) or example_inputs")
     return trace_call(model, lambda: model(example_input(model, tuple(shape))))
 
 

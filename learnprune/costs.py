@@ -17,6 +17,7 @@ sparsity budget) gets one number instead of a tensor, which keeps the hot paths 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -36,6 +37,7 @@ def group_costs(
     *,
     flops: bool = False,
     input_shape: Sequence[int] | None = None,
+    example_inputs: Any = None,
     normalise: bool = True,
 ) -> dict[str, Cost]:
     """``{set name: c_g}`` for every group set of ``plan`` (see the module docstring).
@@ -43,15 +45,19 @@ def group_costs(
     With ``flops`` and ``normalise=False`` each weight counts its raw output positions, so
     ``c_g`` is the group's multiply-adds per example.
 
+    The FLOPs trace runs on the first of the user's ``example_inputs`` when given (token
+    ids stay token ids), else on a random example of ``input_shape``.
+
     Raises:
-        ConfigError: ``flops=True`` without an input shape to trace the model with.
+        ConfigError: ``flops=True`` with neither an input shape nor example inputs to trace
+            the model with.
     """
     weights = {name: m.weight.numel() for name, m in prunable_modules(model)}
     per_weight: dict[str, Tensor] = {}
     if flops:
-        if input_shape is None:
-            raise ConfigError("a flops budget needs input_shape=(C, H, W)")
-        positions, _flops = trace_layers(model, tuple(input_shape))
+        if input_shape is None and example_inputs is None:
+            raise ConfigError("a flops budget needs input_shape=(C, H, W) or example_inputs")
+        positions, _flops = trace_layers(model, input_shape, example_inputs)
         total = sum(positions.get(name, 0) * n for name, n in weights.items())
         mean = total / max(sum(weights.values()), 1) if normalise else 1.0
         for name, tensor in effective_parameters(model):

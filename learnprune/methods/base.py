@@ -75,6 +75,9 @@ class PruningMethod:
         the classifier) and attach the gates. A plan the method refuses, or a model that
         does not run on the given input, is refused before the model is touched."""
         self.model = model
+        self.example_inputs = example_inputs
+        """The model's real inputs given at construction (``None``: ``input_shape`` or
+        none); budgets trace FLOPs on them."""
         self.step = 0
         self.total_weights = sum(m.weight.numel() for _n, m in prunable_modules(model))
         if self.has_masks:

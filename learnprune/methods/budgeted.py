@@ -65,6 +65,7 @@ class BudgetedMethod(PruningMethod):
             self.plan,
             flops=self.budget_kind == "flops",
             input_shape=model_input_shape(self.model, input_shape),
+            example_inputs=self.example_inputs,
         )
         self.budget_total = costs.total_cost(self.plan, self.budget_costs)
 

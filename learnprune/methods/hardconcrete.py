@@ -161,14 +161,15 @@ class HardConcrete(BudgetedMethod):
         self.setup_budget(1.0, lam_rate, input_shape, down_rate=50 * lam_rate)
         shape = model_input_shape(model, input_shape)
         self._sizes = {s.name: _uniform(s.sizes(weights_only=False)) for s in self.plan.sets}
+        traced = {"input_shape": shape, "example_inputs": self.example_inputs}
         self._costs = (
-            costs.group_costs(model, self.plan, flops=True, input_shape=shape)
+            costs.group_costs(model, self.plan, flops=True, **traced)
             if self.penalty == "flops"
             else dict(self._sizes)
         )
         self._flop_costs = (
-            costs.group_costs(model, self.plan, flops=True, input_shape=shape, normalise=False)
-            if shape is not None
+            costs.group_costs(model, self.plan, flops=True, normalise=False, **traced)
+            if shape is not None or self.example_inputs is not None
             else None
         )
         self._ungated_biases = self._find_ungated_biases()
