@@ -62,5 +62,5 @@ def test_a_flops_budget_on_a_token_model_costs_each_filter_its_positions(method)
 
 
 def test_a_flops_budget_with_neither_shape_nor_inputs_says_what_it_needs() -> None:
-    with pytest.raises(lp.ConfigError, match="input_shape=.*or example_inputs"):
+    with pytest.raises(lp.ConfigError, match=r"input_shape=.* or example_inputs"):
         lp.SCL(TokenMLP(), groups="out_channel", target={"flops": 0.5})
