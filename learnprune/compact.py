@@ -95,6 +95,7 @@ from learnprune.groups import (
     layer_features,
     model_input_shape,
     scatter_values,
+    transposed_linear_types,
 )
 from learnprune.masking import gated_tensors
 from learnprune.models import PadShortcut
@@ -378,6 +379,14 @@ def _compact_channels(
     if not in_place:
         _refuse_unsupported(model)
     if not any(True for _ in _prunable(model)):
+        transposed = transposed_linear_types()
+        holder = next((n for n, m in model.named_modules() if isinstance(m, transposed)), None)
+        if holder is not None:
+            raise UnsupportedModelError(
+                f"compact: outside attention and MLP blocks the channel pass cuts through "
+                f"Torch-Pruning, which does not know transformers' Conv1D ({holder}); Conv1D "
+                "layers are cut inside the blocks compact finds (heads, mlp_neurons groups)"
+            )
         raise UnsupportedModelError("compact: the model has no Conv/Linear layer to compact")
     keep_masks = _checked_masks(model, masks)
     inputs = model_inputs(model, example_inputs, input_shape)

@@ -215,3 +215,11 @@ def test_a_gate_on_a_tied_tensor_is_refused() -> None:
     plan = build_groups(model, [group_set])
     with pytest.raises(ConfigError, match=r"tied to lm_head\.weight"):
         attach(model, plan, FixedMask)
+
+
+def test_compacting_conv1d_layers_outside_any_block_names_the_layer_and_what_is_cut() -> None:
+    """Two Conv1D layers and no attention block: the channel pass (Torch-Pruning) cannot
+    cut them, and says so instead of "no Conv/Linear layer"."""
+    model = nn.Sequential(Conv1D(8, 4), nn.ReLU(), Conv1D(2, 8))
+    with pytest.raises(UnsupportedModelError, match=r"Conv1D \(0\).*heads, mlp_neurons"):
+        compact(model, None, (4,))
