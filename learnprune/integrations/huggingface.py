@@ -37,7 +37,8 @@ does, event by event:
   the Trainer calls once per update, not per micro-batch).
 * **logs** — every log gets ``sparsity`` (all Conv/Linear weights), ``lam`` (methods with a
   λ), ``regularizer`` (last value), ``kept/<kind>`` and ``groups/<kind>`` (kept and total
-  groups, e.g. ``kept/heads``), and with ``log_layers`` ``sparsity/<layer>`` per gated
+  groups, e.g. ``kept/heads``; under grouped-query attention a heads group is one
+  key/value head with its query heads), and with ``log_layers`` ``sparsity/<layer>`` per gated
   tensor; they are also written into ``state.log_history``. Reporting integrations
   (TensorBoard, W&B) run before user callbacks and do not see them.
 * **DessiLBI** — when the Trainer's optimizer is a learnprune :class:`DessiLBI`, its path is
