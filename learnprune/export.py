@@ -99,6 +99,7 @@ from learnprune.errors import (
 from learnprune.files import atomic_write_bytes, atomic_write_text, replace_with, temporary_file
 from learnprune.models import build_model
 from learnprune.sparse_linear import DEFAULT_BLOCK, SparseLinear, densify, sparsify
+from learnprune.transformer_groups import HEAD_COUNT_ATTRS
 
 __all__ = [
     "EXPORT_FORMAT",
@@ -347,6 +348,85 @@ def _apply_layers(model: nn.Module, layers: Mapping[str, Mapping[str, Any]], sou
             ) from err
         replaced += 1
     return replaced
+
+
+# The size attributes compaction changes outside the Conv/Linear/BatchNorm layers:
+# transformers' ``Conv1D`` (``nf`` outputs, ``nx`` inputs) and an attention module's head
+# counts, ``all_head_size`` and GPT-2's ``split_size`` (see learnprune.transformer_compact).
+SIZE_ATTRIBUTES = (
+    "nf",
+    "nx",
+    "split_size",
+    *HEAD_COUNT_ATTRS,
+    "num_key_value_heads",
+    "all_head_size",
+)
+
+
+def describe_sizes(model: nn.Module) -> tuple[dict[str, dict[str, int]], dict[str, list[int]]]:
+    """What a compacted model's recorded layers do not say about its sizes:
+    ``({module name: {size attribute: int}}, {tensor name: shape})``, the second for every
+    parameter and buffer held by a module that :func:`describe_layers` does not record
+    (a ``Conv1D``'s weight, a layer scale, a LayerNorm), so that :func:`load` can give a
+    model built before compaction the exported sizes."""
+    attributes: dict[str, dict[str, int]] = {}
+    shapes: dict[str, list[int]] = {}
+    for name, module in model.named_modules():
+        sizes = {
+            attr: value
+            for attr in SIZE_ATTRIBUTES
+            if isinstance(value := getattr(module, attr, None), int) and not isinstance(value, bool)
+        }
+        if sizes:
+            attributes[name] = sizes
+        if _kind(module) is not None or isinstance(module, SparseLinear):
+            continue
+        prefix = f"{name}." if name else ""
+        owned = [*module.named_parameters(recurse=False), *module.named_buffers(recurse=False)]
+        for tensor_name, tensor in owned:
+            if tensor is not None:
+                shapes[prefix + tensor_name] = list(tensor.shape)
+    return attributes, shapes
+
+
+def _apply_sizes(
+    model: nn.Module,
+    attributes: Mapping[str, Mapping[str, int]],
+    shapes: Mapping[str, Sequence[int]],
+    source: str,
+) -> None:
+    """Give ``model`` the recorded size attributes and tensor shapes of
+    :func:`describe_sizes` in place (zero tensors of the recorded shape, as
+    :func:`_resize_in_place` does for layers, filled by ``load_state_dict``). Only an int
+    attribute the module already has is changed, and only a tensor with as many axes as
+    recorded is reshaped; anything else is left for the tensor check to name."""
+    for name, sizes in attributes.items():
+        try:
+            module = model.get_submodule(name) if name else model
+        except AttributeError:
+            raise CheckpointError(
+                f"{source} records sizes of a module {name!r} the model does not have"
+            ) from None
+        for attr, value in sizes.items():
+            current = getattr(module, attr, None)
+            if isinstance(current, int) and not isinstance(current, bool) and current != value:
+                setattr(module, attr, value)
+    for name, shape in shapes.items():
+        owner_name, _, attr = name.rpartition(".")
+        try:
+            owner = model.get_submodule(owner_name) if owner_name else model
+        except AttributeError:
+            continue  # the tensor check names the missing tensor
+        current = getattr(owner, attr, None)
+        if not isinstance(current, Tensor) or list(current.shape) == list(shape):
+            continue
+        if current.dim() != len(shape):
+            continue
+        fresh = torch.zeros(tuple(shape), dtype=current.dtype, device=current.device)
+        if isinstance(current, nn.Parameter):
+            setattr(owner, attr, nn.Parameter(fresh, requires_grad=current.requires_grad))
+        elif attr in owner._buffers:
+            owner._buffers[attr] = fresh
 
 
 def _tensor_mismatch(
@@ -910,12 +990,15 @@ def export(
 
     tensors = _state_tensors(model)
     layers = describe_layers(model)
+    attributes, shapes = describe_sizes(model)
     architecture: dict[str, Any] = {
         "model_name": model_name,
         "model_options": {},
         "input_shape": None if shape is None else list(shape),
         "resized_layers": 0,
         "layers": layers,
+        "attributes": attributes,
+        "tensor_shapes": shapes,
     }
     if model_name is not None:
         try:
@@ -925,6 +1008,7 @@ def export(
         skeleton = _reference_model(architecture)  # ConfigError for a bad name / option
         try:
             architecture["resized_layers"] = _apply_layers(skeleton, layers, "the exported model")
+            _apply_sizes(skeleton, attributes, shapes, "the exported model")
         except CheckpointError as err:
             raise ConfigError(
                 f"model_name={model_name!r} does not describe this model: {err}"
@@ -1070,6 +1154,19 @@ def _check_metadata(meta: Any, path: Path) -> dict[str, Any]:
         isinstance(rec, dict) and rec.get("type") in _LAYER_KINDS for rec in layers.values()
     ):
         raise _malformed(path, "'layers' must map layer names to Conv/Linear/BatchNorm records")
+    attributes = architecture.get("attributes", {})  # absent in older exports
+    shapes = architecture.get("tensor_shapes", {})
+    if not isinstance(attributes, dict) or not all(
+        isinstance(sizes, dict)
+        and all(isinstance(v, int) and not isinstance(v, bool) for v in sizes.values())
+        for sizes in attributes.values()
+    ):
+        raise _malformed(path, "'attributes' must map module names to {size attribute: int}")
+    if not isinstance(shapes, dict) or not all(
+        isinstance(shape, list) and all(isinstance(n, int) and n >= 0 for n in shape)
+        for shape in shapes.values()
+    ):
+        raise _malformed(path, "'tensor_shapes' must map tensor names to shapes (lists of ints)")
     sparse = meta.get("sparse")
     if not isinstance(sparse, dict):
         raise _malformed(path, "no 'sparse' section")
@@ -1243,6 +1340,12 @@ def load(
                 f"{json_path} describes a model this learnprune cannot build: {err}"
             ) from err
     _apply_layers(model, architecture["layers"], str(json_path))
+    _apply_sizes(
+        model,
+        architecture.get("attributes", {}),
+        architecture.get("tensor_shapes", {}),
+        str(json_path),
+    )
 
     name = FILES[format]
     path = directory / name
