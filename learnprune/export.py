@@ -97,6 +97,7 @@ from learnprune.errors import (
     relayed,
 )
 from learnprune.files import atomic_write_bytes, atomic_write_text, replace_with, temporary_file
+from learnprune.groups import tied_parameters
 from learnprune.models import build_model
 from learnprune.sparse_linear import DEFAULT_BLOCK, SparseLinear, densify, sparsify
 from learnprune.transformer_groups import HEAD_COUNT_ATTRS
@@ -427,6 +428,29 @@ def _apply_sizes(
             setattr(owner, attr, nn.Parameter(fresh, requires_grad=current.requires_grad))
         elif attr in owner._buffers:
             owner._buffers[attr] = fresh
+
+
+def _tie_again(
+    model: nn.Module, ties: Mapping[str, tuple[str, ...]], tensors: Mapping[str, Tensor]
+) -> None:
+    """Make the tensors that were one before ``load_state_dict(assign=True)`` one again.
+
+    Assigning gives every state-dict name its own tensor, which unties tied weights (GPT-2's
+    ``lm_head.weight`` *is* ``transformer.wte.weight``): they would then be trained apart
+    and counted twice. Each name of ``ties`` (:func:`~learnprune.groups.tied_parameters`,
+    taken before loading) gets its first name's tensor back, when the file holds equal
+    values under both names (it does for a tied model's export)."""
+    order = {key: position for position, key in enumerate(tensors)}
+    for name, others in ties.items():
+        names = (name, *others)
+        if not all(n in order for n in names):
+            continue
+        first = min(names, key=order.__getitem__)
+        if name == first or not torch.equal(tensors[name], tensors[first]):
+            continue
+        owner_name, _, attr = name.rpartition(".")
+        owner = model.get_submodule(owner_name) if owner_name else model
+        setattr(owner, attr, model.get_parameter(first))
 
 
 def _tensor_mismatch(
@@ -1368,10 +1392,12 @@ def load(
         raise CheckpointError(
             f"{path} does not fit the model described by {json_path.name}: {mismatch}"
         )
+    ties = tied_parameters(model)
     try:
         model.load_state_dict(tensors, strict=True, assign=True)
     except RuntimeError as err:
         raise CheckpointError(f"{path} cannot be loaded ({relayed(err)})") from err
+    _tie_again(model, ties, tensors)
     if architecture["input_shape"] is not None:
         model.input_shape = tuple(architecture["input_shape"])
     return model.eval()

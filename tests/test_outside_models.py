@@ -103,3 +103,16 @@ def test_a_compacted_raw_layer_scale_loads_into_the_model_built_before(tmp_path)
     assert loaded.scale.shape == (1, kept, 1, 1)
     with torch.no_grad():
         assert torch.equal(loaded(x), result.model(x))
+
+
+def test_load_keeps_tied_weights_one_tensor(tmp_path) -> None:
+    """``lm_head.weight`` is ``transformer.wte.weight`` in GPT-2; after load it still is
+    (assigning the state dict gave each name its own copy: trained apart, counted twice)."""
+    model = tiny_gpt2()
+    lp.export(model, tmp_path / "gpt2")
+
+    loaded = lp.load(tmp_path / "gpt2", model=tiny_gpt2(seed=1))
+
+    assert loaded.lm_head.weight is loaded.transformer.wte.weight
+    assert torch.equal(loaded.lm_head.weight, model.transformer.wte.weight)
+    assert lp.count(loaded).params == lp.count(model).params
