@@ -508,18 +508,29 @@ def _file_record(data: bytes) -> dict[str, Any]:
     return {"bytes": len(data), "sha256": hashlib.sha256(data).hexdigest()}
 
 
+# Loggers of torch.export that print at ERROR level while an export fails (the fake-tensor
+# traceback of the op that failed, "always_classified is unsupported"): the failure reaches
+# the caller as one UnsupportedModelError line instead.
+_EXPORT_FAILURE_LOGGERS = ("torch._subclasses.fake_tensor", "torch.export", "torch._export")
+
+
 @contextlib.contextmanager
 def _quiet_onnx_exporter() -> Iterator[None]:
-    """Silence the exporter's progress lines, warnings and 'torchvision missing' logs."""
-    logger = logging.getLogger("torch.onnx")
-    level = logger.level
-    logger.setLevel(logging.ERROR)
+    """Silence the exporter's progress lines, warnings and 'torchvision missing' logs, and
+    the tracebacks torch.export logs for a failed export (relayed as one line instead)."""
+    levels = {"torch.onnx": logging.ERROR}
+    levels.update((name, logging.CRITICAL + 1) for name in _EXPORT_FAILURE_LOGGERS)
+    loggers = {name: logging.getLogger(name) for name in levels}
+    before = {name: logger.level for name, logger in loggers.items()}
+    for name, logger in loggers.items():
+        logger.setLevel(levels[name])
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             yield
     finally:
-        logger.setLevel(level)
+        for name, logger in loggers.items():
+            logger.setLevel(before[name])
 
 
 def _map_tensors(

@@ -5,6 +5,8 @@ models built from their configs (nothing downloaded)."""
 
 from __future__ import annotations
 
+import logging
+
 import pytest
 import torch
 from torch import Tensor, nn
@@ -116,3 +118,16 @@ def test_load_keeps_tied_weights_one_tensor(tmp_path) -> None:
     assert loaded.lm_head.weight is loaded.transformer.wte.weight
     assert torch.equal(loaded.lm_head.weight, model.transformer.wte.weight)
     assert lp.count(loaded).params == lp.count(model).params
+
+
+def test_a_failed_onnx_export_logs_no_torch_tracebacks(tmp_path, caplog) -> None:
+    """A wrong input_shape: torch.export logs the failing op's traceback at ERROR level
+    (80 lines on a user's stderr); the user gets only our one-line error."""
+    pytest.importorskip("onnxscript")
+    model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.Flatten(), nn.Linear(4 * 4 * 4, 2))
+    with (
+        caplog.at_level(logging.DEBUG),
+        pytest.raises(lp.UnsupportedModelError, match="ONNX export of Sequential failed"),
+    ):
+        lp.export(model, tmp_path / "onnx", input_shape=(3, 7, 7), formats=("onnx",))
+    assert [r.name for r in caplog.records if r.levelno >= logging.ERROR] == []
