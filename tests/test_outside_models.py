@@ -12,6 +12,7 @@ import torch
 from torch import Tensor, nn
 
 import learnprune as lp
+from learnprune.compact import UncutStructureWarning
 
 pytest.importorskip("safetensors")
 
@@ -131,3 +132,20 @@ def test_a_failed_onnx_export_logs_no_torch_tracebacks(tmp_path, caplog) -> None
     ):
         lp.export(model, tmp_path / "onnx", input_shape=(3, 7, 7), formats=("onnx",))
     assert [r.name for r in caplog.records if r.levelno >= logging.ERROR] == []
+
+
+def test_compact_names_the_dropped_conv1d_outputs_it_cannot_cut() -> None:
+    """out_channel masks on GPT-2 drop c_proj outputs, which write the residual stream and
+    stay; Torch-Pruning cannot trace the model, and compaction said nothing (the Conv1D
+    layers and the attention blocks' layers were left out of the check)."""
+    ids = torch.randint(0, 64, (2, 7), generator=torch.Generator().manual_seed(0))
+    model = tiny_gpt2()
+    method = lp.Magnitude(model, groups="out_channel", target=0.3, example_inputs=ids)
+    masks = method.masks()
+    dropped = int((~masks["transformer.h.0.mlp.c_proj.bias"]).sum())
+    assert dropped > 0
+    method.finalize()
+    with pytest.warns(UncutStructureWarning) as caught:
+        lp.compact(model, masks, example_inputs=ids)
+    message = " ".join(str(w.message) for w in caught)
+    assert f"transformer.h.0.mlp.c_proj: {dropped} of 32 outputs" in message
