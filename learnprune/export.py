@@ -41,7 +41,11 @@ with constructors of their own (transformers' ``EfficientNetDepthwiseConv2d``, t
 ``Conv2dSame``) load too; a plain layer that differs in anything else is replaced by a fresh
 one built from the record. That is what rebuilds a *compacted* model (channels physically
 removed, every affected layer narrower) without pickling its code; a plain pruned model has
-no differing layer. A model that is not in the registry (a Hugging Face model, your own) is
+no differing layer. What compaction changes outside those layers is recorded too
+(``attributes``: a ``Conv1D``'s ``nf``/``nx``, an attention module's head counts,
+``all_head_size`` and ``split_size``; ``tensor_shapes``: every other parameter and buffer,
+e.g. a sliced layer scale) and given to the model in place; tied weights stay one tensor.
+A model that is not in the registry (a Hugging Face model, your own) is
 exported the same way (tensors and layer records); give :func:`load` an instance of it, as
 built before compaction, as ``model=``: it is resized in place.
 
