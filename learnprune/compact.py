@@ -96,6 +96,7 @@ from learnprune.groups import (
     model_input_shape,
     scatter_values,
     transposed_linear_types,
+    weight_axes,
 )
 from learnprune.masking import gated_tensors
 from learnprune.models import PadShortcut
@@ -412,12 +413,18 @@ def _compact_channels(
             raise
         skipped["channels"] = f"{err}; Conv/Linear channels outside the attention blocks stay"
         graph = None
+        # every layer, the attention blocks' (the heads pass cut what it could) and
+        # transformers' Conv1D included: what stays zero here is dropped and left
         dropped: dict[str, str] = {}
-        for name, module in _prunable(work):
-            if module not in (protected or {}) and name != probe.last_layer:
+        dropped_inputs: dict[str, str] = {}
+        for name, module in work.named_modules():
+            if is_prunable_layer(module) and name != probe.last_layer:
                 _name_zeros(dropped, name, ~_alive_outputs(module), "outputs")
-        if dropped:
-            what = ", ".join(dropped.values())
+                in_axis = weight_axes(module)[1]
+                read = _nonzero_along(module.weight.detach(), in_axis)
+                _name_zeros(dropped_inputs, name, ~read, "inputs")
+        if dropped or dropped_inputs:
+            what = ", ".join([*dropped.values(), *dropped_inputs.values()])
             left["channels"] = f"the masks dropped {what}, which stay: {skipped['channels']}"
     decisions: list[GroupDecision] = []
     if graph is not None:
@@ -962,8 +969,9 @@ def _decide(
 
 
 def _alive_outputs(layer: nn.Module) -> Tensor:
-    """Per output of a Conv/Linear layer: is its weight row or its bias non-zero (bool, CPU)."""
-    alive = _nonzero_along(layer.weight.detach(), 0)
+    """Per output of a Conv/Linear layer: is its weight row or its bias non-zero (bool, CPU);
+    a ``Conv1D``'s outputs are its weight's columns."""
+    alive = _nonzero_along(layer.weight.detach(), weight_axes(layer)[0])
     if layer.bias is not None:
         alive |= layer.bias.detach().cpu() != 0
     return alive

@@ -41,7 +41,11 @@ with constructors of their own (transformers' ``EfficientNetDepthwiseConv2d``, t
 ``Conv2dSame``) load too; a plain layer that differs in anything else is replaced by a fresh
 one built from the record. That is what rebuilds a *compacted* model (channels physically
 removed, every affected layer narrower) without pickling its code; a plain pruned model has
-no differing layer. A model that is not in the registry (a Hugging Face model, your own) is
+no differing layer. What compaction changes outside those layers is recorded too
+(``attributes``: a ``Conv1D``'s ``nf``/``nx``, an attention module's head counts,
+``all_head_size`` and ``split_size``; ``tensor_shapes``: every other parameter and buffer,
+e.g. a sliced layer scale) and given to the model in place; tied weights stay one tensor.
+A model that is not in the registry (a Hugging Face model, your own) is
 exported the same way (tensors and layer records); give :func:`load` an instance of it, as
 built before compaction, as ``model=``: it is resized in place.
 
@@ -97,8 +101,10 @@ from learnprune.errors import (
     relayed,
 )
 from learnprune.files import atomic_write_bytes, atomic_write_text, replace_with, temporary_file
+from learnprune.groups import tied_parameters
 from learnprune.models import build_model
 from learnprune.sparse_linear import DEFAULT_BLOCK, SparseLinear, densify, sparsify
+from learnprune.transformer_groups import HEAD_COUNT_ATTRS
 
 __all__ = [
     "EXPORT_FORMAT",
@@ -349,6 +355,108 @@ def _apply_layers(model: nn.Module, layers: Mapping[str, Mapping[str, Any]], sou
     return replaced
 
 
+# The size attributes compaction changes outside the Conv/Linear/BatchNorm layers:
+# transformers' ``Conv1D`` (``nf`` outputs, ``nx`` inputs) and an attention module's head
+# counts, ``all_head_size`` and GPT-2's ``split_size`` (see learnprune.transformer_compact).
+SIZE_ATTRIBUTES = (
+    "nf",
+    "nx",
+    "split_size",
+    *HEAD_COUNT_ATTRS,
+    "num_key_value_heads",
+    "all_head_size",
+)
+
+
+def describe_sizes(model: nn.Module) -> tuple[dict[str, dict[str, int]], dict[str, list[int]]]:
+    """What a compacted model's recorded layers do not say about its sizes:
+    ``({module name: {size attribute: int}}, {tensor name: shape})``, the second for every
+    parameter and buffer held by a module that :func:`describe_layers` does not record
+    (a ``Conv1D``'s weight, a layer scale, a LayerNorm), so that :func:`load` can give a
+    model built before compaction the exported sizes."""
+    attributes: dict[str, dict[str, int]] = {}
+    shapes: dict[str, list[int]] = {}
+    for name, module in model.named_modules():
+        sizes = {
+            attr: value
+            for attr in SIZE_ATTRIBUTES
+            if isinstance(value := getattr(module, attr, None), int) and not isinstance(value, bool)
+        }
+        if sizes:
+            attributes[name] = sizes
+        if _kind(module) is not None or isinstance(module, SparseLinear):
+            continue
+        prefix = f"{name}." if name else ""
+        owned = [*module.named_parameters(recurse=False), *module.named_buffers(recurse=False)]
+        for tensor_name, tensor in owned:
+            if tensor is not None:
+                shapes[prefix + tensor_name] = list(tensor.shape)
+    return attributes, shapes
+
+
+def _apply_sizes(
+    model: nn.Module,
+    attributes: Mapping[str, Mapping[str, int]],
+    shapes: Mapping[str, Sequence[int]],
+    source: str,
+) -> None:
+    """Give ``model`` the recorded size attributes and tensor shapes of
+    :func:`describe_sizes` in place (zero tensors of the recorded shape, as
+    :func:`_resize_in_place` does for layers, filled by ``load_state_dict``). Only an int
+    attribute the module already has is changed, and only a tensor with as many axes as
+    recorded is reshaped; anything else is left for the tensor check to name."""
+    for name, sizes in attributes.items():
+        try:
+            module = model.get_submodule(name) if name else model
+        except AttributeError:
+            raise CheckpointError(
+                f"{source} records sizes of a module {name!r} the model does not have"
+            ) from None
+        for attr, value in sizes.items():
+            current = getattr(module, attr, None)
+            if isinstance(current, int) and not isinstance(current, bool) and current != value:
+                setattr(module, attr, value)
+    for name, shape in shapes.items():
+        owner_name, _, attr = name.rpartition(".")
+        try:
+            owner = model.get_submodule(owner_name) if owner_name else model
+        except AttributeError:
+            continue  # the tensor check names the missing tensor
+        current = getattr(owner, attr, None)
+        if not isinstance(current, Tensor) or list(current.shape) == list(shape):
+            continue
+        if current.dim() != len(shape):
+            continue
+        fresh = torch.zeros(tuple(shape), dtype=current.dtype, device=current.device)
+        if isinstance(current, nn.Parameter):
+            setattr(owner, attr, nn.Parameter(fresh, requires_grad=current.requires_grad))
+        elif attr in owner._buffers:
+            owner._buffers[attr] = fresh
+
+
+def _tie_again(
+    model: nn.Module, ties: Mapping[str, tuple[str, ...]], tensors: Mapping[str, Tensor]
+) -> None:
+    """Make the tensors that were one before ``load_state_dict(assign=True)`` one again.
+
+    Assigning gives every state-dict name its own tensor, which unties tied weights (GPT-2's
+    ``lm_head.weight`` *is* ``transformer.wte.weight``): they would then be trained apart
+    and counted twice. Each name of ``ties`` (:func:`~learnprune.groups.tied_parameters`,
+    taken before loading) gets its first name's tensor back, when the file holds equal
+    values under both names (it does for a tied model's export)."""
+    order = {key: position for position, key in enumerate(tensors)}
+    for name, others in ties.items():
+        names = (name, *others)
+        if not all(n in order for n in names):
+            continue
+        first = min(names, key=order.__getitem__)
+        if name == first or not torch.equal(tensors[name], tensors[first]):
+            continue
+        owner_name, _, attr = name.rpartition(".")
+        owner = model.get_submodule(owner_name) if owner_name else model
+        setattr(owner, attr, model.get_parameter(first))
+
+
 def _tensor_mismatch(
     expected: Mapping[str, Tensor], found: Mapping[str, Tensor], limit: int = 3
 ) -> str | None:
@@ -404,18 +512,29 @@ def _file_record(data: bytes) -> dict[str, Any]:
     return {"bytes": len(data), "sha256": hashlib.sha256(data).hexdigest()}
 
 
+# Loggers of torch.export that print at ERROR level while an export fails (the fake-tensor
+# traceback of the op that failed, "always_classified is unsupported"): the failure reaches
+# the caller as one UnsupportedModelError line instead.
+_EXPORT_FAILURE_LOGGERS = ("torch._subclasses.fake_tensor", "torch.export", "torch._export")
+
+
 @contextlib.contextmanager
 def _quiet_onnx_exporter() -> Iterator[None]:
-    """Silence the exporter's progress lines, warnings and 'torchvision missing' logs."""
-    logger = logging.getLogger("torch.onnx")
-    level = logger.level
-    logger.setLevel(logging.ERROR)
+    """Silence the exporter's progress lines, warnings and 'torchvision missing' logs, and
+    the tracebacks torch.export logs for a failed export (relayed as one line instead)."""
+    levels = {"torch.onnx": logging.ERROR}
+    levels.update((name, logging.CRITICAL + 1) for name in _EXPORT_FAILURE_LOGGERS)
+    loggers = {name: logging.getLogger(name) for name in levels}
+    before = {name: logger.level for name, logger in loggers.items()}
+    for name, logger in loggers.items():
+        logger.setLevel(levels[name])
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             yield
     finally:
-        logger.setLevel(level)
+        for name, logger in loggers.items():
+            logger.setLevel(before[name])
 
 
 def _map_tensors(
@@ -910,12 +1029,15 @@ def export(
 
     tensors = _state_tensors(model)
     layers = describe_layers(model)
+    attributes, shapes = describe_sizes(model)
     architecture: dict[str, Any] = {
         "model_name": model_name,
         "model_options": {},
         "input_shape": None if shape is None else list(shape),
         "resized_layers": 0,
         "layers": layers,
+        "attributes": attributes,
+        "tensor_shapes": shapes,
     }
     if model_name is not None:
         try:
@@ -925,6 +1047,7 @@ def export(
         skeleton = _reference_model(architecture)  # ConfigError for a bad name / option
         try:
             architecture["resized_layers"] = _apply_layers(skeleton, layers, "the exported model")
+            _apply_sizes(skeleton, attributes, shapes, "the exported model")
         except CheckpointError as err:
             raise ConfigError(
                 f"model_name={model_name!r} does not describe this model: {err}"
@@ -1070,6 +1193,19 @@ def _check_metadata(meta: Any, path: Path) -> dict[str, Any]:
         isinstance(rec, dict) and rec.get("type") in _LAYER_KINDS for rec in layers.values()
     ):
         raise _malformed(path, "'layers' must map layer names to Conv/Linear/BatchNorm records")
+    attributes = architecture.get("attributes", {})  # absent in older exports
+    shapes = architecture.get("tensor_shapes", {})
+    if not isinstance(attributes, dict) or not all(
+        isinstance(sizes, dict)
+        and all(isinstance(v, int) and not isinstance(v, bool) for v in sizes.values())
+        for sizes in attributes.values()
+    ):
+        raise _malformed(path, "'attributes' must map module names to {size attribute: int}")
+    if not isinstance(shapes, dict) or not all(
+        isinstance(shape, list) and all(isinstance(n, int) and n >= 0 for n in shape)
+        for shape in shapes.values()
+    ):
+        raise _malformed(path, "'tensor_shapes' must map tensor names to shapes (lists of ints)")
     sparse = meta.get("sparse")
     if not isinstance(sparse, dict):
         raise _malformed(path, "no 'sparse' section")
@@ -1243,6 +1379,12 @@ def load(
                 f"{json_path} describes a model this learnprune cannot build: {err}"
             ) from err
     _apply_layers(model, architecture["layers"], str(json_path))
+    _apply_sizes(
+        model,
+        architecture.get("attributes", {}),
+        architecture.get("tensor_shapes", {}),
+        str(json_path),
+    )
 
     name = FILES[format]
     path = directory / name
@@ -1265,10 +1407,12 @@ def load(
         raise CheckpointError(
             f"{path} does not fit the model described by {json_path.name}: {mismatch}"
         )
+    ties = tied_parameters(model)
     try:
         model.load_state_dict(tensors, strict=True, assign=True)
     except RuntimeError as err:
         raise CheckpointError(f"{path} cannot be loaded ({relayed(err)})") from err
+    _tie_again(model, ties, tensors)
     if architecture["input_shape"] is not None:
         model.input_shape = tuple(architecture["input_shape"])
     return model.eval()
