@@ -219,9 +219,11 @@ def verify_checksums(path: Path) -> None:
     to check and pass. A record marked as a directory or as encrypted (which no
     ``torch.save`` writes, and which the checksums do not cover) is refused too."""
     path = Path(path)
-    if not zipfile.is_zipfile(path):
-        return  # torch.load tells what it is
     try:
+        # is_zipfile itself raises BadZipFile for a changed zip64 end record ("span
+        # multiple disks"), so it stands inside the try
+        if not zipfile.is_zipfile(path):
+            return  # torch.load tells what it is
         with zipfile.ZipFile(path) as archive:
             records = archive.infolist()
             if all(record.CRC == 0 for record in records):

@@ -52,10 +52,23 @@ def test_a_flipped_bit_the_checksums_do_not_cover_is_refused(weights, offset, bi
     data = bytearray(weights.read_bytes())
     data[central_record(bytes(data), "archive/data/0") + offset] ^= bits
     weights.write_bytes(bytes(data))
-    expected = f"model.pt is corrupt: its record archive/data/0 is marked as {what}"
+    expected = rf"model\.pt is corrupt: its record archive/data/0 is marked as {what}"
     with pytest.raises(CheckpointError, match=expected):
         checkpoint.load_state_dict_file(weights)
 
 
 def test_the_intact_file_still_loads(weights):
     assert torch.equal(checkpoint.load_state_dict_file(weights)["w"], torch.arange(16.0))
+
+
+ZIP64_LOCATOR = b"PK\x06\x07"
+"""The signature of the zip64 end-of-central-directory locator torch.save writes."""
+
+
+def test_a_changed_disk_number_of_the_zip64_end_record_is_refused(weights):
+    """zipfile.is_zipfile raised "zipfiles that span multiple disks" as a traceback."""
+    data = bytearray(weights.read_bytes())
+    data[data.rfind(ZIP64_LOCATOR) + 4] ^= 0x01  # the disk holding the zip64 end record
+    weights.write_bytes(bytes(data))
+    with pytest.raises(CheckpointError, match=r"model\.pt is corrupt: zipfiles that span"):
+        checkpoint.load_state_dict_file(weights)
