@@ -8,8 +8,9 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import call_cli
 
-from learnprune import checkpoint
+from learnprune import checkpoint, run_directory
 from learnprune.errors import CheckpointError
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -72,3 +73,18 @@ def test_a_changed_disk_number_of_the_zip64_end_record_is_refused(weights):
     weights.write_bytes(bytes(data))
     with pytest.raises(CheckpointError, match=r"model\.pt is corrupt: zipfiles that span"):
         checkpoint.load_state_dict_file(weights)
+
+
+def test_resume_through_the_cli_of_a_run_killed_writing_its_first_config(tmp_path):
+    """The CLI read config.json before claiming the directory and said only "not a
+    learnprune run directory", not that the run can be started again into it."""
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / ".config.json.3f9a0c1d2e4b.tmp").write_text('{"model": "lenet3')  # cut short
+    (out / run_directory.LOCK_FILE).write_text("12345\n")  # the killed process's lock file
+    code, stdout, err = call_cli("train", "--resume", str(out))
+    assert code == 2 and stdout == ""
+    assert err.strip().splitlines() == [
+        f"learnprune: error: {out} is not a learnprune run directory (no config.json); it "
+        f"holds nothing of a run: start it again with --out {out}"
+    ]
