@@ -183,12 +183,13 @@ def _check_run_dir(claimed: run_directory.ClaimedDirectory, resume: bool) -> Non
 
 
 def _not_a_run_directory(run_dir: Path) -> CheckpointError:
-    """The error for a directory without ``config.json``; if it holds nothing of a run (a
-    kill while the first ``config.json`` was written leaves only a lock and a temporary
-    file), it says that the run can be started again into it."""
+    """The error for a directory without ``config.json``; if it holds only what a killed
+    start leaves (a lock and a temporary ``config.json``), it says that the run can be
+    started again into it."""
+    traces = run_dir.is_dir() and any(run_dir.iterdir())
     restart = (
         f"; it holds nothing of a run: start it again with --out {run_dir}"
-        if run_dir.is_dir() and not run_directory.foreign_files(run_dir, RUN_FILES)
+        if traces and not run_directory.foreign_files(run_dir, RUN_FILES)
         else ""
     )
     return CheckpointError(f"{run_dir} is not a learnprune run directory (no {CONFIG}){restart}")

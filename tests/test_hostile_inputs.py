@@ -88,3 +88,11 @@ def test_resume_through_the_cli_of_a_run_killed_writing_its_first_config(tmp_pat
         f"learnprune: error: {out} is not a learnprune run directory (no config.json); it "
         f"holds nothing of a run: start it again with --out {out}"
     ]
+
+
+def test_eval_of_an_empty_directory_does_not_speak_of_restarting_a_run(tmp_path):
+    code, _stdout, err = call_cli("eval", str(tmp_path))
+    assert code == 2
+    assert err.strip() == (
+        f"learnprune: error: {tmp_path} is not a learnprune run directory (no config.json)"
+    )
