@@ -195,24 +195,56 @@ def save_torch(path: Path, value: Any) -> None:
     atomic_write_bytes(path, buffer.getvalue())
 
 
+_DOS_DIRECTORY = 0x10
+"""The MS-DOS "directory" bit of a zip record's external attributes."""
+_ENCRYPTED = 0x1
+"""The "encrypted" bit of a zip record's general-purpose flags."""
+
+
+def _foreign_marking(record: zipfile.ZipInfo) -> str:
+    """What a record of a ``torch.save`` archive is marked as that no ``torch.save`` marks
+    it as, outside what the CRC-32 covers: ``"a directory"`` (torch's reader then loads
+    its tensor as zeros or uninitialised memory), ``"encrypted"``; ``""`` if nothing."""
+    if record.is_dir() or record.external_attr & _DOS_DIRECTORY:
+        return "a directory"
+    if record.flag_bits & _ENCRYPTED:
+        return "encrypted"
+    return ""
+
+
 def verify_checksums(path: Path) -> None:
     """Refuse (``CheckpointError``) a ``torch.save`` file whose records do not match the
     CRC-32 checksums stored beside them in its zip archive. Files in torch's legacy format
     (not a zip) and archives written without checksums (every one stored as 0) carry none
-    to check and pass."""
+    to check and pass. A record marked as a directory or as encrypted (which no
+    ``torch.save`` writes, and which the checksums do not cover) is refused too."""
     path = Path(path)
-    if not zipfile.is_zipfile(path):
-        return  # torch.load tells what it is
     try:
+        # is_zipfile itself raises BadZipFile for a changed zip64 end record ("span
+        # multiple disks"), so it stands inside the try
+        if not zipfile.is_zipfile(path):
+            return  # torch.load tells what it is
         with zipfile.ZipFile(path) as archive:
             records = archive.infolist()
             if all(record.CRC == 0 for record in records):
                 return
             for record in records:
+                marked = _foreign_marking(record)
+                if marked:
+                    raise CheckpointError(
+                        f"{path} is corrupt: its record {record.filename} is marked as "
+                        f"{marked}, which torch.save never writes"
+                    )
                 with archive.open(record) as stream:
                     while stream.read(1 << 22):
                         pass
-    except (zipfile.BadZipFile, EOFError, OSError, ValueError, NotImplementedError) as err:
+    except (
+        zipfile.BadZipFile,
+        EOFError,
+        OSError,
+        ValueError,
+        NotImplementedError,
+    ) as err:
         raise CheckpointError(
             f"{path} is corrupt: {str(err).splitlines()[0] if str(err) else 'unreadable'} "
             "(its content no longer matches the checksums written with it)"

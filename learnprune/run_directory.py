@@ -44,13 +44,8 @@ class ClaimedDirectory:
     descriptor: int | None = None
 
     def foreign_files(self, own: tuple[str, ...]) -> list[str]:
-        """Names in the directory other than the lock file and temporary leftovers of the
-        files ``own`` (learnprune's own files of this kind of directory)."""
-        return sorted(
-            entry.name
-            for entry in self.path.iterdir()
-            if entry.name != LOCK_FILE and not is_temporary_leftover(entry.name, own)
-        )
+        """:func:`foreign_files` of the claimed directory."""
+        return foreign_files(self.path, own)
 
     def remove_leftovers(self, own: tuple[str, ...]) -> list[str]:
         """Remove the temporary files that a process killed while writing one of ``own``
@@ -75,6 +70,17 @@ class ClaimedDirectory:
             except OSError:  # holds files (the run's results), or is gone
                 break
         self.created = []
+
+
+def foreign_files(directory: Path, own: tuple[str, ...]) -> list[str]:
+    """Names in ``directory`` other than the lock file and temporary leftovers of the files
+    ``own`` (learnprune's own files of this kind of directory): none means a killed run
+    left nothing of itself there but what the next start removes."""
+    return sorted(
+        entry.name
+        for entry in Path(directory).iterdir()
+        if entry.name != LOCK_FILE and not is_temporary_leftover(entry.name, own)
+    )
 
 
 def claim(path: str | Path, *, create: bool = True) -> ClaimedDirectory:

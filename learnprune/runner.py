@@ -172,14 +172,7 @@ def _check_run_dir(claimed: run_directory.ClaimedDirectory, resume: bool) -> Non
     run_dir = claimed.path
     if resume:
         if not (run_dir / CONFIG).is_file():
-            restart = (
-                f"; it holds nothing of a run: start it again with --out {run_dir}"
-                if not claimed.foreign_files(RUN_FILES)
-                else ""
-            )
-            raise CheckpointError(
-                f"{run_dir} is not a learnprune run directory (no {CONFIG}){restart}"
-            )
+            raise _not_a_run_directory(run_dir)
         if (run_dir / FINAL).is_file():
             raise CheckpointError(f"the run in {run_dir} is already complete (see {FINAL})")
     elif claimed.foreign_files(RUN_FILES):
@@ -187,6 +180,19 @@ def _check_run_dir(claimed: run_directory.ClaimedDirectory, resume: bool) -> Non
             f"{run_dir} already holds files; choose another --out (or --resume {run_dir} to "
             "continue that run); nothing was overwritten"
         )
+
+
+def _not_a_run_directory(run_dir: Path) -> CheckpointError:
+    """The error for a directory without ``config.json``; if it holds only what a killed
+    start leaves (a lock and a temporary ``config.json``), it says that the run can be
+    started again into it."""
+    traces = run_dir.is_dir() and any(run_dir.iterdir())
+    restart = (
+        f"; it holds nothing of a run: start it again with --out {run_dir}"
+        if traces and not run_directory.foreign_files(run_dir, RUN_FILES)
+        else ""
+    )
+    return CheckpointError(f"{run_dir} is not a learnprune run directory (no {CONFIG}){restart}")
 
 
 def initial_weights(run_dir: str | Path) -> Path:
@@ -214,7 +220,7 @@ def read_run_config(run_dir: str | Path) -> RunConfig:
     """The :class:`RunConfig` saved in a run directory."""
     path = Path(run_dir) / CONFIG
     if not path.is_file():
-        raise CheckpointError(f"{run_dir} is not a learnprune run directory (no {CONFIG})")
+        raise _not_a_run_directory(Path(run_dir))
     try:
         return RunConfig.from_dict(checkpoint.read_json(path))
     except (json.JSONDecodeError, TypeError) as err:
