@@ -100,7 +100,13 @@ from learnprune.errors import (
     UnsupportedModelError,
     relayed,
 )
-from learnprune.files import atomic_write_bytes, atomic_write_text, replace_with, temporary_file
+from learnprune.files import (
+    atomic_write_bytes,
+    atomic_write_text,
+    is_temporary_leftover,
+    replace_with,
+    temporary_file,
+)
 from learnprune.groups import tied_parameters
 from learnprune.models import build_model
 from learnprune.sparse_linear import DEFAULT_BLOCK, SparseLinear, densify, sparsify
@@ -859,11 +865,7 @@ def _claim_directory(
     listed, interrupted = _files_of_export(directory)
     previous = listed & names
     ours = {METADATA_FILE, *_ALL_FILES, *extra_files, *previous}
-    leftovers = {
-        name
-        for name in names
-        if name.endswith(".tmp") and any(name.startswith(f".{own}.") for own in ours)
-    }
+    leftovers = {name for name in names if is_temporary_leftover(name, tuple(ours))}
     foreign = sorted(names - previous - leftovers)
     if overwrite:
         return previous, leftovers

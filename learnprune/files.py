@@ -26,15 +26,32 @@ __all__ = [
     "atomic_write_stream",
     "atomic_write_text",
     "is_temporary_leftover",
+    "probe_writable",
     "replace_with",
     "temporary_file",
 ]
 
 
+PROBE_PREFIX = ".learnprune-check-"
+"""Name prefix of the empty file :func:`probe_writable` creates and removes at once."""
+
+
 def is_temporary_leftover(name: str, targets: tuple[str, ...]) -> bool:
-    """Whether ``name`` is the temporary file of an atomic write of one of ``targets``
-    (left behind only by a process killed while writing)."""
-    return name.endswith(".tmp") and any(name.startswith(f".{target}.") for target in targets)
+    """Whether ``name`` is the temporary file of an atomic write of one of ``targets``, or
+    a writability probe (:func:`probe_writable`): left behind only by a process killed
+    while writing it."""
+    if not name.endswith(".tmp"):
+        return False
+    return name.startswith(PROBE_PREFIX) or any(name.startswith(f".{t}.") for t in targets)
+
+
+def probe_writable(directory: Path) -> None:
+    """Create and remove an empty file in ``directory`` (raises ``OSError`` where files
+    cannot be created: read-only, no permission, ``/proc``). A kill in between leaves a
+    file :func:`is_temporary_leftover` recognises."""
+    probe = directory / f"{PROBE_PREFIX}{secrets.token_hex(6)}.tmp"
+    os.close(os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+    probe.unlink()
 
 
 def _create_temporary(path: Path) -> tuple[Path, int]:

@@ -6,13 +6,13 @@ import fnmatch
 import math
 import os
 import re
-import tempfile
 import warnings
 from collections.abc import Iterable
 from numbers import Integral, Real
 from pathlib import Path
 
 from learnprune.errors import ConfigError
+from learnprune.files import probe_writable
 
 
 def real(name: str, value: object) -> float:
@@ -109,7 +109,7 @@ def output_directory(flag: str, path: str | os.PathLike[str]) -> Path:
             os.mkdir(directory)
             created.append(directory)
         if not missing:
-            os.rmdir(tempfile.mkdtemp(prefix=".learnprune-check-", dir=target))
+            probe_writable(target)
     except ConfigError:
         raise
     except (OSError, ValueError) as err:  # ValueError: a NUL byte in the path

@@ -96,3 +96,28 @@ def test_eval_of_an_empty_directory_does_not_speak_of_restarting_a_run(tmp_path)
     assert err.strip() == (
         f"learnprune: error: {tmp_path} is not a learnprune run directory (no config.json)"
     )
+
+
+def test_a_writability_probe_a_kill_left_blocks_neither_a_run_nor_an_export(tmp_path) -> None:
+    """`--out` of an existing directory is probed by creating and removing a file in it; a
+    kill in between left the probe, which then made `train` and `export` refuse the
+    directory as holding someone else's files."""
+    from learnprune.export import export
+    from learnprune.files import PROBE_PREFIX
+    from learnprune.validation import output_directory
+
+    out = tmp_path / "out"
+    out.mkdir()
+    output_directory("--out", out)
+    assert list(out.iterdir()) == []  # the probe leaves nothing
+    probe = out / f"{PROBE_PREFIX}0123456789ab.tmp"
+    probe.write_bytes(b"")
+    claimed = run_directory.claim(out)
+    try:
+        assert claimed.foreign_files(("config.json",)) == []
+        assert claimed.remove_leftovers(("config.json",)) == [probe.name]
+    finally:
+        claimed.release()
+    probe.write_bytes(b"")
+    export(torch.nn.Linear(3, 2), out, formats=("safetensors",))
+    assert not probe.exists() and (out / "model.json").is_file()
