@@ -17,6 +17,7 @@ Errors a user can cause end in one line on stderr and exit code 2.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import warnings
 from collections.abc import Sequence
@@ -27,6 +28,7 @@ from learnprune.errors import ConfigError, LearnpruneError, one_line
 
 EXIT_USAGE = 2
 EXIT_INTERRUPTED = 130
+EXIT_BROKEN_PIPE = 141  # 128 + SIGPIPE, as a shell reports a process killed by it
 LEARNPRUNE_WARNING = "learnprune: "
 """How learnprune's own warning messages begin (the command line shows them on one line)."""
 
@@ -281,6 +283,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             hint = f"; continue with: learnprune train --resume {run_dir}"
         sys.stderr.write(f"learnprune: interrupted{hint}\n")
         return EXIT_INTERRUPTED
+    except BrokenPipeError:  # `learnprune report ... | head -1`: the reader has gone
+        # Point stdout at /dev/null so the interpreter's final flush does not fail again.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return EXIT_BROKEN_PIPE
 
 
 def _show_warning(

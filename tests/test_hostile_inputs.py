@@ -121,3 +121,23 @@ def test_a_writability_probe_a_kill_left_blocks_neither_a_run_nor_an_export(tmp_
     probe.write_bytes(b"")
     export(torch.nn.Linear(3, 2), out, formats=("safetensors",))
     assert not probe.exists() and (out / "model.json").is_file()
+
+
+def test_output_into_a_closed_pipe_ends_quietly() -> None:
+    """`learnprune list | head -1`: the reader is gone before learnprune writes; that was
+    a BrokenPipeError traceback."""
+    import os
+    import subprocess
+    import sys
+
+    read_end, write_end = os.pipe()
+    os.close(read_end)  # the reader has gone
+    try:
+        done = subprocess.run(
+            [sys.executable, "-m", "learnprune", "list"],
+            stdout=write_end, stderr=subprocess.PIPE, text=True, timeout=120, check=False,
+        )  # fmt: skip
+    finally:
+        os.close(write_end)
+    assert done.returncode == 141, done.stderr
+    assert done.stderr == ""
