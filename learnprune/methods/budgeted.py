@@ -59,6 +59,7 @@ class BudgetedMethod(PruningMethod):
     finish: str = "none"
     finished: bool = False
     achieved_at_finish: float | None = None
+    _fixed_values: list[Tensor]
     """The budget the learned gates had reached when the exact finish set it."""
 
     def set_target(
@@ -175,7 +176,10 @@ class BudgetedMethod(PruningMethod):
         """One step of the budget, called after the step count is advanced: the controller
         during the phase (and after it with ``finish="none"``), the exact finish once
         ``end_step`` steps are done. Nothing without a target or once finished."""
-        if self.controller is None or self.schedule is None or self.finished:
+        if self.finished:
+            self._restore_fixed()
+            return
+        if self.controller is None or self.schedule is None:
             return
         if self.step < self.schedule.begin:
             return
@@ -241,12 +245,18 @@ class BudgetedMethod(PruningMethod):
         self._freeze()
 
     def _freeze(self) -> None:
+        """Gates deterministic from here on, and their values kept: they stay trainable
+        tensors (so DDP and optimizers see the same parameters every step) but
+        :meth:`update_lambda` writes the fixed values back after every step."""
         self.finished = True
-        for param in self.parameters():
-            param.requires_grad_(False)
-            param.grad = None
+        self._fixed_values = [param.detach().clone() for param in self.parameters()]
         for gate in self.gates.values():
             gate.frozen = True
+
+    @torch.no_grad()
+    def _restore_fixed(self) -> None:
+        for param, value in zip(self.parameters(), self._fixed_values, strict=True):
+            param.copy_(value)
 
     def finalize(self) -> nn.Module:
         """An exact finish still due (a run shorter than the phase, or one without a
