@@ -54,10 +54,10 @@ def track(method_name: str, controller: str, args: argparse.Namespace) -> dict[s
     trace: list[tuple[int, float, float]] = []
     inner = method.after_step
 
-    def after_step() -> None:
+    def after_step() -> None:  # the budget the controller tracks (hard-concrete: expected)
         inner()
         if not method.finished or method.step == method.schedule.end:
-            achieved = method.achieved_at_finish if method.finished else method.budget_achieved()
+            achieved = method.achieved_at_finish if method.finished else method.tracked_budget()
             trace.append((method.step, float(method.scheduled_target()), achieved))
 
     method.after_step = after_step  # type: ignore[method-assign]

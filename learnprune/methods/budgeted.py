@@ -172,6 +172,11 @@ class BudgetedMethod(PruningMethod):
             return removed / self.budget_total if self.budget_total else 0.0
         return removed / self.total_weights if self.total_weights else 0.0
 
+    def tracked_budget(self) -> float:
+        """What the controller tracks: :meth:`budget_achieved` (the final model's), or
+        for gates whose kept share moves only late an expected one (hard-concrete)."""
+        return self.budget_achieved()
+
     def update_lambda(self) -> None:
         """One step of the budget, called after the step count is advanced: the controller
         during the phase (and after it with ``finish="none"``), the exact finish once
@@ -187,7 +192,7 @@ class BudgetedMethod(PruningMethod):
         if self.finish == "exact" and end is not None and self.step >= end:
             self.finish_exactly()
             return
-        self.controller.update(self.budget_achieved(), self.schedule(self.step))
+        self.controller.update(self.tracked_budget(), self.schedule(self.step))
 
     # --- the exact finish ------------------------------------------------------------
     def gate_scores(self, gate: GroupGate) -> Tensor:
@@ -237,7 +242,7 @@ class BudgetedMethod(PruningMethod):
     def finish_exactly(self) -> None:
         """Set every mask to the budget by the scores, freeze the gates, stop the
         controller (the masks stay fixed from here on)."""
-        self.achieved_at_finish = self.budget_achieved()
+        self.achieved_at_finish = self.tracked_budget()
         keep = self.exact_keep()
         with torch.no_grad():
             for name, gate in self.gates.items():

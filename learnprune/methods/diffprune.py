@@ -247,7 +247,10 @@ class DiffPrune(BudgetedMethod):
         per_example: with activation gates in stochastic mode, one noise draw per example.
         target: a sparsity or ``{"flops": f}`` budget that ``λ`` is driven to reach.
         schedule, controller, finish, multiplier_lr, begin_step, end_step: how the
-            target is reached (:mod:`learnprune.methods.budgeted`, :mod:`learnprune.budget`).
+            target is reached (:mod:`learnprune.methods.budgeted`, :mod:`learnprune.budget`);
+            ``multiplier_lr`` is ``η₁ = η₂`` of the ``"lagrangian"`` controller (default
+            3: 300-step LeNet-300-100 run at 0.95: 0.972 when the finish came (1: 0.922,
+            10: 0.998); 5 epochs: 0.959, mean gap 5.4 points).
         lam_rate: ``η`` of the ``"integral"`` controller (``k_i / 100`` of ``"pi"``).
         lam_down_rate: ``"integral"``'s ``η`` past the budget (default ``50 η``): a closed gate
             seldom reopens, so λ must fall fast once the target is reached or the sparsity
@@ -299,7 +302,7 @@ class DiffPrune(BudgetedMethod):
         schedule: str = "cubic",
         controller: str = "lagrangian",
         finish: str = "exact",
-        multiplier_lr: float = 0.05,
+        multiplier_lr: float = 3.0,
         begin_step: int = 0,
         end_step: int | None = None,
     ) -> None:

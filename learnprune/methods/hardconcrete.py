@@ -112,7 +112,10 @@ class HardConcrete(BudgetedMethod):
         target: a sparsity or ``{"flops": f}`` budget that ``λ`` is scaled to reach,
             measured on the test-time gates (the final model).
         schedule, controller, finish, multiplier_lr, begin_step, end_step: how the
-            target is reached (:mod:`learnprune.methods.budgeted`, :mod:`learnprune.budget`).
+            target is reached (:mod:`learnprune.methods.budgeted`, :mod:`learnprune.budget`);
+            ``multiplier_lr`` is ``η₁ = η₂`` of the ``"lagrangian"`` controller (default
+            10: with Adam at 10⁻³ log α moves about 10⁻³ a step whatever λ, so the gain
+            matters little; the exact finish lands the budget).
         lam_rate: ``η`` of the ``"integral"`` controller (``k_i / 100`` of ``"pi"``).
         exclude: layers left dense; input_shape: one example's shape; example_inputs: the
             model's real inputs for coupled groups and the classifier (token ids).
@@ -151,7 +154,7 @@ class HardConcrete(BudgetedMethod):
         schedule: str = "cubic",
         controller: str = "lagrangian",
         finish: str = "exact",
-        multiplier_lr: float = 0.05,
+        multiplier_lr: float = 10.0,
         begin_step: int = 0,
         end_step: int | None = None,
     ) -> None:
@@ -250,6 +253,20 @@ class HardConcrete(BudgetedMethod):
             for gate in self.gates.values():
                 gate.log_alpha.clamp_(*LOG_ALPHA_RANGE)
         self.update_lambda()
+
+    @torch.no_grad()
+    def tracked_budget(self) -> float:
+        """The *expected* budget, ``Σ_g c_g (1 − P(z_g ≠ 0))`` over the whole (as CoFi
+        pruning's constraint): test-time gates close only once ``log α < −2.4``, so the
+        final model's budget moves in one late jump that a controller cannot track."""
+        removed = float(
+            sum(
+                costs.weighted_sum(self.budget_costs[name], 1.0 - gate.prob_open())
+                for name, gate in self.gates.items()
+            )
+        )
+        whole = self.budget_total if self.budget_kind == "flops" else self.total_weights
+        return removed / whole if whole else 0.0
 
     def gate_scores(self, gate: GroupGate) -> Tensor:
         return gate.log_alpha  # the test-time gate is monotone in log α

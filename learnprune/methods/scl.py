@@ -203,7 +203,11 @@ class SCL(BudgetedMethod):
         lam_rate: ``η`` of the ``"integral"`` controller and ``k_i / 100`` of ``"pi"``
             (change of ``log λ`` per step per percentage point of budget gap).
         schedule, controller, finish, multiplier_lr, begin_step, end_step: how the
-            target is reached (:mod:`learnprune.methods.budgeted`, :mod:`learnprune.budget`).
+            target is reached (:mod:`learnprune.methods.budgeted`, :mod:`learnprune.budget`);
+            ``multiplier_lr`` is ``η₁ = η₂`` of the ``"lagrangian"`` controller (default
+            10: 300-step LeNet-300-100 run at 0.95: 0.952 when the finish came, against
+            0.867 at 0.05 and 0.989 at 1; the PI controller 0.991, the integral one
+            0.018).
         keep_one: structured sets keep their best group open (beyond the paper: a set that
             closes completely disconnects the network for good).
         exclude: layers left dense (``fnmatch`` patterns).
@@ -249,7 +253,7 @@ class SCL(BudgetedMethod):
         schedule: str = "cubic",
         controller: str = "lagrangian",
         finish: str = "exact",
-        multiplier_lr: float = 0.05,
+        multiplier_lr: float = 10.0,
         begin_step: int = 0,
         end_step: int | None = None,
     ) -> None:
