@@ -227,7 +227,9 @@ def test_phi_is_clamped_to_twice_the_band() -> None:
 def test_penalty_prunes_and_target_adapts_lambda() -> None:
     torch.manual_seed(0)
     model = nn.Sequential(nn.Linear(20, 1, bias=False))
-    method = DiffPrune(model, lam=1e-3, target=0.5, lam_rate=0.002, tau=0.5)
+    method = DiffPrune(
+        model, lam=1e-3, target=0.5, lam_rate=0.002, tau=0.5, controller="integral", finish="none"
+    )
     x = torch.randn(256, 20)
     y = x @ torch.linspace(1.0, 0.05, 20).view(20, 1)  # every input matters, some little
     start = method.current_lam
@@ -262,7 +264,7 @@ def test_state_dict_round_trip_resumes_identically() -> None:
 
     def build():
         model = _tiny(1)
-        return model, DiffPrune(model, lam=0.5, target=0.3, lam_rate=0.01)
+        return model, DiffPrune(model, lam=0.5, target=0.3, lam_rate=0.01, controller="integral")
 
     model, method = build()
     _fit(model, method, x, y, steps=20)

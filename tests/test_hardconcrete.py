@@ -156,7 +156,7 @@ def test_per_set_options_must_match_the_sets() -> None:
 
 def test_flops_target_scales_every_lambda_and_is_measured_in_flops() -> None:
     model = build_model("lenet5-caffe")
-    method = HardConcrete(model, target={"flops": 0.5}, lam_rate=0.01)
+    method = HardConcrete(model, target={"flops": 0.5}, lam_rate=0.01, controller="integral")
     assert method.budget == ("flops", pytest.approx(0.5)) and method.lam_scale == 1.0
     before = float(method.regularizer().detach())
     method.after_step()  # nothing closed yet: below the budget, every λ_l grows

@@ -220,7 +220,15 @@ def test_lambda_closes_useless_connections() -> None:
 def test_target_adapts_lambda_to_the_budget() -> None:
     torch.manual_seed(0)
     model = build_model("lenet300")
-    method = SCL(model, lam=1e-3, target=0.9, lam_rate=0.01, init=0.05, normalize="rms")
+    method = SCL(
+        model,
+        lam=1e-3,
+        target=0.9,
+        lam_rate=0.01,
+        init=0.05,
+        normalize="rms",
+        controller="integral",
+    )
     x = torch.randn(64, 1, 28, 28)
     y = torch.randint(0, 10, (64,))
     start = method.current_lam

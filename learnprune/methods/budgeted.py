@@ -1,9 +1,16 @@
-"""The part every learned method shares: one global ``λ``, and a budget it can be adapted to.
+"""The part every learned method shares: one global ``λ``, and a budget it is driven to.
 
 SCL, DiffPrune and hard-concrete each penalise kept groups with one strength. Given
-``target=`` (a sparsity, or ``{"flops": f}``, the fraction of dense FLOPs to keep) a
-:class:`~learnprune.budget.LambdaController` moves ``λ`` after every step towards the
-budget. What is measured against the budget:
+``target=`` (a sparsity, or ``{"flops": f}``, the fraction of dense FLOPs to keep) the
+budget of :mod:`learnprune.budget` takes over over the mask-learning phase
+``[begin_step, end_step)``: the target follows a schedule (``schedule="cubic"`` by
+default), a controller moves ``λ`` after every step so the achieved budget tracks it
+(``controller="lagrangian"`` by default), and at ``end_step`` the *exact finish*
+(``finish="exact"``, the default) sets the mask to the budget by the method's own scores
+(:meth:`BudgetedMethod.gate_scores`: SCL's ``S``, DiffPrune's ``φ``, hard-concrete's
+``log α``) and freezes the gates; training goes on with that mask. ``finish="none"`` keeps
+the papers' form: the controller keeps tracking the final target until the run ends.
+What is measured against the budget:
 
     sparsity budget:  Σ_g n_g (1 − k_g) / N          (N = all prunable weights)
     FLOPs budget:     Σ_g c_g (1 − k_g) / Σ_g c_g    (c_g: FLOPs cost, :mod:`learnprune.costs`)
@@ -20,25 +27,71 @@ import torch
 from torch import Tensor, nn
 
 from learnprune import budget, costs, validation
-from learnprune.groups import model_input_shape
+from learnprune.errors import ConfigError
+from learnprune.groups import GroupSet, model_input_shape
 from learnprune.masking import GroupGate
 from learnprune.methods.base import PruningMethod, TrainingContext
 
+BUDGET_OPTIONS = (
+    "target",
+    "schedule",
+    "controller",
+    "finish",
+    "multiplier_lr",
+    "begin_epoch",
+    "end_epoch",
+)
+"""Recipe options of the budget, shared by every budgeted method."""
+
 
 class BudgetedMethod(PruningMethod):
-    """A pruning method with one global ``λ`` that ``target=`` adapts.
+    """A pruning method with one global ``λ`` that ``target=`` drives (module docstring).
 
     Subclasses call :meth:`set_target` before the gates are attached (so a bad target
     leaves the model untouched), :meth:`setup_budget` once they are, and
-    :meth:`update_lambda` in ``after_step``; ``current_lam`` is the strength to use.
+    :meth:`update_lambda` in ``after_step``; ``current_lam`` is the strength to use. They
+    give :meth:`gate_scores` and :meth:`fix_gate` for the exact finish.
     """
 
     budget: tuple[str, float] | None = None
-    controller: budget.LambdaController | None = None
+    controller: budget.Controller | None = None
+    schedule: budget.TargetSchedule | None = None
+    finish: str = "none"
+    finished: bool = False
+    achieved_at_finish: float | None = None
+    _fixed_values: list[Tensor]
+    """The budget the learned gates had reached when the exact finish set it."""
 
-    def set_target(self, target: float | Mapping[str, float] | None) -> None:
-        """Check and keep ``target`` (raises ConfigError)."""
+    def set_target(
+        self,
+        target: float | Mapping[str, float] | None,
+        *,
+        schedule: str = "cubic",
+        controller: str = "lagrangian",
+        finish: str = "exact",
+        multiplier_lr: float = 0.05,
+        begin_step: int = 0,
+        end_step: int | None = None,
+    ) -> None:
+        """Check and keep ``target`` and how it is reached (raises ConfigError).
+
+        ``end_step=None`` (a run of unknown length): the target is demanded from
+        ``begin_step`` on and the exact finish happens at :meth:`finalize`.
+        """
         self.budget = budget.parse_target(target)
+        self.schedule_kind = validation.choice("schedule", schedule, budget.SCHEDULES)
+        self.controller_kind = validation.choice("controller", controller, budget.CONTROLLERS)
+        self.finish = (
+            validation.choice("finish", finish, budget.FINISHES) if self.budget else "none"
+        )
+        self.multiplier_lr = validation.positive("multiplier_lr", multiplier_lr)
+        begin = validation.integer("begin_step", begin_step)
+        end = None if end_step is None else validation.integer("end_step", end_step)
+        self.schedule = (
+            budget.TargetSchedule(self.budget[1], self.schedule_kind, begin, end)
+            if self.budget
+            else None
+        )
 
     def setup_budget(
         self,
@@ -54,8 +107,13 @@ class BudgetedMethod(PruningMethod):
             down_rate = validation.positive("lam_down_rate", down_rate)
         self.base_lam = start_lam
         self.controller = (
-            budget.LambdaController(
-                max(start_lam, 1e-8), self.budget[1], lam_rate, down_rate=down_rate
+            budget.make_controller(
+                self.controller_kind,
+                start_lam,
+                self.budget[1],
+                rate=lam_rate,
+                down_rate=down_rate,
+                multiplier_lr=self.multiplier_lr,
             )
             if self.budget
             else None
@@ -79,8 +137,23 @@ class BudgetedMethod(PruningMethod):
         return self.budget[0] if self.budget else None
 
     def budget_text(self) -> str:
-        """``", target flops 0.7"`` for :meth:`describe` (empty without a target)."""
-        return f", target {self.budget[0]} {self.budget[1]:g}" if self.budget else ""
+        """``", target flops 0.7 (cubic to step 450, lagrangian, finish exact)"`` for
+        :meth:`describe` (empty without a target)."""
+        if not self.budget or self.schedule is None:
+            return ""
+        reach = (
+            f"{self.schedule.kind} to step {self.schedule.end}"
+            if self.schedule.end is not None and self.schedule.kind != "constant"
+            else "constant"
+        )
+        return (
+            f", target {self.budget[0]} {self.budget[1]:g} "
+            f"({reach}, {self.controller_kind}, finish {self.finish})"
+        )
+
+    def scheduled_target(self) -> float | None:
+        """``b_t`` at the current step (``None`` without a target)."""
+        return self.schedule(self.step) if self.schedule is not None else None
 
     def kept_indicator(self, gate: GroupGate) -> Tensor:
         """``k_g`` as 0/1 floats (subclasses may return a cached one)."""
@@ -99,20 +172,166 @@ class BudgetedMethod(PruningMethod):
             return removed / self.budget_total if self.budget_total else 0.0
         return removed / self.total_weights if self.total_weights else 0.0
 
+    def tracked_budget(self) -> float:
+        """What the controller tracks: :meth:`budget_achieved` (the final model's), or
+        for gates whose kept share moves only late an expected one (hard-concrete)."""
+        return self.budget_achieved()
+
     def update_lambda(self) -> None:
-        """One step of the λ controller (nothing without a target)."""
-        if self.controller is not None:
-            self.controller.update(self.budget_achieved())
+        """One step of the budget, called after the step count is advanced: the controller
+        during the phase (and after it with ``finish="none"``), the exact finish once
+        ``end_step`` steps are done. Nothing without a target or once finished."""
+        if self.finished:
+            self._restore_fixed()
+            return
+        if self.controller is None or self.schedule is None:
+            return
+        if self.step < self.schedule.begin:
+            return
+        end = self.schedule.end
+        if self.finish == "exact" and end is not None and self.step >= end:
+            self.finish_exactly()
+            return
+        self.controller.update(self.tracked_budget(), self.schedule(self.step))
+
+    # --- the exact finish ------------------------------------------------------------
+    def gate_scores(self, gate: GroupGate) -> Tensor:
+        """The learned score of each group of one set, higher = more worth keeping."""
+        raise NotImplementedError
+
+    def fix_gate(self, gate: GroupGate, keep: Tensor) -> None:
+        """Set one gate to keep exactly ``keep`` (bool ``(G,)``) and freeze it there."""
+        raise NotImplementedError
+
+    def finish_protects(self, group_set: GroupSet) -> bool:
+        """Whether the exact finish keeps the best group of ``group_set`` whatever the
+        budget (default: every structured set, so the network stays connected)."""
+        return group_set.kind != "element"
+
+    def exact_keep(self) -> dict[str, Tensor]:
+        """``{set name: bool keep (G,)}`` meeting the budget by the gates' scores: one
+        ranking over every group of every set (:func:`~learnprune.budget.exact_keep`),
+        costs ``n_g`` (sparsity) or ``c_g`` (FLOPs)."""
+        assert self.budget is not None
+        names = [s.name for s in self.plan.sets]
+        scores, cost, protected = [], [], []
+        for group_set in self.plan.sets:
+            gate = self.gates[group_set.name]
+            score = self.gate_scores(gate).detach().float().cpu()
+            scores.append(score)
+            set_cost = self.budget_costs[group_set.name]
+            cost.append(
+                set_cost.double().cpu()
+                if isinstance(set_cost, Tensor)
+                else torch.full((group_set.num_groups,), set_cost, dtype=torch.float64)
+            )
+            guard = torch.zeros(group_set.num_groups, dtype=torch.bool)
+            if self.finish_protects(group_set) and group_set.num_groups:
+                guard[int(torch.argmax(score))] = True
+            protected.append(guard)
+        whole = self.total_weights if self.budget_kind == "sparsity" else self.budget_total
+        ungated = whole - self.budget_total  # excluded layers' weights: always kept
+        keep_budget = (1.0 - self.budget[1]) * whole - ungated
+        keep = budget.exact_keep(
+            torch.cat(scores), torch.cat(cost), keep_budget, torch.cat(protected)
+        )
+        return dict(
+            zip(names, torch.split(keep, [s.num_groups for s in self.plan.sets]), strict=True)
+        )
+
+    def finish_exactly(self) -> None:
+        """Set every mask to the budget by the scores, freeze the gates, stop the
+        controller (the masks stay fixed from here on)."""
+        self.achieved_at_finish = self.tracked_budget()
+        keep = self.exact_keep()
+        with torch.no_grad():
+            for name, gate in self.gates.items():
+                self.fix_gate(gate, keep[name].to(self.gate_scores(gate).device))
+        self._freeze()
+
+    def _freeze(self) -> None:
+        """Gates deterministic from here on, and their values kept: they stay trainable
+        tensors (so DDP and optimizers see the same parameters every step) but
+        :meth:`update_lambda` writes the fixed values back after every step."""
+        self.finished = True
+        self._fixed_values = [param.detach().clone() for param in self.parameters()]
+        for gate in self.gates.values():
+            gate.frozen = True
+
+    @torch.no_grad()
+    def _restore_fixed(self) -> None:
+        for param, value in zip(self.parameters(), self._fixed_values, strict=True):
+            param.copy_(value)
+
+    def finalize(self) -> nn.Module:
+        """An exact finish still due (a run shorter than the phase, or one without a
+        known length) happens first."""
+        if self.finish == "exact" and not self.finished and self.gates:
+            self.finish_exactly()
+        return super().finalize()
+
+    def final_metrics(self, evaluate: Any) -> dict[str, Any]:
+        """What the run records about the budget: ``finish``, the schedule, controller."""
+        if not self.budget:
+            return {}
+        assert self.schedule is not None
+        return {
+            "finish": self.finish,
+            "budget": {
+                "kind": self.budget[0],
+                "target": self.budget[1],
+                "schedule": self.schedule.kind,
+                "begin_step": self.schedule.begin,
+                "end_step": self.schedule.end,
+                "controller": self.controller_kind,
+                "achieved_before_finish": self.achieved_at_finish,
+            },
+        }
 
     def extra_state(self) -> dict[str, Any]:
-        return {"controller": self.controller.state_dict() if self.controller else None}
+        return {
+            "controller": self.controller.state_dict() if self.controller else None,
+            "finished": self.finished,
+            "achieved_at_finish": self.achieved_at_finish,
+        }
 
     def load_extra_state(self, state: Mapping[str, Any]) -> None:
-        if self.controller is not None and state.get("controller"):
-            self.controller.load_state_dict(state["controller"])
+        saved = state.get("controller")
+        if self.controller is not None and saved:
+            kind = saved.get("kind", "integral")
+            if kind != self.controller_kind:
+                raise ConfigError(
+                    f"the checkpoint's λ controller is {kind!r}, this run's "
+                    f"{self.controller_kind!r}"
+                )
+            self.controller.load_state_dict(saved)
+        if state.get("finished") and not self.finished:
+            self._freeze()
+        self.achieved_at_finish = state.get("achieved_at_finish")
+
+    @classmethod
+    def budget_steps(cls, options: dict[str, Any], context: TrainingContext) -> dict[str, Any]:
+        """Recipe options in epochs -> steps: ``begin_epoch`` (default 0) and ``end_epoch``
+        (default three quarters of the run, as GMP's) become ``begin_step``/``end_step``."""
+        options = dict(options)
+        begin = validation.non_negative("begin_epoch", options.pop("begin_epoch", 0))
+        end_given = "end_epoch" in options
+        end = validation.positive("end_epoch", options.pop("end_epoch", 0.75 * context.epochs))
+        if end > context.epochs:
+            raise ConfigError(f"end_epoch {end:g} is after the last epoch {context.epochs}")
+        if begin >= end:
+            raise ConfigError(
+                f"begin_epoch {begin:g} is not before end_epoch {end:g}"
+                + ("" if end_given else " (the default: three quarters of the run)")
+            )
+        options["begin_step"] = context.steps(begin)
+        options["end_step"] = max(context.steps(end), context.steps(begin) + 1)
+        return options
 
     @classmethod
     def from_options(
         cls, model: nn.Module, options: Mapping[str, Any], context: TrainingContext
     ) -> PruningMethod:
-        return cls(model, input_shape=context.input_shape, **options)
+        return cls(
+            model, input_shape=context.input_shape, **cls.budget_steps(dict(options), context)
+        )

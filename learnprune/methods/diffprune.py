@@ -62,7 +62,7 @@ from learnprune.errors import ConfigError
 from learnprune.groups import GroupPlan, GroupSet
 from learnprune.masking import GroupGate
 from learnprune.methods.base import model_device
-from learnprune.methods.budgeted import BudgetedMethod
+from learnprune.methods.budgeted import BUDGET_OPTIONS, BudgetedMethod
 
 STRETCH_LOW, STRETCH_HIGH = -0.1, 1.1  # γ, ζ of the "sigmoid" transform
 
@@ -177,6 +177,7 @@ class DiffPruneGate(GroupGate):
         )
         self.register_buffer("noise", torch.zeros(group_set.num_groups), persistent=False)
         self._last: tuple[Tensor, int] | None = None  # z of the last forward pass, φ's version
+        self.frozen = False  # after the exact finish: the deterministic gate, no noise
 
     @property
     def stochastic(self) -> bool:
@@ -188,7 +189,7 @@ class DiffPruneGate(GroupGate):
 
     def forward(self) -> Tensor:
         x = self.phi
-        if self.stochastic and self.training:
+        if self.stochastic and self.training and not self.frozen:
             x = x + self.sigma * self.noise
             return approx_binary(x, self.transform, self.tau, self.leak)
         z = approx_binary(x, self.transform, self.tau, self.leak)
@@ -198,6 +199,8 @@ class DiffPruneGate(GroupGate):
 
     def per_example(self, batch: int) -> Tensor:
         """``z`` of shape ``(B, G)``, one noise draw per example (activation gates)."""
+        if self.frozen:
+            return self.deterministic().expand(batch, self.num_groups)
         x = self.phi + self.sigma * logistic_noise((batch, self.num_groups), self.phi.detach())
         return approx_binary(x, self.transform, self.tau, self.leak)
 
@@ -212,7 +215,7 @@ class DiffPruneGate(GroupGate):
     def open_mass(self) -> Tensor:
         """What the surrogate L0 counts per group: ``z_g`` (deterministic) or
         ``P(z_g ≠ 0) = σ((φ_g − a)/σ)`` (stochastic); differentiable in ``φ``."""
-        if self.stochastic:
+        if self.stochastic and not self.frozen:
             low, _high = self.transform.band(self.tau)
             return torch.sigmoid((self.phi - low) / self.sigma)
         last = self._last
@@ -242,9 +245,14 @@ class DiffPrune(BudgetedMethod):
         init: starting ``φ`` (default ``b``, the band's upper edge: every gate exactly 1).
         gate_lr: learning rate of the gates (default: the weights'; follows the schedule).
         per_example: with activation gates in stochastic mode, one noise draw per example.
-        target: a sparsity or ``{"flops": f}`` budget that ``λ`` is adapted to reach.
-        lam_rate: ``η`` of the λ adaptation (:class:`~learnprune.budget.LambdaController`).
-        lam_down_rate: ``η`` once the budget is exceeded (default ``50 η``): a closed gate
+        target: a sparsity or ``{"flops": f}`` budget that ``λ`` is driven to reach.
+        schedule, controller, finish, multiplier_lr, begin_step, end_step: how the
+            target is reached (:mod:`learnprune.methods.budgeted`, :mod:`learnprune.budget`);
+            ``multiplier_lr`` is ``η₁ = η₂`` of the ``"lagrangian"`` controller (default
+            3: 300-step LeNet-300-100 run at 0.95: 0.972 when the finish came (1: 0.922,
+            10: 0.998); 5 epochs: 0.959, mean gap 5.4 points).
+        lam_rate: ``η`` of the ``"integral"`` controller (``k_i / 100`` of ``"pi"``).
+        lam_down_rate: ``"integral"``'s ``η`` past the budget (default ``50 η``): a closed gate
             seldom reopens, so λ must fall fast once the target is reached or the sparsity
             overshoots it (LeNet-300-100, target 0.9: 96.3% with a symmetric η).
         exclude: layers left dense (``fnmatch`` patterns).
@@ -265,10 +273,10 @@ class DiffPrune(BudgetedMethod):
         "init",
         "gate_lr",
         "per_example",
-        "target",
         "lam_rate",
         "lam_down_rate",
         "exclude",
+        *BUDGET_OPTIONS,
     )
 
     def __init__(
@@ -291,6 +299,12 @@ class DiffPrune(BudgetedMethod):
         exclude: Sequence[str] = (),
         input_shape: Sequence[int] | None = None,
         example_inputs: Any = None,
+        schedule: str = "cubic",
+        controller: str = "lagrangian",
+        finish: str = "exact",
+        multiplier_lr: float = 3.0,
+        begin_step: int = 0,
+        end_step: int | None = None,
     ) -> None:
         self.lam = validation.non_negative("lam", lam)
         self.mode = validation.choice("mode", mode, MODES)
@@ -304,7 +318,15 @@ class DiffPrune(BudgetedMethod):
         self.gate_lr = None if gate_lr is None else validation.positive("gate_lr", gate_lr)
         if not isinstance(per_example, bool):
             raise ConfigError(f"per_example must be true or false, got {per_example!r}")
-        self.set_target(target)
+        self.set_target(
+            target,
+            schedule=schedule,
+            controller=controller,
+            finish=finish,
+            multiplier_lr=multiplier_lr,
+            begin_step=begin_step,
+            end_step=end_step,
+        )
         self.on_activations = isinstance(groups, str) and groups.strip().lower() in (
             "activation",
             "activations",
@@ -373,6 +395,17 @@ class DiffPrune(BudgetedMethod):
             for gate in self.gates.values():
                 gate.phi.clamp_(low, high)
         self.update_lambda()
+
+    def gate_scores(self, gate: GroupGate) -> Tensor:
+        return gate.phi  # z = T(φ), monotone in φ
+
+    def fix_gate(self, gate: GroupGate, keep: Tensor) -> None:
+        """Kept: ``φ`` unchanged where ``z > 0`` (its value stays folded), ``b`` (``z = 1``)
+        where the finish opens it; dropped: ``φ = 2a`` (``z = 0``)."""
+        _low, high = self.transform.band(self.tau)
+        phi = gate.phi
+        opened = torch.where(gate.deterministic() > 0, phi, torch.full_like(phi, high))
+        phi.copy_(torch.where(keep, opened, torch.full_like(phi, self.phi_range[0])))
 
     def masks(self) -> dict[str, Tensor]:
         if self.on_activations:

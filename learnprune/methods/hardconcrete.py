@@ -48,7 +48,7 @@ from learnprune.errors import ConfigError
 from learnprune.groups import GroupPlan, GroupSet, model_input_shape
 from learnprune.masking import GroupGate, raw_tensor
 from learnprune.methods.base import TrainingContext, model_device
-from learnprune.methods.budgeted import BudgetedMethod
+from learnprune.methods.budgeted import BUDGET_OPTIONS, BudgetedMethod
 
 GAMMA, ZETA, EPSILON = -0.1, 1.1, 1e-6
 LOG_ALPHA_RANGE = (math.log(1e-2), math.log(1e2))
@@ -65,13 +65,14 @@ class HardConcreteGate(GroupGate):
         self.log_alpha = nn.Parameter(torch.empty(group_set.num_groups).normal_(mean, 1e-2))
         self.temperature = temperature
         self.register_buffer("u", torch.full((group_set.num_groups,), 0.5), persistent=False)
+        self.frozen = False  # after the exact finish: the test-time gate in training too
 
     def draw(self) -> None:
         """New uniform noise ``u ~ U(ε, 1 − ε)`` for the next forward pass."""
         self.u = torch.empty_like(self.u).uniform_(EPSILON, 1 - EPSILON)
 
     def forward(self) -> Tensor:
-        if self.training:
+        if self.training and not self.frozen:
             u = self.u
             s = torch.sigmoid((torch.log(u) - torch.log(1 - u) + self.log_alpha) / self.temperature)
         else:
@@ -110,7 +111,12 @@ class HardConcrete(BudgetedMethod):
             FLOPs instead of its size, mean weight 1).
         target: a sparsity or ``{"flops": f}`` budget that ``λ`` is scaled to reach,
             measured on the test-time gates (the final model).
-        lam_rate: ``η`` of the adaptation (:class:`~learnprune.budget.LambdaController`).
+        schedule, controller, finish, multiplier_lr, begin_step, end_step: how the
+            target is reached (:mod:`learnprune.methods.budgeted`, :mod:`learnprune.budget`);
+            ``multiplier_lr`` is ``η₁ = η₂`` of the ``"lagrangian"`` controller (default
+            10: with Adam at 10⁻³ log α moves about 10⁻³ a step whatever λ, so the gain
+            matters little; the exact finish lands the budget).
+        lam_rate: ``η`` of the ``"integral"`` controller (``k_i / 100`` of ``"pi"``).
         exclude: layers left dense; input_shape: one example's shape; example_inputs: the
             model's real inputs for coupled groups and the classifier (token ids).
     """
@@ -124,9 +130,9 @@ class HardConcrete(BudgetedMethod):
         "droprate_init",
         "temperature",
         "penalty",
-        "target",
         "lam_rate",
         "exclude",
+        *BUDGET_OPTIONS,
     )
 
     def __init__(
@@ -145,13 +151,27 @@ class HardConcrete(BudgetedMethod):
         exclude: Sequence[str] = (),
         input_shape: Sequence[int] | None = None,
         example_inputs: Any = None,
+        schedule: str = "cubic",
+        controller: str = "lagrangian",
+        finish: str = "exact",
+        multiplier_lr: float = 10.0,
+        begin_step: int = 0,
+        end_step: int | None = None,
     ) -> None:
         self.weight_decay = validation.non_negative("weight_decay", weight_decay)
         self.n_train = validation.integer("n_train", n_train, minimum=1)
         self.temperature = validation.positive("temperature", temperature)
         self.penalty = validation.choice("penalty", penalty, PENALTIES)
         self._lam_option, self._drop_option = lam, droprate_init
-        self.set_target(target)
+        self.set_target(
+            target,
+            schedule=schedule,
+            controller=controller,
+            finish=finish,
+            multiplier_lr=multiplier_lr,
+            begin_step=begin_step,
+            end_step=end_step,
+        )
         super().__init__(
             model, groups, exclude=exclude, input_shape=input_shape, example_inputs=example_inputs
         )
@@ -235,6 +255,31 @@ class HardConcrete(BudgetedMethod):
         self.update_lambda()
 
     @torch.no_grad()
+    def tracked_budget(self) -> float:
+        """The *expected* budget, ``Σ_g c_g (1 − P(z_g ≠ 0))`` over the whole (as CoFi
+        pruning's constraint): test-time gates close only once ``log α < −2.4``, so the
+        final model's budget moves in one late jump that a controller cannot track."""
+        removed = float(
+            sum(
+                costs.weighted_sum(self.budget_costs[name], 1.0 - gate.prob_open())
+                for name, gate in self.gates.items()
+            )
+        )
+        whole = self.budget_total if self.budget_kind == "flops" else self.total_weights
+        return removed / whole if whole else 0.0
+
+    def gate_scores(self, gate: GroupGate) -> Tensor:
+        return gate.log_alpha  # the test-time gate is monotone in log α
+
+    def fix_gate(self, gate: GroupGate, keep: Tensor) -> None:
+        """Kept: ``log α`` unchanged where the test-time gate is open, ``log 100`` (gate 1)
+        where the finish opens it; dropped: ``log 0.01`` (gate 0)."""
+        low, high = LOG_ALPHA_RANGE
+        log_alpha = gate.log_alpha
+        opened = torch.where(gate.test_time() > 0, log_alpha, torch.full_like(log_alpha, high))
+        log_alpha.copy_(torch.where(keep, opened, torch.full_like(log_alpha, low)))
+
+    @torch.no_grad()
     def expected_l0_and_flops(self) -> tuple[float, float | None]:
         """``E[L0] = Σ_g P(z_g ≠ 0) n_g`` over the gated parameters, plus the ungated biases
         of gated layers (as the reference counts them), and ``E[FLOPs] = Σ_g P(z_g ≠ 0) ·
@@ -267,7 +312,7 @@ class HardConcrete(BudgetedMethod):
     def from_options(
         cls, model: nn.Module, options: Mapping[str, Any], context: TrainingContext
     ) -> HardConcrete:
-        options = dict(options)
+        options = cls.budget_steps(dict(options), context)
         if "n_train" not in options and context.train_size is not None:
             options["n_train"] = context.train_size
         return cls(model, input_shape=context.input_shape, **options)

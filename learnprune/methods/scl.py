@@ -69,7 +69,7 @@ from learnprune import costs, validation
 from learnprune.errors import ConfigError
 from learnprune.groups import GroupSet
 from learnprune.masking import GroupGate
-from learnprune.methods.budgeted import BudgetedMethod
+from learnprune.methods.budgeted import BUDGET_OPTIONS, BudgetedMethod
 
 ProxyDerivative = Callable[[Tensor, float], Tensor]
 
@@ -198,10 +198,16 @@ class SCL(BudgetedMethod):
             the same schedule).
         mask_momentum: SGD momentum of the mask variables (default: the weights').
         target: a sparsity in ``[0, 1)`` or ``{"sparsity": s}`` / ``{"flops": f}`` (the
-            fraction of dense FLOPs to keep); ``λ`` is then adapted to reach it.
-        lam_rate: ``η`` of the λ adaptation (change of ``log λ`` per step per percentage
-            point of budget gap; the default moves λ by at most ×e^1.2 per 600-step epoch
-            at a gap of 10 points, slow enough for the masks to follow).
+            fraction of dense FLOPs to keep); ``λ`` is then driven to reach it
+            (:mod:`learnprune.methods.budgeted`); ``lam`` is the controller's scale.
+        lam_rate: ``η`` of the ``"integral"`` controller and ``k_i / 100`` of ``"pi"``
+            (change of ``log λ`` per step per percentage point of budget gap).
+        schedule, controller, finish, multiplier_lr, begin_step, end_step: how the
+            target is reached (:mod:`learnprune.methods.budgeted`, :mod:`learnprune.budget`);
+            ``multiplier_lr`` is ``η₁ = η₂`` of the ``"lagrangian"`` controller (default
+            10: 300-step LeNet-300-100 run at 0.95: 0.952 when the finish came, against
+            0.867 at 0.05 and 0.989 at 1; the PI controller 0.991, the integral one
+            0.018).
         keep_one: structured sets keep their best group open (beyond the paper: a set that
             closes completely disconnects the network for good).
         exclude: layers left dense (``fnmatch`` patterns).
@@ -220,10 +226,10 @@ class SCL(BudgetedMethod):
         "init",
         "mask_lr",
         "mask_momentum",
-        "target",
         "lam_rate",
         "keep_one",
         "exclude",
+        *BUDGET_OPTIONS,
     )
 
     def __init__(
@@ -244,6 +250,12 @@ class SCL(BudgetedMethod):
         exclude: Sequence[str] = (),
         input_shape: Sequence[int] | None = None,
         example_inputs: Any = None,
+        schedule: str = "cubic",
+        controller: str = "lagrangian",
+        finish: str = "exact",
+        multiplier_lr: float = 10.0,
+        begin_step: int = 0,
+        end_step: int | None = None,
     ) -> None:
         self.ste = validation.choice("ste", ste, tuple(STE_PROXIES))
         self.ste_slope = validation.positive("ste_slope", ste_slope)
@@ -256,7 +268,15 @@ class SCL(BudgetedMethod):
             if mask_momentum is None
             else validation.non_negative("mask_momentum", mask_momentum)
         )
-        self.set_target(target)
+        self.set_target(
+            target,
+            schedule=schedule,
+            controller=controller,
+            finish=finish,
+            multiplier_lr=multiplier_lr,
+            begin_step=begin_step,
+            end_step=end_step,
+        )
         if not isinstance(keep_one, bool):
             raise ConfigError(f"keep_one must be true or false, got {keep_one!r}")
         self.keep_one = keep_one
@@ -271,9 +291,7 @@ class SCL(BudgetedMethod):
             gate.mask_variable.register_post_accumulate_grad_hook(self._mark_pending(name))
             for name, gate in self.gates.items()
         ]
-        self._step_hook = register_optimizer_step_pre_hook(
-            _process_before_step(weakref.ref(self))
-        )
+        self._step_hook = register_optimizer_step_pre_hook(_process_before_step(weakref.ref(self)))
         weakref.finalize(self, self._step_hook.remove)
 
     # --- gates ------------------------------------------------------------------------
@@ -357,6 +375,16 @@ class SCL(BudgetedMethod):
 
     def kept_indicator(self, gate: GroupGate) -> Tensor:
         return gate.current_mask()  # M of the last forward pass when S has not changed
+
+    def gate_scores(self, gate: GroupGate) -> Tensor:
+        return gate.mask_variable  # M = 1[S > 0]: S is the score
+
+    def fix_gate(self, gate: GroupGate, keep: Tensor) -> None:
+        """``S = +c`` where kept, ``−c`` where dropped (``c`` the initial value)."""
+        gate.mask_variable.copy_(torch.where(keep, self.init, -self.init))
+
+    def finish_protects(self, group_set: GroupSet) -> bool:
+        return self.keep_one and group_set.kind != "element"
 
     def finalize(self) -> nn.Module:
         self._step_hook.remove()
