@@ -91,11 +91,11 @@ from learnprune.groups import (
     describe_inputs,
     evaluation_mode,
     first_example,
+    first_transposed_linear,
     is_prunable_layer,
     layer_features,
     model_input_shape,
     scatter_values,
-    transposed_linear_types,
     weight_axes,
 )
 from learnprune.masking import gated_tensors
@@ -380,8 +380,7 @@ def _compact_channels(
     if not in_place:
         _refuse_unsupported(model)
     if not any(True for _ in _prunable(model)):
-        transposed = transposed_linear_types()
-        holder = next((n for n, m in model.named_modules() if isinstance(m, transposed)), None)
+        holder = first_transposed_linear(model)
         if holder is not None:
             raise UnsupportedModelError(
                 f"compact: outside attention and MLP blocks the channel pass cuts through "

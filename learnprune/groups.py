@@ -594,10 +594,15 @@ def build_groups(
     return plan
 
 
+def first_transposed_linear(model: nn.Module) -> str | None:
+    """The name of the first transposed Linear (``Conv1D``) in ``model``, if any."""
+    transposed = transposed_linear_types()
+    return next((n for n, m in model.named_modules() if isinstance(m, transposed)), None)
+
+
 def _refuse_transposed_linears(model: nn.Module) -> None:
     """``coupled`` groups come from Torch-Pruning, whose graph does not know ``Conv1D``."""
-    transposed = transposed_linear_types()
-    holder = next((n for n, m in model.named_modules() if isinstance(m, transposed)), None)
+    holder = first_transposed_linear(model)
     if holder is not None:
         raise UnsupportedModelError(
             f"coupled groups: Torch-Pruning's dependency graph does not know transformers' "
