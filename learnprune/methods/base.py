@@ -23,7 +23,7 @@ from typing import Any, ClassVar
 import torch
 from torch import Tensor, nn
 
-from learnprune import masking
+from learnprune import masking, validation
 from learnprune.accounting import prunable_modules
 from learnprune.errors import CheckpointError, ConfigError
 from learnprune.groups import GroupPlan, GroupSet, build_groups
@@ -45,6 +45,32 @@ class TrainingContext:
         """The step reached after ``epochs`` (fractional) epochs; with ``max_steps`` the
         run is compressed into ``total_steps`` and so are the method's schedules."""
         return round(epochs / self.epochs * self.total_steps)
+
+    def phase_steps(
+        self, options: dict[str, Any], *, allow_equal: bool, reason: str = ""
+    ) -> tuple[int, int]:
+        """``(begin_step, end_step)`` of a method's phase from the recipe options
+        ``begin_epoch`` (default 0) and ``end_epoch`` (default three quarters of the run),
+        both popped from ``options``; ``end_step`` is at least ``begin_step + 1``.
+
+        Raises:
+            ConfigError: an epoch out of range, ``end_epoch`` after the last epoch, or
+                ``begin_epoch`` after ``end_epoch`` (or equal to it, unless
+                ``allow_equal``); ``reason`` ends that message.
+        """
+        begin = validation.non_negative("begin_epoch", options.pop("begin_epoch", 0))
+        end_given = "end_epoch" in options
+        end = validation.positive("end_epoch", options.pop("end_epoch", 0.75 * self.epochs))
+        if end > self.epochs:
+            raise ConfigError(f"end_epoch {end:g} is after the last epoch {self.epochs}")
+        if begin > end or (begin == end and not allow_equal):
+            raise ConfigError(
+                f"begin_epoch {begin:g} is {'after' if begin > end else 'not before'} "
+                f"end_epoch {end:g}"
+                + ("" if end_given else " (the default: three quarters of the run)")
+                + reason
+            )
+        return self.steps(begin), max(self.steps(end), self.steps(begin) + 1)
 
 
 class PruningMethod:

@@ -59,8 +59,9 @@ class BudgetedMethod(PruningMethod):
     finish: str = "none"
     finished: bool = False
     achieved_at_finish: float | None = None
-    _fixed_values: list[Tensor]
     """The budget the learned gates had reached when the exact finish set it."""
+    _fixed_values: list[Tensor]
+    """The method's parameters as the exact finish left them (written back each step)."""
 
     def set_target(
         self,
@@ -314,18 +315,9 @@ class BudgetedMethod(PruningMethod):
         """Recipe options in epochs -> steps: ``begin_epoch`` (default 0) and ``end_epoch``
         (default three quarters of the run, as GMP's) become ``begin_step``/``end_step``."""
         options = dict(options)
-        begin = validation.non_negative("begin_epoch", options.pop("begin_epoch", 0))
-        end_given = "end_epoch" in options
-        end = validation.positive("end_epoch", options.pop("end_epoch", 0.75 * context.epochs))
-        if end > context.epochs:
-            raise ConfigError(f"end_epoch {end:g} is after the last epoch {context.epochs}")
-        if begin >= end:
-            raise ConfigError(
-                f"begin_epoch {begin:g} is not before end_epoch {end:g}"
-                + ("" if end_given else " (the default: three quarters of the run)")
-            )
-        options["begin_step"] = context.steps(begin)
-        options["end_step"] = max(context.steps(end), context.steps(begin) + 1)
+        options["begin_step"], options["end_step"] = context.phase_steps(
+            options, allow_equal=False
+        )
         return options
 
     @classmethod

@@ -258,21 +258,13 @@ class GMP(_MagnitudePruning):
         options = dict(options)
         if options.get("target") is None:
             raise ConfigError("gmp needs a target sparsity in [0, 1), e.g. --target 0.9")
-        begin = validation.non_negative("begin_epoch", options.pop("begin_epoch", 0))
-        end_given = "end_epoch" in options
-        end = validation.positive("end_epoch", options.pop("end_epoch", 0.75 * context.epochs))
-        if end > context.epochs:
-            raise ConfigError(f"end_epoch {end} is after the last epoch {context.epochs}")
-        if begin > end:
-            raise ConfigError(
-                f"begin_epoch {begin:g} is after end_epoch {end:g}"
-                + ("" if end_given else " (the default: three quarters of the run)")
-                + "; pruning must begin before it ends"
-            )
+        begin_step, end_step = context.phase_steps(
+            options, allow_equal=True, reason="; pruning must begin before it ends"
+        )
         return cls(
             model,
-            begin_step=context.steps(begin),
-            end_step=max(context.steps(end), context.steps(begin) + 1),
+            begin_step=begin_step,
+            end_step=end_step,
             input_shape=context.input_shape,
             **options,
         )
