@@ -184,3 +184,56 @@ def test_cli_refuses_a_bad_hardconcrete_option_in_one_line(tmp_path) -> None:
     lines = [line for line in err.getvalue().splitlines() if line.strip()]
     assert len(lines) == 1 and "droprate_init" in lines[0] and "Traceback" not in lines[0]
     assert not (tmp_path / "run").exists()
+
+
+def test_exact_finish_ranks_what_log_alpha_learned_across_sets() -> None:
+    # two element sets, drop rates 0.2 and 0.5: log α starts at log 4 = 1.386 and at 0.
+    # Ranked by log α itself the first set's head start would take all 5 kept places.
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(3, 2), nn.ReLU(), nn.Linear(2, 2))
+    method = HardConcrete(model, "element", droprate_init=[0.2, 0.5], target=0.5, end_step=10)
+    first, second = method.plan.sets
+    learned = {first.name: [0.3, -0.2, -0.1, 0.0, -0.4, -0.5], second.name: [0.2, 0.1, -0.05, 0.25]}
+    with torch.no_grad():
+        for name, delta in learned.items():
+            gate = method.gates[name]
+            gate.log_alpha.copy_(gate.init_mean + torch.tensor(delta))
+    assert method.gates[first.name].init_mean == pytest.approx(math.log(4.0))
+    assert method.gate_scores(method.gates[first.name]).tolist() == pytest.approx(
+        learned[first.name], abs=1e-6
+    )
+    keep = method.exact_keep()  # 5 of 10 weights, the five largest learned changes
+    assert keep[first.name].tolist() == [True, False, False, True, False, False]
+    assert keep[second.name].tolist() == [True, True, False, True]
+
+
+def test_exact_finish_opens_kept_gates_and_folds_their_value_into_the_weights() -> None:
+    model = nn.Sequential(nn.Linear(2, 2))
+    method = HardConcrete(model, "element", target=0.25, end_step=1)
+    name = method.plan.sets[0].name
+    with torch.no_grad():
+        model[0].parametrizations.weight.original.copy_(torch.tensor([[1.0, 2.0], [3.0, 4.0]]))
+        method.gates[name].log_alpha.copy_(torch.tensor([0.0, 2.0, -1.0, -3.0]))
+    # z̄ = clamp(1.2 σ(log α) − 0.1, 0, 1) = 0.5, 0.95696, 0.22271, 0 (closed at test time)
+    z_bar = [1.2 * _sigmoid(v) - 0.1 for v in (0.0, 2.0, -1.0)] + [0.0]
+    with torch.no_grad():
+        method.fix_gate(method.gates[name], torch.tensor([True, False, True, True]))
+    raw = model[0].parametrizations.weight.original
+    # kept and open: θ ← z̄ θ; dropped: unchanged (its gate is 0); kept but closed: opened as is
+    expected = [[1.0 * z_bar[0], 2.0], [3.0 * z_bar[2], 4.0]]
+    assert raw.tolist() == [pytest.approx(row) for row in expected]
+    gate = method.gates[name]
+    assert gate.test_time().tolist() == [1.0, 0.0, 1.0, 1.0]
+    model.eval()  # the kept open weights compute what they did: 1 · z̄θ
+    assert model[0].weight.tolist() == [
+        pytest.approx(row) for row in [[0.5, 0.0], [3 * z_bar[2], 4.0]]
+    ]
+
+
+def test_gate_lr_is_the_log_alpha_groups_own_rate() -> None:
+    model = nn.Sequential(nn.Linear(2, 2))
+    assert "base_lr" not in HardConcrete(model).optimizer_groups()[0]  # the weights' rate
+    (group,) = HardConcrete(nn.Sequential(nn.Linear(2, 2)), gate_lr=0.05).optimizer_groups()
+    assert group["base_lr"] == 0.05 and group["weight_decay"] == 0.0
+    with pytest.raises(ConfigError):
+        HardConcrete(nn.Sequential(nn.Linear(2, 2)), gate_lr=0.0)
