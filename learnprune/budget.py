@@ -251,12 +251,13 @@ def make_controller(
     rate: float,
     down_rate: float | None = None,
     multiplier_lr: float = 0.05,
+    quadratic_lr: float | None = None,
 ) -> Controller:
     """The controller named ``kind`` (:data:`CONTROLLERS`) starting from ``λ = lam``."""
     kind = validation.choice("controller", kind, CONTROLLERS)
     lam = max(lam, 1e-8)
     if kind == "lagrangian":
-        return LagrangianController(lam, multiplier_lr)
+        return LagrangianController(lam, multiplier_lr, quadratic_lr)
     if kind == "pi":
         return PIController(lam, gain_i=rate * 100.0)
     return LambdaController(lam, final, rate, down_rate=down_rate)

@@ -200,3 +200,16 @@ def test_300_step_run_lands_on_the_budget(tmp_path, name: str) -> None:
     final = json.loads((out / "final.json").read_text())
     assert final["finish"] == "exact" and final["budget"]["end_step"] == 225
     assert final["sparsity"] == pytest.approx(0.95, abs=1e-3)
+
+
+def test_quadratic_lr_is_the_lagrangian_eta_2_per_method() -> None:
+    scl = SCL(
+        nn.Sequential(nn.Linear(4, 2)), lam=2.0, target=0.5, multiplier_lr=0.5, quadratic_lr=1.0
+    )
+    # the hand case above through the recipe options: λ = 2 (0.1 + 2 · 0.04 · 0.2) = 0.232
+    assert scl.controller.update(0.3, 0.5) == pytest.approx(0.232)
+    assert SCL(nn.Sequential(nn.Linear(4, 2)), target=0.5).controller.quadratic_lr == 100.0
+    diffprune = DiffPrune(nn.Sequential(nn.Linear(4, 2)), target=0.5)
+    assert diffprune.controller.quadratic_lr == diffprune.controller.lr == 3.0  # η₂ = η₁
+    with pytest.raises(ConfigError):
+        SCL(nn.Sequential(nn.Linear(4, 2)), target=0.5, quadratic_lr=-1.0)

@@ -38,6 +38,7 @@ BUDGET_OPTIONS = (
     "controller",
     "finish",
     "multiplier_lr",
+    "quadratic_lr",
     "begin_epoch",
     "end_epoch",
 )
@@ -71,10 +72,14 @@ class BudgetedMethod(PruningMethod):
         controller: str = "lagrangian",
         finish: str = "exact",
         multiplier_lr: float = 0.05,
+        quadratic_lr: float | None = None,
         begin_step: int = 0,
         end_step: int | None = None,
     ) -> None:
         """Check and keep ``target`` and how it is reached (raises ConfigError).
+
+        ``multiplier_lr`` and ``quadratic_lr`` are ``η₁`` and ``η₂`` of the
+        ``"lagrangian"`` controller (``quadratic_lr=None``: ``η₂ = η₁``).
 
         ``end_step=None`` (a run of unknown length): the target is demanded from
         ``begin_step`` on and the exact finish happens at :meth:`finalize`.
@@ -86,6 +91,9 @@ class BudgetedMethod(PruningMethod):
             validation.choice("finish", finish, budget.FINISHES) if self.budget else "none"
         )
         self.multiplier_lr = validation.positive("multiplier_lr", multiplier_lr)
+        self.quadratic_lr = (
+            None if quadratic_lr is None else validation.non_negative("quadratic_lr", quadratic_lr)
+        )
         begin = validation.integer("begin_step", begin_step)
         end = None if end_step is None else validation.integer("end_step", end_step)
         self.schedule = (
@@ -115,6 +123,7 @@ class BudgetedMethod(PruningMethod):
                 rate=lam_rate,
                 down_rate=down_rate,
                 multiplier_lr=self.multiplier_lr,
+                quadratic_lr=self.quadratic_lr,
             )
             if self.budget
             else None
@@ -315,9 +324,7 @@ class BudgetedMethod(PruningMethod):
         """Recipe options in epochs -> steps: ``begin_epoch`` (default 0) and ``end_epoch``
         (default three quarters of the run, as GMP's) become ``begin_step``/``end_step``."""
         options = dict(options)
-        options["begin_step"], options["end_step"] = context.phase_steps(
-            options, allow_equal=False
-        )
+        options["begin_step"], options["end_step"] = context.phase_steps(options, allow_equal=False)
         return options
 
     @classmethod

@@ -246,9 +246,10 @@ class DiffPrune(BudgetedMethod):
         gate_lr: learning rate of the gates (default: the weights'; follows the schedule).
         per_example: with activation gates in stochastic mode, one noise draw per example.
         target: a sparsity or ``{"flops": f}`` budget that ``λ`` is driven to reach.
-        schedule, controller, finish, multiplier_lr, begin_step, end_step: how the
-            target is reached (:mod:`learnprune.methods.budgeted`, :mod:`learnprune.budget`);
-            ``multiplier_lr`` is ``η₁ = η₂`` of the ``"lagrangian"`` controller (default
+        schedule, controller, finish, multiplier_lr, quadratic_lr, begin_step, end_step:
+            how the target is reached (:mod:`learnprune.methods.budgeted`,
+            :mod:`learnprune.budget`); ``multiplier_lr`` and ``quadratic_lr`` are ``η₁``
+            and ``η₂`` (default ``η₁``) of the ``"lagrangian"`` controller (``η₁`` default
             3: 300-step LeNet-300-100 run at 0.95: 0.972 when the finish came (1: 0.922,
             10: 0.998); 5 epochs: 0.959, mean gap 5.4 points).
         lam_rate: ``η`` of the ``"integral"`` controller (``k_i / 100`` of ``"pi"``).
@@ -303,6 +304,7 @@ class DiffPrune(BudgetedMethod):
         controller: str = "lagrangian",
         finish: str = "exact",
         multiplier_lr: float = 3.0,
+        quadratic_lr: float | None = None,
         begin_step: int = 0,
         end_step: int | None = None,
     ) -> None:
@@ -324,6 +326,7 @@ class DiffPrune(BudgetedMethod):
             controller=controller,
             finish=finish,
             multiplier_lr=multiplier_lr,
+            quadratic_lr=quadratic_lr,
             begin_step=begin_step,
             end_step=end_step,
         )

@@ -112,9 +112,10 @@ class HardConcrete(BudgetedMethod):
             FLOPs instead of its size, mean weight 1).
         target: a sparsity or ``{"flops": f}`` budget that ``λ`` is scaled to reach,
             measured on the test-time gates (the final model).
-        schedule, controller, finish, multiplier_lr, begin_step, end_step: how the
-            target is reached (:mod:`learnprune.methods.budgeted`, :mod:`learnprune.budget`);
-            ``multiplier_lr`` is ``η₁ = η₂`` of the ``"lagrangian"`` controller (default
+        schedule, controller, finish, multiplier_lr, quadratic_lr, begin_step, end_step:
+            how the target is reached (:mod:`learnprune.methods.budgeted`,
+            :mod:`learnprune.budget`); ``multiplier_lr`` and ``quadratic_lr`` are ``η₁``
+            and ``η₂`` (default ``η₁``) of the ``"lagrangian"`` controller (``η₁`` default
             10: with Adam at 10⁻³ log α moves about 10⁻³ a step whatever λ, so the gain
             matters little; the exact finish lands the budget).
         lam_rate: ``η`` of the ``"integral"`` controller (``k_i / 100`` of ``"pi"``).
@@ -159,6 +160,7 @@ class HardConcrete(BudgetedMethod):
         controller: str = "lagrangian",
         finish: str = "exact",
         multiplier_lr: float = 10.0,
+        quadratic_lr: float | None = None,
         begin_step: int = 0,
         end_step: int | None = None,
     ) -> None:
@@ -174,6 +176,7 @@ class HardConcrete(BudgetedMethod):
             controller=controller,
             finish=finish,
             multiplier_lr=multiplier_lr,
+            quadratic_lr=quadratic_lr,
             begin_step=begin_step,
             end_step=end_step,
         )
