@@ -237,3 +237,15 @@ def test_gate_lr_is_the_log_alpha_groups_own_rate() -> None:
     assert group["base_lr"] == 0.05 and group["weight_decay"] == 0.0
     with pytest.raises(ConfigError):
         HardConcrete(nn.Sequential(nn.Linear(2, 2)), gate_lr=0.0)
+
+
+def test_gate_lr_default_with_a_target_crosses_the_clamp_range_within_the_phase() -> None:
+    def rate(**options) -> float | None:
+        (group,) = HardConcrete(nn.Sequential(nn.Linear(2, 2)), **options).optimizer_groups()
+        return group.get("base_lr")
+
+    # (log 100 − log 0.01) / (250 − 50) = 9.2103 / 200 = 0.046052
+    assert rate(target=0.9, begin_step=50, end_step=250) == pytest.approx(0.046052, abs=1e-6)
+    assert rate(target=0.9, end_step=20000) is None  # 4.6e-4 < 1e-3: the weights' rate
+    assert rate(end_step=250) is None  # no target: the reference recipe's rate
+    assert rate(target=0.9, end_step=250, gate_lr=0.002) == 0.002
