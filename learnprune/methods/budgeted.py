@@ -324,7 +324,9 @@ class BudgetedMethod(PruningMethod):
         """Recipe options in epochs -> steps: ``begin_epoch`` (default 0) and ``end_epoch``
         (default three quarters of the run, as GMP's) become ``begin_step``/``end_step``."""
         options = dict(options)
-        options["begin_step"], options["end_step"] = context.phase_steps(options, allow_equal=False)
+        options["begin_step"], options["end_step"] = context.phase_steps(
+            options, allow_equal=False
+        )
         return options
 
     @classmethod
