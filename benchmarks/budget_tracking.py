@@ -1,7 +1,8 @@
 """How well each budget controller tracks its target schedule, per step.
 
-For every learned method (SCL, DiffPrune, hard-concrete, each from its LeNet-300-100
-recipe) and every controller (``lagrangian``, ``pi``, ``integral``) this trains through
+For every learned method (SCL, DiffPrune, hard-concrete with one gate per weight as the
+other two, each from its LeNet-300-100 recipe; ``hardconcrete-units`` is the reference's
+input-unit gates) and every controller (``lagrangian``, ``pi``, ``integral``) this trains through
 the Python API and records, after every step, the scheduled target ``b_t`` and the
 budget the gates reach (sparsity, or the FLOPs share removed). It writes
 ``budget_tracking.json`` (the traces and a summary per run: the largest and mean gap
@@ -29,13 +30,19 @@ from learnprune import config as configs
 from learnprune import engine, runner
 from learnprune.methods.budgeted import BudgetedMethod
 
-METHODS = ("scl", "diffprune", "hardconcrete")
+RECIPES = {
+    "scl": "lenet300-scl",
+    "diffprune": "lenet300-diffprune",
+    "hardconcrete": "lenet300-hardconcrete-element",
+    "hardconcrete-units": "lenet300-hardconcrete",
+}
+METHODS = tuple(RECIPES)
 CONTROLLERS = ("lagrangian", "pi", "integral")
 
 
 def track(method_name: str, controller: str, args: argparse.Namespace) -> dict[str, Any]:
     """One run; ``{"trace": [(step, target, achieved), ...], "summary": {...}}``."""
-    recipe = configs.read_recipe(configs.find_recipe(f"lenet300-{method_name}"))
+    recipe = configs.read_recipe(configs.find_recipe(RECIPES[method_name]))
     run = configs.RunConfig.from_dict(recipe)
     options = dict(run.method_options, target=args.target, controller=controller)
     if args.multiplier_lr is not None:
@@ -101,7 +108,7 @@ def plot(result: dict[str, Any], path: Path, target: float) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--methods", nargs="+", default=list(METHODS))
+    parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS)
     parser.add_argument("--controllers", nargs="+", default=list(CONTROLLERS))
     parser.add_argument("--target", type=float, default=0.95)
     parser.add_argument("--epochs", type=int, default=1)
