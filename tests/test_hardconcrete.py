@@ -249,3 +249,18 @@ def test_gate_lr_default_with_a_target_crosses_the_clamp_range_within_the_phase(
     assert rate(target=0.9, end_step=20000) is None  # 4.6e-4 < 1e-3: the weights' rate
     assert rate(end_step=250) is None  # no target: the reference recipe's rate
     assert rate(target=0.9, end_step=250, gate_lr=0.002) == 0.002
+
+
+def test_tracked_budget_counts_a_gate_at_the_floor_as_closed() -> None:
+    # P(z ≠ 0) = σ(log α + β log 11): 0.047130 at log 10⁻², 0.997982 at log 10², 0.831822
+    # at 0; mapped onto [0, 1]: 0, 1 and (0.831822 − 0.047130)/0.950852 = 0.825251
+    method = HardConcrete(nn.Sequential(nn.Linear(2, 2)), "element", target=0.98, end_step=10)
+    gate = method.gates[method.plan.sets[0].name]
+    with torch.no_grad():
+        gate.log_alpha.copy_(torch.tensor([math.log(0.01), math.log(100.0), 0.0, 0.0]))
+    assert gate.open_share().tolist() == pytest.approx([0.0, 1.0, 0.825251, 0.825251], abs=1e-5)
+    # (1 + 0 + 2 (1 − 0.825251)) / 4; P itself would give 0.322811
+    assert method.tracked_budget() == pytest.approx(0.337374, abs=1e-5)
+    with torch.no_grad():
+        gate.log_alpha.fill_(math.log(0.01))
+    assert method.tracked_budget() == pytest.approx(1.0)  # so 0.98 is reachable (P: 0.953)

@@ -90,11 +90,23 @@ class HardConcreteGate(GroupGate):
     def keep(self) -> Tensor:
         return self.test_time() > 0
 
-    def prob_open(self) -> Tensor:
-        """``P(z ≠ 0) = σ(log α − β log(−γ/ζ))`` (the code's ``1 − cdf_qz(0)``)."""
+    def prob_open(self, log_alpha: Tensor | None = None) -> Tensor:
+        """``P(z ≠ 0) = σ(log α − β log(−γ/ζ))`` (the code's ``1 − cdf_qz(0)``), of the
+        gate's ``log α`` or of ``log_alpha``."""
+        log_alpha = self.log_alpha if log_alpha is None else log_alpha
         logit_q0 = math.log(-GAMMA / ZETA)
-        q0 = torch.sigmoid(logit_q0 * self.temperature - self.log_alpha).clamp(EPSILON, 1 - EPSILON)
+        q0 = torch.sigmoid(logit_q0 * self.temperature - log_alpha).clamp(EPSILON, 1 - EPSILON)
         return 1 - q0
+
+    def open_share(self) -> Tensor:
+        """``P(z ≠ 0)`` mapped onto ``[0, 1]`` over the clamp range of ``log α``:
+        ``(P − P_lo)/(P_hi − P_lo)``, ``P_lo, P_hi`` at ``log α = log 10⁻², log 10²``.
+
+        ``P_lo`` is 0.047 (β = 2/3): a gate as closed as it gets still counts 4.7 % open
+        in ``P``, so an expected sparsity above 0.953 is out of reach (a 0.98 target
+        raised ``λ`` for the whole phase and left most gates tied at the floor)."""
+        bounds = self.prob_open(torch.tensor(LOG_ALPHA_RANGE, device=self.log_alpha.device))
+        return (self.prob_open() - bounds[0]) / (bounds[1] - bounds[0])
 
 
 class HardConcrete(BudgetedMethod):
@@ -290,12 +302,14 @@ class HardConcrete(BudgetedMethod):
 
     @torch.no_grad()
     def tracked_budget(self) -> float:
-        """The *expected* budget, ``Σ_g c_g (1 − P(z_g ≠ 0))`` over the whole (as CoFi
-        pruning's constraint): test-time gates close only once ``log α < −2.4``, so the
-        final model's budget moves in one late jump that a controller cannot track."""
+        """The *expected* budget, ``Σ_g c_g (1 − P̃_g)`` over the whole (as CoFi pruning's
+        constraint), ``P̃_g`` the gate's :meth:`~HardConcreteGate.open_share` (``P(z ≠ 0)``
+        over its reachable range, so every target is reachable): test-time gates close
+        only once ``log α < −2.4``, so the final model's budget moves in one late jump that
+        a controller cannot track."""
         removed = float(
             sum(
-                costs.weighted_sum(self.budget_costs[name], 1.0 - gate.prob_open())
+                costs.weighted_sum(self.budget_costs[name], 1.0 - gate.open_share())
                 for name, gate in self.gates.items()
             )
         )
