@@ -147,7 +147,9 @@ def main() -> None:
     parser.add_argument("--learn", type=float, default=8)
     parser.add_argument("--finetune", type=float, default=4)
     parser.add_argument(
-        "--one-seed-below", type=float, default=0.98,
+        "--one-seed-below",
+        type=float,
+        default=0.98,
         help="targets below this get seed 0 only (they make no claim)",
     )
     args = parser.parse_args()
