@@ -12,6 +12,8 @@ Protocol (one table, the same for every method):
 3. each run is a ``learnprune train`` subprocess (what a user runs), one thread, and
    writes its ``final.json``; a run whose ``final.json`` exists is skipped, so the
    script resumes where it stopped. The order is seed-major: seed 0 of every row first.
+   Several copies may run side by side on one ``OUT`` (one per core): each run is claimed
+   by a lock on ``OUT/<name>.lock``, and a copy skips the runs another holds.
 
 ``summary.json`` and ``table.md`` (mean ± std over the seeds that finished) are rewritten
 after every run.
@@ -24,6 +26,7 @@ after every run.
 from __future__ import annotations
 
 import argparse
+import fcntl
 import json
 import os
 import statistics
@@ -178,11 +181,21 @@ def main() -> None:
                 name = f"{method}-{target:g}-s{seed}"
                 if (args.out / name / "final.json").is_file():
                     continue
+                lock = (args.out / f"{name}.lock").open("w")
+                try:
+                    fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                except BlockingIOError:  # another copy of this script runs it
+                    lock.close()
+                    continue
+                if (args.out / name / "final.json").is_file():  # finished meanwhile
+                    lock.close()
+                    continue
                 if (args.out / name).exists():  # an interrupted run: start it again
                     subprocess.call(["rm", "-rf", str(args.out / name)])
                 arguments = ["--recipe", recipes[method], "--init", str(dense), "--seed", str(seed)]
                 arguments += phase_arguments(method, target, args.learn, args.finetune)
                 code = train(arguments, args.out / name, args.out / f"{name}.log")
+                lock.close()
                 print(f"{name}: exit {code}", flush=True)
                 rows = summarise(args.out, args.methods, args.targets)
                 summary = {
