@@ -92,6 +92,12 @@ def _parser() -> argparse.ArgumentParser:
         "--exclude", action="append", help="layer name pattern to leave dense (repeatable)"
     )
     train.add_argument("--init", help="start from the weights of a run directory or a .pt file")
+    train.add_argument(
+        "--phases",
+        metavar="W,L,F",
+        help="epochs of dense warm-up, mask learning and fine-tuning with the mask fixed; "
+        "they replace the recipe's epochs and its method's begin/end/prune_epoch",
+    )
     train.add_argument("--max-steps", type=int, help="stop after this many steps (smoke runs)")
     train.add_argument(
         "--train-subset", type=int, help="train on a fixed random subset of N examples"
@@ -102,7 +108,8 @@ def _parser() -> argparse.ArgumentParser:
         action="append",
         default=[],
         metavar="KEY=VALUE",
-        help="override any recipe key, e.g. train.lr=0.05 or method.end_epoch=10",
+        help="override any recipe key, e.g. train.lr=0.05, method.end_epoch=10 or "
+        "train.phases=[1,8,3] (as --phases)",
     )
     train.add_argument(
         "--out", help="run directory to create (default runs/<model>-<method>-<time>)"
@@ -346,8 +353,9 @@ def _check_output_paths(args: argparse.Namespace) -> None:
 
 
 def _train(args: argparse.Namespace) -> int:
-    from learnprune.config import RunConfig, apply_overrides, read_recipe
+    from learnprune.config import RunConfig, apply_overrides, apply_phases, read_recipe
     from learnprune.distributed import on_main
+    from learnprune.phases import Phases
     from learnprune.runner import read_run_config
     from learnprune.validation import output_directory
 
@@ -367,6 +375,7 @@ def _train(args: argparse.Namespace) -> int:
                 "init",
                 "batch_size",
                 "max_steps",
+                "phases",
             )
             if getattr(args, flag) is not None
         ] + (["set"] if args.set else [])
@@ -379,6 +388,10 @@ def _train(args: argparse.Namespace) -> int:
         out: Path | None = Path(args.resume)
     else:
         raw: dict[str, Any] = read_recipe(args.recipe) if args.recipe else {}
+        sets = _parsed_sets(args.set)
+        phases = args.phases if args.phases is not None else sets.pop(("train", "phases"), None)
+        if phases is not None:  # the phases replace the recipe's epochs and method timing
+            raw = apply_phases(raw, Phases.parse(phases))
         overrides: dict[tuple[str, ...], Any] = {
             ("method",): args.method,
             ("model",): args.model,
@@ -399,7 +412,7 @@ def _train(args: argparse.Namespace) -> int:
             ("method", "groups"): args.groups,
             ("method", "exclude"): args.exclude,
         }
-        overrides.update(_parsed_sets(args.set))
+        overrides.update(sets)
         config = RunConfig.from_dict(apply_overrides(raw, overrides))
         config.validate()
         if (config.method == "dense") and any(
