@@ -232,6 +232,22 @@ def _parser() -> argparse.ArgumentParser:
     )
     compare.add_argument("--path-epochs", default="5,10,20", help="DessiLBI: path epochs")
     compare.add_argument("--epochs", type=int, help="replace the recipe's number of epochs")
+    compare.add_argument(
+        "--phases",
+        metavar="W,L,F",
+        help="the same epochs of warm-up, mask learning and fine-tuning for every method",
+    )
+    start = compare.add_mutually_exclusive_group()
+    start.add_argument(
+        "--init", metavar="RUN_DIR", help="start every method from these weights (model.pt)"
+    )
+    start.add_argument(
+        "--dense-epochs",
+        type=_positive_int,
+        metavar="N",
+        help="train one dense model for N epochs first (into OUT/dense-start) and start "
+        "every method from it",
+    )
     compare.add_argument("--bench", action="store_true", help="also time every finished model")
     compare.add_argument("--out", required=True, help="sweep directory (resumed if it exists)")
     compare.add_argument("--no-progress", action="store_true")
@@ -602,14 +618,34 @@ def _bench(args: argparse.Namespace) -> int:
 
 
 def _compare(args: argparse.Namespace) -> int:
-    from learnprune.compare import parse_strengths, plan, run_sweep, write_results
-    from learnprune.config import read_recipe
+    from learnprune.compare import (
+        DENSE_START,
+        check_init,
+        dense_start_config,
+        parse_strengths,
+        plan,
+        run_or_resume,
+        run_sweep,
+        write_results,
+    )
+    from learnprune.config import apply_phases, read_recipe
     from learnprune.engine import configure_torch
+    from learnprune.phases import Phases
 
     configure_torch()
+    out = Path(args.out)
     base = read_recipe(args.recipe)
     if args.epochs is not None:
         base.setdefault("train", {})["epochs"] = args.epochs
+    dense_start = None
+    start: Path | None = None
+    if args.dense_epochs is not None:
+        dense_start = dense_start_config(base, args.dense_epochs)
+        start = out / DENSE_START
+    elif args.init is not None:
+        start = check_init(args.init)
+    if args.phases is not None:
+        base = apply_phases(base, Phases.parse(args.phases), args.epochs)
     try:
         targets = [float(v) for v in args.targets.split(",") if v.strip()]
     except ValueError:
@@ -623,8 +659,11 @@ def _compare(args: argparse.Namespace) -> int:
         targets,
         parse_strengths(args.strengths),
         _int_list("--path-epochs", args.path_epochs),
+        init=start,
     )
-    out = Path(args.out)
+    if dense_start is not None and start is not None:
+        print(f"compare: the dense start ({args.dense_epochs} epochs) in {start}")
+        run_or_resume(dense_start, start)
     print(f"compare: {len(planned)} runs in {out / 'runs'}")
     rows = run_sweep(planned, out, progress=not args.no_progress, bench=args.bench)
     title = f"learnprune compare: {base.get('model')} / {base.get('data')}"
