@@ -83,12 +83,15 @@ def method_recipe(base: Mapping[str, Any], method: str) -> dict[str, Any]:
     A shipped method recipe takes over the sweep's ``epochs`` (and ``train_subset``,
     ``max_steps``, ``device``); its schedule points given in epochs (``begin_epoch``,
     ``end_epoch``, learning-rate ``milestones``) are scaled to the new length. The sweep's
-    ``phases`` replace both (:func:`~learnprune.config.apply_phases`).
+    ``phases`` replace both (:func:`~learnprune.config.apply_phases`), and its
+    ``batch_size``, when it gives one, is every method's then: the same steps in each phase.
     """
     raw = _method_recipe(base, method)
     base_train = dict(base.get("train", {}))
     if base_train.get("phases") is not None:
         raw = apply_phases(raw, Phases.parse(base_train["phases"]), base_train.get("epochs"))
+        if "batch_size" in base_train:
+            raw["train"]["batch_size"] = base_train["batch_size"]
     return raw
 
 
@@ -222,11 +225,10 @@ def check_init(source: str | Path) -> Path:
 
     path = Path(source)
     weights = path / WEIGHTS if path.is_dir() else path
+    if not path.exists():
+        raise CheckpointError(f"--init {source}: no such run directory or weights file")
     if not weights.is_file():
-        raise CheckpointError(
-            f"--init {source}: no {weights.name} there (give a finished run directory or a "
-            "weights file)"
-        )
+        raise CheckpointError(f"--init {source}: no {weights.name} there (is the run finished?)")
     return path
 
 
