@@ -488,6 +488,7 @@ def _ticket(args: argparse.Namespace) -> int:
         raise ConfigError(f"{source} is a {found.method} run; tickets come from dessilbi runs")
     raw = found.as_dict()
     raw.pop("method_options")
+    raw["train"].pop("phases", None)  # a ticket retrains with its mask fixed throughout
     raw["method"] = {
         "name": "ticket",
         "source": str(source),

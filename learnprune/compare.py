@@ -201,6 +201,8 @@ def _check_method_builds(config: RunConfig) -> None:
         steps_per_epoch=100,
         total_steps=100 * epochs,
         input_shape=getattr(model, "input_shape", None),
+        pretrained=bool(config.init),
+        phases=config.train.run_phases,
     )
     build_method(config.method, model, config.method_options, context)
 

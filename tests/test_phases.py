@@ -155,7 +155,7 @@ def test_phases_beside_a_method_timing_or_without_a_fixed_mask_are_refused() -> 
         _built("scl", Phases(1, 2, 1), begin_epoch=1)
     with pytest.raises(ConfigError, match=r"train.phases and method.prune_epoch"):
         _built("magnitude", Phases(1, 2, 1), prune_epoch=1)
-    with pytest.raises(ConfigError, match=r"fine-tuning \(1 epochs\) needs the mask fixed"):
+    with pytest.raises(ConfigError, match=r"fine-tuning \(finetune = 1\) needs the mask fixed"):
         _built("scl", Phases(1, 2, 1), target=None)
     with pytest.raises(ConfigError, match=r"fine-tuning .* needs the mask fixed"):
         _built("diffprune", Phases(1, 2, 1), finish="none")
@@ -339,6 +339,10 @@ def test_compare_starts_every_method_from_one_dense_model(tmp_path, monkeypatch)
         (["--phases", "1,1,1", "--epochs", "2"], "epochs 2 does not match the phases"),
         (["--init", "nowhere"], "--init nowhere: no such run directory or weights file"),
         (["--dense-epochs", "0"], "expected a whole number >= 1"),
+        (
+            ["--methods", "scl", "--strengths", "scl=lam:0.01", "--phases", "1,1,1"],
+            "fine-tuning (finetune = 1) needs the mask fixed",
+        ),
         (["--init", "a", "--dense-epochs", "1"], "not allowed with argument"),
     ],
 )

@@ -344,7 +344,7 @@ class BudgetedMethod(PruningMethod):
             self._freeze()
         elif self.warming_up:
             self._hold_gates()  # the loaded gates: still their start values
-        else:
+        elif not self.finished:
             self._release_gates()
         self.achieved_at_finish = state.get("achieved_at_finish")
 
@@ -362,7 +362,7 @@ class BudgetedMethod(PruningMethod):
             and (options.get("target") is None or options.get("finish") == "none")
         ):
             raise ConfigError(
-                f"the phases' fine-tuning ({phases.finetune:g} epochs) needs the mask fixed, "
+                f"the phases' fine-tuning (finetune = {phases.finetune:g}) needs the mask fixed, "
                 'which the exact finish does: give a target (and finish = "exact") or '
                 "finetune = 0"
             )
