@@ -139,6 +139,7 @@ def test_budgeted_methods_learn_in_the_learning_phase(name: str) -> None:
     method = _built(name, Phases(1, 2, 1))
     assert (method.schedule.begin, method.schedule.end) == (10, 30)
     assert method.warming_up and method.current_lam == 0.0
+    assert "(dense to step 10, cubic to step 30," in method.describe()
 
 
 def test_gmp_prunes_over_the_learning_phase_and_magnitude_at_its_start() -> None:

@@ -160,7 +160,8 @@ class BudgetedMethod(PruningMethod):
 
     def budget_text(self) -> str:
         """``", target flops 0.7 (cubic to step 450, lagrangian, finish exact)"`` for
-        :meth:`describe` (empty without a target)."""
+        :meth:`describe` (empty without a target); after a warm-up ``"(dense to step 50,
+        cubic to step 450, ...)"``."""
         if not self.budget or self.schedule is None:
             return ""
         reach = (
@@ -168,6 +169,8 @@ class BudgetedMethod(PruningMethod):
             if self.schedule.end is not None and self.schedule.kind != "constant"
             else "constant"
         )
+        if self.learn_begin > 0:
+            reach = f"dense to step {self.learn_begin}, {reach}"
         return (
             f", target {self.budget[0]} {self.budget[1]:g} "
             f"({reach}, {self.controller_kind}, finish {self.finish})"
