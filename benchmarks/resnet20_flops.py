@@ -30,9 +30,11 @@ directory written under other settings is refused. At the end ``summary.json`` a
 
     python benchmarks/resnet20_flops.py --device cuda --seeds 0 1 2      # the full protocol
     python benchmarks/resnet20_flops.py --plan                            # what would run
+    python benchmarks/resnet20_flops.py --summarise                       # tables so far
 
-Exit status: 0 done (every learned row within 2% of its FLOPs target), 1 some learned row
-missed it, 2 bad arguments or an out directory of another protocol.
+Exit status: 0 every run done and every learned row within 2% of its FLOPs target; 1 a
+learned row missed it; 2 bad arguments or an out directory of another protocol; 3 runs are
+left (``--stop-after``, or ``--summarise`` of an unfinished protocol).
 """
 
 from __future__ import annotations
@@ -152,6 +154,16 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--batch-size", type=int, default=128)
     parser.add_argument("--out", default=str(RESULTS), help="results directory")
     parser.add_argument("--plan", action="store_true", help="print the runs and stop")
+    parser.add_argument(
+        "--summarise", action="store_true", help="write the summary of the finished runs only"
+    )
+    parser.add_argument(
+        "--stop-after",
+        type=float,
+        metavar="MINUTES",
+        help="start no run after this many minutes, nor one the longest run so far would "
+        "end after (a device command's time limit; run again to go on)",
+    )
     return parser.parse_args(argv)
 
 
@@ -160,6 +172,8 @@ def make_plan(args: argparse.Namespace) -> Plan:
     for name in ("dense_epochs", "learn_epochs", "finetune_epochs", "batch_size"):
         if getattr(args, name) < 1:
             raise ProtocolError(f"--{name.replace('_', '-')} must be at least 1")
+    if args.stop_after is not None and not args.stop_after > 0:
+        raise ProtocolError("--stop-after must be a positive number of minutes")
     if args.train_subset is not None and args.train_subset < 1:
         raise ProtocolError("--train-subset must be at least 1")
     if any(seed < 0 for seed in args.seeds) or len(set(args.seeds)) != len(args.seeds):
@@ -445,7 +459,7 @@ def summarise(plan: Plan, command: str) -> tuple[dict[str, Any], str]:
             entry["within_tolerance"] = all(r["within_tolerance"] for r in members)
             entry["drop_from_dense_mean"] = statistics.fmean(r["drop_from_dense"] for r in members)
         table.append(entry)
-    missing = [run.name for run in plan.runs if not plan.done(run)]
+    missing = [r.name for r in plan.runs if not plan.done(r) and r.method not in plan.skipped]
     learned_missed = [
         r["run"] for r in rows if r["method"] in LEARNED and not r.get("within_tolerance", True)
     ]
@@ -522,6 +536,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         for run in plan.runs:
             print(f"{run.name}: {'done' if plan.done(run) else 'to run'}")
         return 0
+    if args.summarise:
+        if not plan.out.is_dir():
+            print(f"resnet20_flops.py: error: no results in {plan.out}", file=sys.stderr)
+            return 2
+        return exit_status(write_summary(plan, command))
     from learnprune.data import load_dataset
     from learnprune.engine import configure_torch
     from learnprune.errors import LearnpruneError
@@ -530,6 +549,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     plan.out.mkdir(parents=True, exist_ok=True)
     (plan.out / "protocol.json").write_text(json.dumps(plan.protocol.as_dict(), indent=1))
     data = load_dataset("fashion-mnist", pad_to_32=True)
+    began, longest = time.perf_counter(), 0.0
     for run in plan.runs:
         if plan.done(run):
             print(f"{run.name}: done already", flush=True)
@@ -537,6 +557,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         if run.method in plan.skipped:
             continue
         started = time.perf_counter()
+        if args.stop_after is not None and started - began + longest > 60 * args.stop_after:
+            print(f"--stop-after {args.stop_after:g} min: stopping before {run.name}", flush=True)
+            break
         try:
             if run.method == TP:
                 result = torch_pruning_run(plan, run, args.device, data)
@@ -548,13 +571,20 @@ def main(argv: Sequence[str] | None = None) -> int:
             plan.skipped["dessilbi"] = f"refused by the installed method: {err}"
             print(f"{run.name}: skipped, {err}", flush=True)
             continue
+        longest = max(longest, time.perf_counter() - started)
         print(
             f"{run.name}: test accuracy {result['test_accuracy']:.2%}, "
             f"{(time.perf_counter() - started) / 60:.1f} min",
             flush=True,
         )
-    summary = write_summary(plan, command)
-    return 1 if summary["learned_rows_off_target"] else 0
+    return exit_status(write_summary(plan, command))
+
+
+def exit_status(summary: dict[str, Any]) -> int:
+    """1 where a learned row missed its FLOPs target, else 3 where runs are left, else 0."""
+    if summary["learned_rows_off_target"]:
+        return 1
+    return 3 if summary["not_finished"] else 0
 
 
 if __name__ == "__main__":

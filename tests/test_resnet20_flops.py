@@ -92,6 +92,12 @@ def test_finished_runs_are_skipped_and_summarised(bench, tmp_path, monkeypatch, 
     trained.clear()
     assert bench.main([*args, "--out", str(tmp_path)]) == 1  # again: nothing left to train
     assert trained == []
+    (tmp_path / "diffprune-keep0.5-seed0" / "final.json").unlink()
+    # the summary of what is finished: DiffPrune's row is left, not off target
+    assert bench.main([*args, "--summarise", "--out", str(tmp_path)]) == 3
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert summary["not_finished"] == ["diffprune-keep0.5-seed0"]
+    assert summary["learned_rows_off_target"] == [] and trained == []
 
 
 @pytest.mark.parametrize(
@@ -106,6 +112,7 @@ def test_finished_runs_are_skipped_and_summarised(bench, tmp_path, monkeypatch, 
         ["--methods", "gmp"],
         ["--learn-epochs", "0"],
         ["--train-subset", "0"],
+        ["--stop-after", "0"],
     ],
 )
 def test_bad_arguments_exit_2_in_one_line(bench, tmp_path, bad, capsys) -> None:
