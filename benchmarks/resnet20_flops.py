@@ -229,14 +229,18 @@ def dessilbi_refuses_target() -> str:
     """Why the installed DessiLBI cannot take ``target={"flops": k}`` (empty if it can)."""
     from learnprune.methods import METHODS as INSTALLED
 
-    options = INSTALLED["dessilbi"].recipe_options
-    missing = [name for name in ("target", "end_epoch") if name not in options]
-    if missing:
+    if "target" not in INSTALLED["dessilbi"].recipe_options:
         return (
-            f"the installed DessiLBI takes no {' or '.join(missing)} option "
-            "(no FLOPs budget to aim at); its rows are skipped"
+            "the installed DessiLBI takes no target option (no FLOPs budget to aim at); "
+            "its rows are skipped"
         )
     return ""
+
+
+def takes_option(method: str, option: str) -> bool:
+    from learnprune.methods import METHODS as INSTALLED
+
+    return option in INSTALLED[method].recipe_options
 
 
 # --- the runs -----------------------------------------------------------------------------
@@ -268,11 +272,9 @@ def run_config(protocol: Protocol, run: Run, device: str, init: str | None):
         options: dict[str, Any] = {}
         train = train_config(protocol, protocol.dense_epochs, run.seed, device, DENSE_LR)
     else:
-        options = {
-            **OPTIONS[run.method],
-            "target": {"flops": run.keep},
-            "end_epoch": protocol.learn_epochs,
-        }
+        options = {**OPTIONS[run.method], "target": {"flops": run.keep}}
+        if takes_option(run.method, "end_epoch"):  # the mask-learning phase
+            options["end_epoch"] = protocol.learn_epochs
         optimizer, lr = OPTIMIZER.get(run.method, ("sgd", FINETUNE_LR))
         train = train_config(protocol, protocol.epochs, run.seed, device, lr, optimizer)
     return RunConfig(
