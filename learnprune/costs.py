@@ -123,7 +123,8 @@ class KeptCost:
     once, and nothing once either channel is dropped. For a FLOPs cost this is the FLOPs of
     the compacted model's Conv/Linear layers (up to the factor of the normalisation);
     weights in no group always count. ``k`` may be 0/1 or keep probabilities (then ``C`` is
-    the expectation under independent gates).
+    the expectation under independent gates). With unit costs and 0/1 keeps,
+    ``C(1) − C(k)`` is :func:`learnprune.selection.removed_weights` (GMP's count).
     """
 
     def __init__(self, plan: GroupPlan, per_weight: dict[str, Tensor], weights: Sequence[str]):
