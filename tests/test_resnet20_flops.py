@@ -86,7 +86,7 @@ def test_finished_runs_are_skipped_and_summarised(bench, tmp_path, monkeypatch, 
     rows = {row["run"]: row for row in summary["runs"]}
     assert rows["scl-keep0.5-seed0"]["flops_ratio"] == pytest.approx(100 / 50.5)
     assert rows["scl-keep0.5-seed0"]["flops_vs_target"] == pytest.approx(0.01)
-    assert rows["scl-keep0.5-seed0"]["drop_from_dense"] == pytest.approx(0.02)
+    assert rows["scl-keep0.5-seed0"]["vs_dense"] == pytest.approx(-0.02)
     assert rows["tp-groupnorm-keep0.5-seed0"]["within_tolerance"] is False  # reported only
     assert "resnet20_flops.py --seeds 0" in (tmp_path / "summary.md").read_text()
     trained.clear()
@@ -98,6 +98,7 @@ def test_finished_runs_are_skipped_and_summarised(bench, tmp_path, monkeypatch, 
     summary = json.loads((tmp_path / "summary.json").read_text())
     assert summary["not_finished"] == ["diffprune-keep0.5-seed0"]
     assert summary["learned_rows_off_target"] == [] and trained == []
+    assert "--summarise" not in summary["command"]  # the command that trained the runs
 
 
 @pytest.mark.parametrize(
