@@ -29,6 +29,7 @@ import torch
 from torch import Tensor, nn
 
 from learnprune import budget, costs, validation
+from learnprune.accounting import prunable_modules
 from learnprune.errors import ConfigError
 from learnprune.groups import GroupSet, model_input_shape
 from learnprune.masking import GroupGate
@@ -60,6 +61,8 @@ class BudgetedMethod(PruningMethod):
     schedule: budget.TargetSchedule | None = None
     finish: str = "none"
     finished: bool = False
+    kept_cost: costs.KeptCost | None = None
+    """What a keep assignment costs where groups share weights (``None``: additive)."""
     achieved_at_finish: float | None = None
     """The budget the learned gates had reached when the exact finish set it."""
     learn_begin: int = 0
@@ -132,6 +135,16 @@ class BudgetedMethod(PruningMethod):
             example_inputs=self.example_inputs,
         )
         self.budget_total = costs.total_cost(self.plan, self.budget_costs)
+        self.kept_cost = None
+        if self.budget and costs.shares_weights(self.plan):
+            per_weight = costs.weight_costs(
+                self.model,
+                flops=self.budget_kind == "flops",
+                input_shape=model_input_shape(self.model, input_shape),
+                example_inputs=self.example_inputs,
+            )
+            weights = [f"{name}.weight" for name, _module in prunable_modules(self.model)]
+            self.kept_cost = costs.KeptCost(self.plan, per_weight, weights)
         if self.warming_up:
             self._hold_gates()
 
@@ -184,8 +197,22 @@ class BudgetedMethod(PruningMethod):
         """``k_g`` as 0/1 floats (subclasses may return a cached one)."""
         return gate.keep().float()
 
+    def removed_share(self, kept: Mapping[str, Tensor]) -> float:
+        """``1 − C(k) / C(1)`` (:class:`~learnprune.costs.KeptCost`) for ``{set name: k}``,
+        where groups share weights: the share of the whole cost (all Conv/Linear weights,
+        or their FLOPs) a keep assignment removes."""
+        assert self.kept_cost is not None
+        with torch.no_grad():
+            whole = self.kept_cost.total
+            return 1.0 - self.kept_cost(kept) / whole if whole else 0.0
+
     def budget_achieved(self) -> float:
-        """Sparsity, or for a FLOPs budget the fraction of the gated FLOPs removed."""
+        """Sparsity, or for a FLOPs budget the fraction of the gated FLOPs removed (of all
+        the Conv/Linear FLOPs where groups share weights, :meth:`removed_share`)."""
+        if self.kept_cost is not None:
+            return self.removed_share(
+                {name: self.kept_indicator(gate) for name, gate in self.gates.items()}
+            )
         with torch.no_grad():
             removed = float(
                 sum(
@@ -256,12 +283,27 @@ class BudgetedMethod(PruningMethod):
             if self.finish_protects(group_set) and group_set.num_groups:
                 guard[int(torch.argmax(score))] = True
             protected.append(guard)
-        whole = self.total_weights if self.budget_kind == "sparsity" else self.budget_total
-        ungated = whole - self.budget_total  # excluded layers' weights: always kept
-        keep_budget = (1.0 - self.budget[1]) * whole - ungated
-        keep = budget.exact_keep(
-            torch.cat(scores), torch.cat(cost), keep_budget, torch.cat(protected)
-        )
+        if self.kept_cost is not None:  # a weight of two kept groups costs once
+            sizes = [s.num_groups for s in self.plan.sets]
+            kept_cost = self.kept_cost
+
+            def by_set(keep: Tensor) -> dict[str, Tensor]:
+                return dict(zip(names, torch.split(keep, sizes), strict=True))
+
+            keep = budget.exact_keep_shared(
+                torch.cat(scores),
+                (1.0 - self.budget[1]) * kept_cost.total,
+                torch.cat(protected),
+                lambda keep: kept_cost(by_set(keep)),
+                lambda keep: torch.cat(list(kept_cost.marginal(by_set(keep)).values())),
+            )
+        else:
+            whole = self.total_weights if self.budget_kind == "sparsity" else self.budget_total
+            ungated = whole - self.budget_total  # excluded layers' weights: always kept
+            keep_budget = (1.0 - self.budget[1]) * whole - ungated
+            keep = budget.exact_keep(
+                torch.cat(scores), torch.cat(cost), keep_budget, torch.cat(protected)
+            )
         return dict(
             zip(names, torch.split(keep, [s.num_groups for s in self.plan.sets]), strict=True)
         )

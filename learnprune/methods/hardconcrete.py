@@ -259,6 +259,10 @@ class HardConcrete(BudgetedMethod):
         """The *expected* budget, ``Σ_g c_g (1 − P(z_g ≠ 0))`` over the whole (as CoFi
         pruning's constraint): test-time gates close only once ``log α < −2.4``, so the
         final model's budget moves in one late jump that a controller cannot track."""
+        if self.kept_cost is not None:  # groups share weights: Π of the probabilities
+            return self.removed_share(
+                {name: gate.prob_open() for name, gate in self.gates.items()}
+            )
         removed = float(
             sum(
                 costs.weighted_sum(self.budget_costs[name], 1.0 - gate.prob_open())
