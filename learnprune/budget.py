@@ -41,7 +41,7 @@ The *exact finish* that ends the phase lives with the methods
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -296,4 +296,62 @@ def exact_keep(scores: Tensor, cost: Tensor, keep_budget: float, protected: Tens
             if costs[index] <= left:
                 keep[index] = True
                 left -= float(costs[index])
+    return keep
+
+
+def exact_keep_shared(
+    scores: Tensor,
+    keep_budget: float,
+    protected: Tensor,
+    cost: Callable[[Tensor], float],
+    marginal: Callable[[Tensor], Tensor],
+) -> Tensor:
+    """:func:`exact_keep` where groups share weights, so what a kept set costs is not the
+    sum of its groups' costs (coupled channels, :class:`learnprune.costs.KeptCost`).
+
+    ``cost(keep)`` is the cost of a keep assignment (it grows as groups are added);
+    ``marginal(keep)`` what adding each group would add to it now (it only grows as
+    groups are added). Groups are taken in the same order as :func:`exact_keep`'s
+    (``protected`` first, then by score, ties to the lower index): the longest prefix of
+    that order whose cost fits ``keep_budget`` (bisection), then the remaining groups in
+    order wherever their marginal cost still fits (one that does not fit once never fits
+    later, so each is tried once).
+
+    Returns a bool tensor, ``True`` where the group is kept.
+    """
+    order = torch.sort(-scores.detach().double().cpu(), stable=True).indices
+    first = protected.cpu()[order]
+    order = torch.cat([order[first], order[~first]])
+    slack = 1e-9 * max(abs(keep_budget), 1.0)
+
+    def prefix(count: int) -> Tensor:
+        keep = torch.zeros(scores.numel(), dtype=torch.bool)
+        keep[order[:count]] = True
+        return keep
+
+    low = int(protected.sum())  # the protected groups are kept whatever they cost
+    high = scores.numel()
+    if cost(prefix(low)) > keep_budget + slack:
+        return prefix(low)
+    while low < high:  # the largest count whose prefix fits
+        middle = (low + high + 1) // 2
+        if cost(prefix(middle)) <= keep_budget + slack:
+            low = middle
+        else:
+            high = middle - 1
+    keep = prefix(low)
+    left = keep_budget + slack - cost(keep)
+    tried = keep.clone()
+    while True:
+        rest = order[~tried[order]]
+        if not len(rest):
+            break
+        added = marginal(keep).double().cpu()[rest]
+        fits = torch.nonzero(added <= left).flatten()
+        if not len(fits):
+            break
+        at = int(fits[0])
+        tried[rest[: at + 1]] = True
+        keep[rest[at]] = True
+        left -= float(added[at])
     return keep

@@ -92,6 +92,12 @@ def _parser() -> argparse.ArgumentParser:
         "--exclude", action="append", help="layer name pattern to leave dense (repeatable)"
     )
     train.add_argument("--init", help="start from the weights of a run directory or a .pt file")
+    train.add_argument(
+        "--phases",
+        metavar="W,L,F",
+        help="epochs of dense warm-up, mask learning and fine-tuning with the mask fixed; "
+        "they replace the recipe's epochs and its method's begin/end/prune_epoch",
+    )
     train.add_argument("--max-steps", type=int, help="stop after this many steps (smoke runs)")
     train.add_argument(
         "--train-subset", type=int, help="train on a fixed random subset of N examples"
@@ -102,7 +108,8 @@ def _parser() -> argparse.ArgumentParser:
         action="append",
         default=[],
         metavar="KEY=VALUE",
-        help="override any recipe key, e.g. train.lr=0.05 or method.end_epoch=10",
+        help="override any recipe key, e.g. train.lr=0.05, method.end_epoch=10 or "
+        "train.phases=[1,8,3] (as --phases)",
     )
     train.add_argument(
         "--out", help="run directory to create (default runs/<model>-<method>-<time>)"
@@ -225,6 +232,22 @@ def _parser() -> argparse.ArgumentParser:
     )
     compare.add_argument("--path-epochs", default="5,10,20", help="DessiLBI: path epochs")
     compare.add_argument("--epochs", type=int, help="replace the recipe's number of epochs")
+    compare.add_argument(
+        "--phases",
+        metavar="W,L,F",
+        help="the same epochs of warm-up, mask learning and fine-tuning for every method",
+    )
+    start = compare.add_mutually_exclusive_group()
+    start.add_argument(
+        "--init", metavar="RUN_DIR", help="start every method from these weights (model.pt)"
+    )
+    start.add_argument(
+        "--dense-epochs",
+        type=_positive_int,
+        metavar="N",
+        help="train one dense model for N epochs first (into OUT/dense-start) and start "
+        "every method from it",
+    )
     compare.add_argument("--bench", action="store_true", help="also time every finished model")
     compare.add_argument("--out", required=True, help="sweep directory (resumed if it exists)")
     compare.add_argument("--no-progress", action="store_true")
@@ -346,8 +369,9 @@ def _check_output_paths(args: argparse.Namespace) -> None:
 
 
 def _train(args: argparse.Namespace) -> int:
-    from learnprune.config import RunConfig, apply_overrides, read_recipe
+    from learnprune.config import RunConfig, apply_overrides, apply_phases, read_recipe
     from learnprune.distributed import on_main
+    from learnprune.phases import Phases
     from learnprune.runner import read_run_config
     from learnprune.validation import output_directory
 
@@ -367,6 +391,7 @@ def _train(args: argparse.Namespace) -> int:
                 "init",
                 "batch_size",
                 "max_steps",
+                "phases",
             )
             if getattr(args, flag) is not None
         ] + (["set"] if args.set else [])
@@ -379,6 +404,10 @@ def _train(args: argparse.Namespace) -> int:
         out: Path | None = Path(args.resume)
     else:
         raw: dict[str, Any] = read_recipe(args.recipe) if args.recipe else {}
+        sets = _parsed_sets(args.set)
+        phases = args.phases if args.phases is not None else sets.pop(("train", "phases"), None)
+        if phases is not None:  # the phases replace the recipe's epochs and method timing
+            raw = apply_phases(raw, Phases.parse(phases))
         overrides: dict[tuple[str, ...], Any] = {
             ("method",): args.method,
             ("model",): args.model,
@@ -399,7 +428,7 @@ def _train(args: argparse.Namespace) -> int:
             ("method", "groups"): args.groups,
             ("method", "exclude"): args.exclude,
         }
-        overrides.update(_parsed_sets(args.set))
+        overrides.update(sets)
         config = RunConfig.from_dict(apply_overrides(raw, overrides))
         config.validate()
         if (config.method == "dense") and any(
@@ -459,6 +488,7 @@ def _ticket(args: argparse.Namespace) -> int:
         raise ConfigError(f"{source} is a {found.method} run; tickets come from dessilbi runs")
     raw = found.as_dict()
     raw.pop("method_options")
+    raw["train"].pop("phases", None)  # a ticket retrains with its mask fixed throughout
     raw["method"] = {
         "name": "ticket",
         "source": str(source),
@@ -589,14 +619,34 @@ def _bench(args: argparse.Namespace) -> int:
 
 
 def _compare(args: argparse.Namespace) -> int:
-    from learnprune.compare import parse_strengths, plan, run_sweep, write_results
-    from learnprune.config import read_recipe
+    from learnprune.compare import (
+        DENSE_START,
+        check_init,
+        dense_start_config,
+        parse_strengths,
+        plan,
+        run_or_resume,
+        run_sweep,
+        write_results,
+    )
+    from learnprune.config import apply_phases, read_recipe
     from learnprune.engine import configure_torch
+    from learnprune.phases import Phases
 
     configure_torch()
+    out = Path(args.out)
     base = read_recipe(args.recipe)
     if args.epochs is not None:
         base.setdefault("train", {})["epochs"] = args.epochs
+    dense_start = None
+    start: Path | None = None
+    if args.dense_epochs is not None:
+        dense_start = dense_start_config(base, args.dense_epochs)
+        start = out / DENSE_START
+    elif args.init is not None:
+        start = check_init(args.init)
+    if args.phases is not None:
+        base = apply_phases(base, Phases.parse(args.phases), args.epochs)
     try:
         targets = [float(v) for v in args.targets.split(",") if v.strip()]
     except ValueError:
@@ -610,8 +660,11 @@ def _compare(args: argparse.Namespace) -> int:
         targets,
         parse_strengths(args.strengths),
         _int_list("--path-epochs", args.path_epochs),
+        init=start,
     )
-    out = Path(args.out)
+    if dense_start is not None and start is not None:
+        print(f"compare: the dense start ({args.dense_epochs} epochs) in {start}")
+        run_or_resume(dense_start, start)
     print(f"compare: {len(planned)} runs in {out / 'runs'}")
     rows = run_sweep(planned, out, progress=not args.no_progress, bench=args.bench)
     title = f"learnprune compare: {base.get('model')} / {base.get('data')}"

@@ -11,6 +11,13 @@ runs each method at several strengths on the model, data and epochs of recipe ``
 * DessiLBI is one run: its regularization path gives the rows, ``W* = W ⊙ 1[Γ ≠ 0]`` at the
   epochs ``--path-epochs`` (accuracy and sparsity of the sparse view at that epoch).
 
+A fair comparison by construction: ``--phases W,L,F`` gives every method the same phases
+(:mod:`learnprune.phases`: warm-up, mask learning, fine-tuning, the same steps each; they
+replace the method recipes' epochs and timing, their learning rates stay), and ``--init
+RUN_DIR`` or ``--dense-epochs N`` the same dense start: with ``--dense-epochs`` one dense
+model is trained first into ``<out>/dense-start/`` (the dense recipe of the model, ``N``
+epochs) and every method starts from its weights.
+
 Every run lives in ``<out>/runs/<name>/`` and is the same as ``learnprune train`` writes; a run
 with ``final.json`` is not run again and an interrupted one is resumed from its checkpoint, so
 an interrupted sweep picks up where it stopped. The results go to ``<out>/results.csv``,
@@ -33,8 +40,9 @@ from pathlib import Path
 from typing import Any
 
 from learnprune import checkpoint
-from learnprune.config import RECIPES_DIR, RunConfig, read_recipe
-from learnprune.errors import ConfigError
+from learnprune.config import RECIPES_DIR, RunConfig, apply_phases, read_recipe
+from learnprune.errors import CheckpointError, ConfigError
+from learnprune.phases import Phases
 
 TARGETED = ("scl", "diffprune", "hardconcrete", "gmp", "magnitude")
 COLUMNS = (
@@ -65,6 +73,8 @@ class Planned:
 
 CARRIED = ("epochs", "train_subset", "max_steps", "device")
 """Training keys of the sweep's recipe that a method's own recipe takes over."""
+DENSE_START = "dense-start"
+"""The sweep's subdirectory of the dense model every method starts from (``--dense-epochs``)."""
 
 
 def method_recipe(base: Mapping[str, Any], method: str) -> dict[str, Any]:
@@ -72,8 +82,20 @@ def method_recipe(base: Mapping[str, Any], method: str) -> dict[str, Any]:
 
     A shipped method recipe takes over the sweep's ``epochs`` (and ``train_subset``,
     ``max_steps``, ``device``); its schedule points given in epochs (``begin_epoch``,
-    ``end_epoch``, learning-rate ``milestones``) are scaled to the new length.
+    ``end_epoch``, learning-rate ``milestones``) are scaled to the new length. The sweep's
+    ``phases`` replace both (:func:`~learnprune.config.apply_phases`), and its
+    ``batch_size``, when it gives one, is every method's then: the same steps in each phase.
     """
+    raw = _method_recipe(base, method)
+    base_train = dict(base.get("train", {}))
+    if base_train.get("phases") is not None:
+        raw = apply_phases(raw, Phases.parse(base_train["phases"]), base_train.get("epochs"))
+        if "batch_size" in base_train:
+            raw["train"]["batch_size"] = base_train["batch_size"]
+    return raw
+
+
+def _method_recipe(base: Mapping[str, Any], method: str) -> dict[str, Any]:
     prefix = str(base.get("model", "")).replace("-", "")  # none: RunConfig says so
     shipped = RECIPES_DIR / f"{prefix}-{method}.toml"
     base_train = dict(base.get("train", {}))
@@ -124,8 +146,10 @@ def plan(
     targets: Sequence[float],
     strengths: Mapping[str, tuple[str, list[float]]],
     path_epochs: Sequence[int],
+    init: str | Path | None = None,
 ) -> list[Planned]:
-    """Every run of the sweep, validated before anything runs."""
+    """Every run of the sweep, validated before anything runs; every one starts from the
+    weights ``init`` when given."""
     from learnprune.methods import METHODS
 
     planned: list[Planned] = []
@@ -135,6 +159,8 @@ def plan(
                 f"compare: unknown method {method!r}; choose from {', '.join(METHODS)}"
             )
         raw = method_recipe(base, method)
+        if init is not None:
+            raw["init"] = str(init)
         if method == "dessilbi":
             config = RunConfig.from_dict(raw).validate()
             epochs = [e for e in path_epochs if e <= config.train.epochs] or [config.train.epochs]
@@ -175,8 +201,49 @@ def _check_method_builds(config: RunConfig) -> None:
         steps_per_epoch=100,
         total_steps=100 * epochs,
         input_shape=getattr(model, "input_shape", None),
+        pretrained=bool(config.init),
+        phases=config.train.run_phases,
     )
     build_method(config.method, model, config.method_options, context)
+
+
+def dense_start_config(base: Mapping[str, Any], epochs: int) -> RunConfig:
+    """The dense model every method of a ``--dense-epochs`` sweep starts from: the model's
+    dense recipe (or ``base`` with ``dense`` swapped in) for ``epochs`` epochs, no phases."""
+    raw = method_recipe({**base, "train": _without_phases(base)}, "dense")
+    raw["train"] = {**_without_phases(raw), "epochs": epochs}
+    raw.pop("init", None)
+    return RunConfig.from_dict(raw).validate()
+
+
+def _without_phases(raw: Mapping[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in dict(raw.get("train") or {}).items() if k != "phases"}
+
+
+def check_init(source: str | Path) -> Path:
+    """``--init``'s weights file (a finished run's ``model.pt``, or a file), checked now so
+    a sweep does not fail at its first run."""
+    from learnprune.runner import WEIGHTS
+
+    path = Path(source)
+    weights = path / WEIGHTS if path.is_dir() else path
+    if not path.exists():
+        raise CheckpointError(f"--init {source}: no such run directory or weights file")
+    if not weights.is_file():
+        raise CheckpointError(f"--init {source}: no {weights.name} there (is the run finished?)")
+    return path
+
+
+def run_or_resume(config: RunConfig, run_dir: Path) -> None:
+    """Run ``config`` into ``run_dir`` unless finished there; an interrupted run resumes."""
+    from learnprune.runner import FINAL, run
+
+    if not (run_dir / FINAL).is_file():
+        run_dir.parent.mkdir(parents=True, exist_ok=True)
+        resume = (run_dir / "checkpoint.pt").is_file()
+        if run_dir.exists() and not resume:
+            _clear(run_dir)
+        run(config, run_dir, resume=resume, quiet=True, progress=False)
 
 
 def run_sweep(
@@ -185,8 +252,6 @@ def run_sweep(
     """Run what is not finished (resuming interrupted runs); return the result rows."""
     from tqdm import tqdm
 
-    from learnprune.runner import FINAL, run
-
     runs = out / "runs"
     runs.mkdir(parents=True, exist_ok=True)
     bar = tqdm(total=len(planned), desc="compare", unit="run", disable=not progress)
@@ -194,11 +259,7 @@ def run_sweep(
         for item in planned:
             run_dir = runs / item.name
             bar.set_postfix_str(item.name)
-            if not (run_dir / FINAL).is_file():
-                resume = (run_dir / "checkpoint.pt").is_file()
-                if run_dir.exists() and not resume:
-                    _clear(run_dir)
-                run(item.config, run_dir, resume=resume, quiet=True, progress=False)
+            run_or_resume(item.config, run_dir)
             if bench and not (run_dir / "bench.json").is_file():
                 from learnprune.deployment import bench_run
 
@@ -230,6 +291,8 @@ def collect(planned: Sequence[Planned], runs: Path) -> list[dict[str, Any]]:
             "minutes": final["seconds"] / 60,
             "run": str(run_dir),
             "layers": final.get("layers", []),
+            "phases": final.get("phases"),
+            "init": final.get("init"),
         }
         if item.path_epochs:
             lines = checkpoint.read_json_lines(run_dir / "metrics.jsonl")
@@ -283,7 +346,7 @@ def write_results(rows: Sequence[Mapping[str, Any]], out: Path, title: str) -> d
     writer.writeheader()
     writer.writerows(rows)
     checkpoint.atomic_write_text(paths["csv"], buffer.getvalue())
-    checkpoint.atomic_write_text(paths["md"], markdown_table(rows))
+    checkpoint.atomic_write_text(paths["md"], protocol_text(rows) + markdown_table(rows))
     checkpoint.atomic_write_text(paths["html"], html_report(rows, title, out))
     return paths
 
@@ -302,6 +365,19 @@ def _fmt(value: Any, kind: str) -> str:
     if kind == "min":
         return f"{value:.1f}"
     return str(value)
+
+
+def protocol_text(rows: Sequence[Mapping[str, Any]]) -> str:
+    """What every run of the sweep shared, one line each: the phases (epochs and steps)
+    and the starting weights; ``"phases: differ per method"`` when they differ."""
+    from learnprune.report import protocol_line
+
+    lines = {protocol_line(row).strip() for row in rows}
+    if not lines or lines == {""}:
+        return ""
+    if len(lines) > 1:
+        return "runs differ in phases or start: " + "; ".join(sorted(lines)) + "\n\n"
+    return lines.pop() + "\n\n"
 
 
 def markdown_table(rows: Sequence[Mapping[str, Any]]) -> str:
@@ -427,6 +503,7 @@ def html_report(
         "<style>body{font-family:sans-serif;max-width:60em;margin:2em auto}"
         "table{border-collapse:collapse}td,th{border:1px solid #ccc;padding:2px 6px}</style>",
         f"<h1>{html.escape(title)}</h1>",
+        f"<p>{html.escape(protocol_text(rows).strip())}</p>",
         "<table><tr>"
         + "".join(
             f"<th>{c}</th>"

@@ -16,6 +16,13 @@ A recipe is a small TOML (or YAML) file::
     batch_size = 100
     lr = 0.1
 
+or, instead of ``epochs`` and the method's ``begin_epoch``/``end_epoch``, the phases of the
+run (:mod:`learnprune.phases`: dense warm-up, mask learning, fine-tuning; ``epochs`` is their
+sum)::
+
+    [train]
+    phases = {warmup = 2, learn = 12, finetune = 6}
+
 Every field can be overridden from the command line (``--epochs 2``, ``--target 0.9``,
 ``--set train.weight_decay=5e-4``, ``--set method.end_epoch=10``).
 """
@@ -32,6 +39,7 @@ from typing import Any
 
 from learnprune import validation
 from learnprune.errors import ConfigError
+from learnprune.phases import TIMING_OPTIONS, Phases
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -52,7 +60,8 @@ MAX_SEED = 2**32 - 1
 class TrainConfig:
     """How the engine trains (every field is a recipe key under ``[train]``)."""
 
-    epochs: int = 10
+    epochs: int = None  # type: ignore[assignment]  # set in __post_init__
+    """``None`` (not given): the sum of ``phases`` when given, else 10."""
     batch_size: int = 100
     lr: float = 0.1
     optimizer: str = "sgd"
@@ -68,10 +77,25 @@ class TrainConfig:
     eval_batch_size: int = 1000
     augment: str = "auto"
     device: str = "auto"
+    phases: dict[str, float] | None = None
+    """``{"warmup": W, "learn": L, "finetune": F}`` in epochs (:mod:`learnprune.phases`)."""
+
+    def __post_init__(self) -> None:
+        if self.epochs is None:
+            self.epochs = 10 if self.phases is None else int(Phases.parse(self.phases).epochs)
+
+    @property
+    def run_phases(self) -> Phases | None:
+        """The phases of the run, checked (``None`` when the recipe gives none)."""
+        return None if self.phases is None else Phases.parse(self.phases)
 
     def validate(self) -> TrainConfig:
         """Check every field; return self. Raises ConfigError on the first bad one."""
         self.epochs = validation.integer("epochs", self.epochs, minimum=1)
+        phases = self.run_phases
+        if phases is not None:
+            phases.check_epochs(self.epochs)
+            self.phases = phases.as_dict()
         self.batch_size = validation.integer("batch_size", self.batch_size, minimum=1)
         self.eval_batch_size = validation.integer(
             "eval_batch_size", self.eval_batch_size, minimum=1
@@ -195,7 +219,31 @@ class RunConfig:
             ):
                 raise ConfigError(f"data_options {key} must be {_KIND_NAMES[kind]}, got {value!r}")
         self.train.validate()
+        phases = self.train.run_phases
+        if phases is not None:
+            phases.refuse_timing(self.method_options)
         return self
+
+
+def apply_phases(
+    raw: Mapping[str, Any], phases: Phases, epochs: int | None = None
+) -> dict[str, Any]:
+    """A copy of the recipe dictionary run in ``phases``: they replace the recipe's
+    ``epochs`` (unless ``epochs`` is given, which must then match) and its method's own
+    timing (``begin_epoch``, ``end_epoch``, ``prune_epoch``)."""
+
+    result = copy.deepcopy(dict(raw))
+    train = dict(result.get("train") or {})
+    train["phases"] = phases.as_dict()
+    train.pop("epochs", None)
+    if epochs is not None:
+        train["epochs"] = epochs
+    result["train"] = train
+    for table in ("method", "method_options"):
+        options = result.get(table)
+        if isinstance(options, dict):
+            result[table] = {k: v for k, v in options.items() if k not in TIMING_OPTIONS}
+    return result
 
 
 def _aliases(names: Sequence[str]) -> set[str]:

@@ -16,7 +16,7 @@ sparsity budget) gets one number instead of a tensor, which keeps the hot paths 
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import torch
@@ -24,7 +24,7 @@ from torch import Tensor, nn
 
 from learnprune.accounting import prunable_modules, trace_layers
 from learnprune.errors import ConfigError
-from learnprune.groups import GroupPlan
+from learnprune.groups import GroupPlan, gather, scatter
 from learnprune.masking import effective_parameters
 
 Cost = Tensor | float
@@ -52,6 +52,33 @@ def group_costs(
         ConfigError: ``flops=True`` with neither an input shape nor example inputs to trace
             the model with.
     """
+    per_weight = weight_costs(
+        model,
+        flops=flops,
+        input_shape=input_shape,
+        example_inputs=example_inputs,
+        normalise=normalise,
+    )
+    costs: dict[str, Cost] = {}
+    for group_set in plan.sets:
+        cost = group_set.gather(per_weight, weights_only=True)
+        uniform = cost.numel() > 0 and bool((cost == cost[0]).all())
+        costs[group_set.name] = float(cost[0]) if uniform else cost
+    return costs
+
+
+def weight_costs(
+    model: nn.Module,
+    *,
+    flops: bool = False,
+    input_shape: Sequence[int] | None = None,
+    example_inputs: Any = None,
+    normalise: bool = True,
+) -> dict[str, Tensor]:
+    """``{tensor name: c_i}``, each weight's cost (module docstring) for every tensor:
+    ``1`` (sparsity), or for a FLOPs budget the output positions of its Conv/Linear layer
+    (over their mean with ``normalise``; Conv/Linear weights only). Raises ConfigError as
+    :func:`group_costs`."""
     weights = {name: m.weight.numel() for name, m in prunable_modules(model)}
     per_weight: dict[str, Tensor] = {}
     if flops:
@@ -67,12 +94,88 @@ def group_costs(
     else:
         for name, tensor in effective_parameters(model):
             per_weight[name] = torch.ones(tensor.shape)
-    costs: dict[str, Cost] = {}
+    return per_weight
+
+
+def shares_weights(plan: GroupPlan) -> bool:
+    """Whether some Conv/Linear weight tensor is cut by two group slices (coupled channels:
+    a conv's filters belong to one channel's group, its input slices to another's), so the
+    cost of a kept set is not the sum of its groups' costs (:class:`KeptCost`)."""
+    seen: set[str] = set()
     for group_set in plan.sets:
-        cost = group_set.gather(per_weight, weights_only=True)
-        uniform = cost.numel() > 0 and bool((cost == cost[0]).all())
-        costs[group_set.name] = float(cost[0]) if uniform else cost
-    return costs
+        for piece in group_set.slices:
+            if not piece.counts_toward_sparsity:
+                continue
+            if piece.param in seen:
+                return True
+            seen.add(piece.param)
+    return False
+
+
+class KeptCost:
+    """The cost of what a keep assignment leaves, when groups share weights::
+
+        C(k) = Σ_i c_i Π_{p ∋ i} k_{g_p(i)}
+
+    over every Conv/Linear weight ``i`` (``c_i`` of :func:`weight_costs`; ``p`` the group
+    slices that cut ``i``'s tensor, ``g_p(i)`` its group there): a weight stays only while
+    every group it belongs to is kept, so the weight between two coupled channels costs
+    once, and nothing once either channel is dropped. For a FLOPs cost this is the FLOPs of
+    the compacted model's Conv/Linear layers (up to the factor of the normalisation);
+    weights in no group always count. ``k`` may be 0/1 or keep probabilities (then ``C`` is
+    the expectation under independent gates). With unit costs and 0/1 keeps,
+    ``C(1) − C(k)`` is :func:`learnprune.selection.removed_weights` (GMP's count).
+    """
+
+    def __init__(self, plan: GroupPlan, per_weight: dict[str, Tensor], weights: Sequence[str]):
+        self.sets = {s.name: s for s in plan.sets}
+        self.cost = {name: per_weight[name].double() for name in weights if name in per_weight}
+        self.cuts: dict[str, list[tuple[str, Any]]] = {name: [] for name in self.cost}
+        for group_set in plan.sets:
+            for piece in group_set.slices:
+                if piece.param in self.cuts and piece.counts_toward_sparsity:
+                    self.cuts[piece.param].append((group_set.name, piece))
+        self.total = float(sum(float(c.sum()) for c in self.cost.values()))
+        """``C`` with everything kept."""
+        self._on_device: dict[torch.device, dict[str, Tensor]] = {}
+
+    def _alive(self, name: str, keep: Mapping[str, Tensor], skip: Any = None) -> Tensor | None:
+        alive = None
+        for set_name, piece in self.cuts[name]:
+            if piece is skip or set_name not in keep:  # a set not given: all kept
+                continue
+            value = scatter(keep[set_name].double(), piece)
+            alive = value if alive is None else alive * value
+        return alive
+
+    def __call__(self, keep: Mapping[str, Tensor]) -> float:
+        """``C(k)`` for ``{set name: k (G,)}``."""
+        device = next(iter(keep.values())).device if keep else torch.device("cpu")
+        if device not in self._on_device:
+            self._on_device[device] = {n: c.to(device) for n, c in self.cost.items()}
+        total = None
+        for name, cost in self._on_device[device].items():
+            alive = self._alive(name, keep)
+            part = cost.sum() if alive is None else (cost * alive).sum()
+            total = part if total is None else total + part
+        return float(total) if total is not None else 0.0
+
+    def marginal(self, keep: Mapping[str, Tensor]) -> dict[str, Tensor]:
+        """``{set name: ∂C/∂k_g (G,)}``: what keeping each group adds to ``C(k)`` with the
+        other groups as they are (exact for a group not kept yet, since ``C`` is linear in
+        each ``k_g``). It only grows as more groups are kept."""
+        result = {
+            name: torch.zeros(s.num_groups, dtype=torch.float64) for name, s in self.sets.items()
+        }
+        keep = {name: k.detach().cpu() for name, k in keep.items()}
+        for name, cost in self.cost.items():
+            for set_name, piece in self.cuts[name]:
+                others = self._alive(name, keep, skip=piece)
+                weighted = cost if others is None else cost * others
+                result[set_name] += gather(
+                    weighted.expand(piece.shape), piece, self.sets[set_name].num_groups
+                )
+        return result
 
 
 def total_cost(plan: GroupPlan, costs: dict[str, Cost]) -> float:

@@ -106,6 +106,24 @@ def _check_fields(
             raise CheckpointError(f"{path} is corrupt: {prefix}{name} is {field!r:.40}")
 
 
+def protocol_line(result: Mapping[str, Any]) -> str:
+    """``"\nphases: warm-up 1, learn 2, fine-tune 1 epochs (8, 16, 8 steps), from RUN"``:
+    the run's phases and starting weights (empty for a run from scratch without phases)."""
+    parts = []
+    phases = result.get("phases")
+    if phases:
+        epochs, steps = phases["epochs"], phases["steps"]
+        parts.append(
+            f"phases: warm-up {epochs['warmup']:g}, learn {epochs['learn']:g}, fine-tune "
+            f"{epochs['finetune']:g} epochs ({steps['warmup']}, {steps['learn']}, "
+            f"{steps['finetune']} steps)"
+        )
+    init = result.get("init")
+    if init:
+        parts.append(f"from {init['source']}")
+    return "\n" + ", ".join(parts) if parts else ""
+
+
 def summary(result: Mapping[str, Any]) -> str:
     """Headline numbers and the per-layer table of one result."""
     length = f"{result['epochs']} epochs"
@@ -118,6 +136,7 @@ def summary(result: Mapping[str, Any]) -> str:
         f"sparsity {result['sparsity']:.2%}, compression {result['compression']:.1f}x, "
         f"{result['seconds'] / 60:.1f} min"
     )
+    head += protocol_line(result)
     small = result.get("compact") or {}
     if "architecture" in small:
         head += (

@@ -108,18 +108,47 @@ def build(config: RunConfig, data: Dataset) -> tuple[nn.Module, PruningMethod]:
     model = model_for(config, data)
     if config.init:
         load_init(model, config.init)
-    train_size = config.train.train_subset or len(data.x_train)
-    schedule = Schedule.of(min(train_size, len(data.x_train)), config.train)
-    context = TrainingContext(
+    method = build_method(
+        config.method, model, config.method_options, training_context(config, data)
+    )
+    return model, method
+
+
+def training_context(config: RunConfig, data: Dataset) -> TrainingContext:
+    """What the method learns about the run: its length in epochs and steps, the input
+    shape, whether it starts from trained weights, the number of examples, the phases."""
+    train_size = min(len(data.x_train), config.train.train_subset or len(data.x_train))
+    schedule = Schedule.of(train_size, config.train)
+    return TrainingContext(
         epochs=config.train.epochs,
         steps_per_epoch=schedule.steps_per_epoch,
         total_steps=schedule.total_steps,
         input_shape=tuple(data.input_shape),
         pretrained=bool(config.init),
-        train_size=min(len(data.x_train), config.train.train_subset or len(data.x_train)),
+        train_size=train_size,
+        phases=config.train.run_phases,
     )
-    method = build_method(config.method, model, config.method_options, context)
-    return model, method
+
+
+def phases_record(context: TrainingContext) -> dict[str, Any] | None:
+    """``final.json``'s ``phases``: each phase's length in epochs and in steps (the steps
+    a run compressed by ``max_steps`` really took), ``None`` for a run without phases."""
+    if context.phases is None or context.phase_bounds is None:
+        return None
+    begin, end = context.phase_bounds
+    return {
+        "epochs": context.phases.as_dict(),
+        "steps": {"warmup": begin, "learn": end - begin, "finetune": context.total_steps - end},
+    }
+
+
+def init_record(config: RunConfig) -> dict[str, Any] | None:
+    """``final.json``'s ``init``: where the starting weights came from (``None``: scratch)."""
+    if not config.init:
+        return None
+    path = Path(config.init)
+    weights = path / WEIGHTS if path.is_dir() else path
+    return {"source": str(config.init), "weights": str(weights.resolve())}
 
 
 def _check_input(model: nn.Module, config: RunConfig, data: Dataset) -> None:
@@ -338,6 +367,8 @@ def _finish(
         "data": config.data,
         "epochs": config.train.epochs,
         "steps": last.get("steps"),
+        "phases": phases_record(training_context(config, data)),
+        "init": init_record(config),
         "test_accuracy": test_accuracy,
         "test_error": 1.0 - test_accuracy,
         "test_loss": test_loss,

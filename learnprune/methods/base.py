@@ -27,6 +27,7 @@ from learnprune import masking, validation
 from learnprune.accounting import prunable_modules
 from learnprune.errors import CheckpointError, ConfigError
 from learnprune.groups import GroupPlan, GroupSet, build_groups
+from learnprune.phases import Phases
 
 
 @dataclass(frozen=True)
@@ -40,6 +41,17 @@ class TrainingContext:
     pretrained: bool = False
     train_size: int | None = None
     """Number of training examples (``N`` of the hard-concrete penalty)."""
+    phases: Phases | None = None
+    """The run's phases in epochs (:mod:`learnprune.phases`); ``None``: each method's own
+    ``begin_epoch``/``end_epoch`` (or ``prune_epoch``) place its phase."""
+
+    @property
+    def phase_bounds(self) -> tuple[int, int] | None:
+        """``(W, W + L)`` in steps: where mask learning begins and where fine-tuning begins
+        (``None`` without phases)."""
+        if self.phases is None:
+            return None
+        return self.steps(self.phases.learn_begin), self.steps(self.phases.learn_end)
 
     def steps(self, epochs: float) -> int:
         """The step reached after ``epochs`` (fractional) epochs; with ``max_steps`` the
@@ -49,15 +61,27 @@ class TrainingContext:
     def phase_steps(
         self, options: dict[str, Any], *, allow_equal: bool, reason: str = ""
     ) -> tuple[int, int]:
-        """``(begin_step, end_step)`` of a method's phase from the recipe options
+        """``(begin_step, end_step)`` of a method's phase: the run's learning phase
+        ``[W, W + L)`` when it has :attr:`phases`, else from the recipe options
         ``begin_epoch`` (default 0) and ``end_epoch`` (default three quarters of the run),
         both popped from ``options``; ``end_step`` is at least ``begin_step + 1``.
 
         Raises:
             ConfigError: an epoch out of range, ``end_epoch`` after the last epoch, or
                 ``begin_epoch`` after ``end_epoch`` (or equal to it, unless
-                ``allow_equal``); ``reason`` ends that message.
+                ``allow_equal``); ``reason`` ends that message. With phases: a
+                ``begin_epoch``/``end_epoch`` beside them, or no learning phase (unless
+                ``allow_equal``).
         """
+        if self.phases is not None:
+            self.phases.refuse_timing(options)
+            begin_step, end_step = self.phase_bounds  # type: ignore[misc]
+            if begin_step == end_step and not allow_equal:
+                raise ConfigError(
+                    f"the phases have no mask learning (learn = {self.phases.learn:g} epochs)"
+                    + reason
+                )
+            return begin_step, max(end_step, begin_step + 1)
         begin = validation.non_negative("begin_epoch", options.pop("begin_epoch", 0))
         end_given = "end_epoch" in options
         end = validation.positive("end_epoch", options.pop("end_epoch", 0.75 * self.epochs))

@@ -10,6 +10,8 @@ default), a controller moves ``λ`` after every step so the achieved budget trac
 (:meth:`BudgetedMethod.gate_scores`: SCL's ``S``, DiffPrune's ``φ``, hard-concrete's
 ``log α``) and freezes the gates; training goes on with that mask. ``finish="none"`` keeps
 the papers' form: the controller keeps tracking the final target until the run ends.
+Before ``begin_step`` is the dense warm-up (:mod:`learnprune.phases`): the gates are held at
+their start values (deterministic, every group kept), get no gradient and ``λ = 0``.
 What is measured against the budget:
 
     sparsity budget:  Σ_g n_g (1 − k_g) / N          (N = all prunable weights)
@@ -27,6 +29,7 @@ import torch
 from torch import Tensor, nn
 
 from learnprune import budget, costs, validation
+from learnprune.accounting import prunable_modules
 from learnprune.errors import ConfigError
 from learnprune.groups import GroupSet, model_input_shape
 from learnprune.masking import GroupGate
@@ -59,8 +62,12 @@ class BudgetedMethod(PruningMethod):
     schedule: budget.TargetSchedule | None = None
     finish: str = "none"
     finished: bool = False
+    kept_cost: costs.KeptCost | None = None
+    """What a keep assignment costs where groups share weights (``None``: additive)."""
     achieved_at_finish: float | None = None
     """The budget the learned gates had reached when the exact finish set it."""
+    learn_begin: int = 0
+    """The step at which mask learning begins; the steps before it are the dense warm-up."""
     _fixed_values: list[Tensor]
     """The method's parameters as the exact finish left them (written back each step)."""
 
@@ -96,6 +103,7 @@ class BudgetedMethod(PruningMethod):
         )
         begin = validation.integer("begin_step", begin_step)
         end = None if end_step is None else validation.integer("end_step", end_step)
+        self.learn_begin = begin
         self.schedule = (
             budget.TargetSchedule(self.budget[1], self.schedule_kind, begin, end)
             if self.budget
@@ -136,11 +144,37 @@ class BudgetedMethod(PruningMethod):
             example_inputs=self.example_inputs,
         )
         self.budget_total = costs.total_cost(self.plan, self.budget_costs)
+        self.kept_cost = None
+        if self.budget and costs.shares_weights(self.plan):
+            per_weight = costs.weight_costs(
+                self.model,
+                flops=self.budget_kind == "flops",
+                input_shape=model_input_shape(self.model, input_shape),
+                example_inputs=self.example_inputs,
+            )
+            weights = [f"{name}.weight" for name, _module in prunable_modules(self.model)]
+            self.kept_cost = costs.KeptCost(self.plan, per_weight, weights)
+        if self.warming_up:
+            self._hold_gates()
+
+    @property
+    def warming_up(self) -> bool:
+        """Whether the run is in its dense warm-up (before ``begin_step``)."""
+        return self.step < self.learn_begin and not self.finished
 
     @property
     def current_lam(self) -> float:
-        """``λ`` now: adapted with a target, the starting value without."""
+        """``λ`` now: adapted with a target, the starting value without; 0 in the warm-up."""
+        if self.warming_up:
+            return 0.0
         return self.controller.lam if self.controller else self.base_lam
+
+    def before_optimizer_step(self) -> None:
+        """In the warm-up the gates get no gradient (so no optimizer state either: the
+        learning phase starts from the gates' start values and fresh momentum)."""
+        if self.warming_up:
+            for param in self.parameters():
+                param.grad = None
 
     @property
     def budget_kind(self) -> str | None:
@@ -148,7 +182,8 @@ class BudgetedMethod(PruningMethod):
 
     def budget_text(self) -> str:
         """``", target flops 0.7 (cubic to step 450, lagrangian, finish exact)"`` for
-        :meth:`describe` (empty without a target)."""
+        :meth:`describe` (empty without a target); after a warm-up ``"(dense to step 50,
+        cubic to step 450, ...)"``."""
         if not self.budget or self.schedule is None:
             return ""
         reach = (
@@ -156,6 +191,8 @@ class BudgetedMethod(PruningMethod):
             if self.schedule.end is not None and self.schedule.kind != "constant"
             else "constant"
         )
+        if self.learn_begin > 0:
+            reach = f"dense to step {self.learn_begin}, {reach}"
         return (
             f", target {self.budget[0]} {self.budget[1]:g} "
             f"({reach}, {self.controller_kind}, finish {self.finish})"
@@ -169,8 +206,22 @@ class BudgetedMethod(PruningMethod):
         """``k_g`` as 0/1 floats (subclasses may return a cached one)."""
         return gate.keep().float()
 
+    def removed_share(self, kept: Mapping[str, Tensor]) -> float:
+        """``1 − C(k) / C(1)`` (:class:`~learnprune.costs.KeptCost`) for ``{set name: k}``,
+        where groups share weights: the share of the whole cost (all Conv/Linear weights,
+        or their FLOPs) a keep assignment removes."""
+        assert self.kept_cost is not None
+        with torch.no_grad():
+            whole = self.kept_cost.total
+            return 1.0 - self.kept_cost(kept) / whole if whole else 0.0
+
     def budget_achieved(self) -> float:
-        """Sparsity, or for a FLOPs budget the fraction of the gated FLOPs removed."""
+        """Sparsity, or for a FLOPs budget the fraction of the gated FLOPs removed (of all
+        the Conv/Linear FLOPs where groups share weights, :meth:`removed_share`)."""
+        if self.kept_cost is not None:
+            return self.removed_share(
+                {name: self.kept_indicator(gate) for name, gate in self.gates.items()}
+            )
         with torch.no_grad():
             removed = float(
                 sum(
@@ -191,9 +242,11 @@ class BudgetedMethod(PruningMethod):
         """One step of the budget, called after the step count is advanced: the controller
         during the phase (and after it with ``finish="none"``), the exact finish once
         ``end_step`` steps are done. Nothing without a target or once finished."""
-        if self.finished:
+        if self.finished or self.warming_up:
             self._restore_fixed()
             return
+        if self.step == self.learn_begin and self.learn_begin > 0:
+            self._release_gates()  # the warm-up is over: mask learning begins
         if self.controller is None or self.schedule is None:
             return
         if self.step < self.schedule.begin:
@@ -239,12 +292,27 @@ class BudgetedMethod(PruningMethod):
             if self.finish_protects(group_set) and group_set.num_groups:
                 guard[int(torch.argmax(score))] = True
             protected.append(guard)
-        whole = self.total_weights if self.budget_kind == "sparsity" else self.budget_total
-        ungated = whole - self.budget_total  # excluded layers' weights: always kept
-        keep_budget = (1.0 - self.budget[1]) * whole - ungated
-        keep = budget.exact_keep(
-            torch.cat(scores), torch.cat(cost), keep_budget, torch.cat(protected)
-        )
+        if self.kept_cost is not None:  # a weight of two kept groups costs once
+            sizes = [s.num_groups for s in self.plan.sets]
+            kept_cost = self.kept_cost
+
+            def by_set(keep: Tensor) -> dict[str, Tensor]:
+                return dict(zip(names, torch.split(keep, sizes), strict=True))
+
+            keep = budget.exact_keep_shared(
+                torch.cat(scores),
+                (1.0 - self.budget[1]) * kept_cost.total,
+                torch.cat(protected),
+                lambda keep: kept_cost(by_set(keep)),
+                lambda keep: torch.cat(list(kept_cost.marginal(by_set(keep)).values())),
+            )
+        else:
+            whole = self.total_weights if self.budget_kind == "sparsity" else self.budget_total
+            ungated = whole - self.budget_total  # excluded layers' weights: always kept
+            keep_budget = (1.0 - self.budget[1]) * whole - ungated
+            keep = budget.exact_keep(
+                torch.cat(scores), torch.cat(cost), keep_budget, torch.cat(protected)
+            )
         return dict(
             zip(names, torch.split(keep, [s.num_groups for s in self.plan.sets]), strict=True)
         )
@@ -267,6 +335,17 @@ class BudgetedMethod(PruningMethod):
         self._fixed_values = [param.detach().clone() for param in self.parameters()]
         for gate in self.gates.values():
             gate.frozen = True
+
+    def _hold_gates(self) -> None:
+        """The warm-up: gates deterministic, their start values kept (as :meth:`_freeze`,
+        until :meth:`_release_gates`)."""
+        self._fixed_values = [param.detach().clone() for param in self.parameters()]
+        for gate in self.gates.values():
+            gate.frozen = True
+
+    def _release_gates(self) -> None:
+        for gate in self.gates.values():
+            gate.frozen = False
 
     @torch.no_grad()
     def _restore_fixed(self) -> None:
@@ -317,16 +396,31 @@ class BudgetedMethod(PruningMethod):
             self.controller.load_state_dict(saved)
         if state.get("finished") and not self.finished:
             self._freeze()
+        elif self.warming_up:
+            self._hold_gates()  # the loaded gates: still their start values
+        elif not self.finished:
+            self._release_gates()
         self.achieved_at_finish = state.get("achieved_at_finish")
 
     @classmethod
     def budget_steps(cls, options: dict[str, Any], context: TrainingContext) -> dict[str, Any]:
         """Recipe options in epochs -> steps: ``begin_epoch`` (default 0) and ``end_epoch``
-        (default three quarters of the run, as GMP's) become ``begin_step``/``end_step``."""
+        (default three quarters of the run, as GMP's), or the run's phases ``W``, ``W + L``,
+        become ``begin_step``/``end_step``. Phases with a fine-tuning phase need the exact
+        finish (a ConfigError otherwise: the mask would not be fixed)."""
         options = dict(options)
-        options["begin_step"], options["end_step"] = context.phase_steps(
-            options, allow_equal=False
-        )
+        phases = context.phases
+        if (
+            phases is not None
+            and phases.finetune > 0
+            and (options.get("target") is None or options.get("finish") == "none")
+        ):
+            raise ConfigError(
+                f"the phases' fine-tuning (finetune = {phases.finetune:g}) needs the mask fixed, "
+                'which the exact finish does: give a target (and finish = "exact") or '
+                "finetune = 0"
+            )
+        options["begin_step"], options["end_step"] = context.phase_steps(options, allow_equal=False)
         return options
 
     @classmethod

@@ -307,6 +307,10 @@ class HardConcrete(BudgetedMethod):
         over its reachable range, so every target is reachable): test-time gates close
         only once ``log α < −2.4``, so the final model's budget moves in one late jump that
         a controller cannot track."""
+        if self.kept_cost is not None:  # groups share weights: Π of the probabilities
+            return self.removed_share(
+                {name: gate.open_share() for name, gate in self.gates.items()}
+            )
         removed = float(
             sum(
                 costs.weighted_sum(self.budget_costs[name], 1.0 - gate.open_share())

@@ -163,8 +163,13 @@ class Magnitude(_MagnitudePruning):
     def from_options(
         cls, model: nn.Module, options: Mapping[str, Any], context: TrainingContext
     ) -> Magnitude:
-        """Recipe options; ``prune_epoch`` defaults to 0 from a trained model, else half the run."""
+        """Recipe options; ``prune_epoch`` defaults to 0 from a trained model, else half the
+        run; with the run's phases it is the end of the warm-up (``W``: one-shot pruning,
+        then learning and fine-tuning with the mask fixed)."""
         options = dict(options)
+        if context.phases is not None:
+            context.phases.refuse_timing(options)
+            options["prune_epoch"] = context.phases.learn_begin
         default_epoch = 0 if context.pretrained else context.epochs / 2
         prune_epoch = validation.non_negative(
             "prune_epoch", options.pop("prune_epoch", default_epoch)

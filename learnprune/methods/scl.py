@@ -315,6 +315,7 @@ class SCL(BudgetedMethod):
         for name in sorted(self._pending):
             self._processors[name](self.gates[name].mask_variable)
         self._pending.clear()
+        super().before_optimizer_step()  # the warm-up drops these gradients
 
     def _make_processor(self, set_name: str) -> Callable[[Tensor], None]:
         group_set = next(s for s in self.plan.sets if s.name == set_name)
