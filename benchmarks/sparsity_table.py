@@ -155,6 +155,9 @@ def main() -> None:
         default=0.98,
         help="targets below this get seed 0 only (they make no claim)",
     )
+    parser.add_argument(
+        "--summarise", action="store_true", help="only rewrite the tables of finished runs"
+    )
     args = parser.parse_args()
     recipes = RECIPES[args.model]
     unknown = [m for m in args.methods if m not in recipes]
@@ -173,6 +176,9 @@ def main() -> None:
         if code:
             sys.exit(f"the dense run failed (exit {code}); see {args.out / 'dense.log'}")
     dense_final = json.loads((dense / "final.json").read_text())
+    if args.summarise:
+        write_summary(args, dense, dense_final)
+        return
     for seed in args.seeds:
         for target in args.targets:
             if seed != args.seeds[0] and target < args.one_seed_below:
@@ -197,14 +203,19 @@ def main() -> None:
                 code = train(arguments, args.out / name, args.out / f"{name}.log")
                 lock.close()
                 print(f"{name}: exit {code}", flush=True)
-                rows = summarise(args.out, args.methods, args.targets)
-                summary = {
-                    "protocol": vars(args) | {"out": str(args.out), "dense": str(dense)},
-                    "dense": row(dense_final),
-                    "rows": rows,
-                }
-                (args.out / "summary.json").write_text(json.dumps(summary, indent=1, default=str))
-                (args.out / "table.md").write_text(markdown(rows, dense_final))
+                write_summary(args, dense, dense_final)
+
+
+def write_summary(args: argparse.Namespace, dense: Path, dense_final: dict[str, Any]) -> None:
+    """``summary.json`` and ``table.md`` of the runs of ``args.methods`` that finished."""
+    rows = summarise(args.out, args.methods, args.targets)
+    summary = {
+        "protocol": vars(args) | {"out": str(args.out), "dense": str(dense)},
+        "dense": row(dense_final),
+        "rows": rows,
+    }
+    (args.out / "summary.json").write_text(json.dumps(summary, indent=1, default=str))
+    (args.out / "table.md").write_text(markdown(rows, dense_final))
 
 
 if __name__ == "__main__":
