@@ -22,9 +22,25 @@ with gradient ``g`` (learning rate ``α``, momentum ``m``):
 
 with ``prox`` the soft threshold ``sign(z) · max(|z| − λ, 0)`` element-wise (``"lasso"``, the
 default for Linear weights) or the group soft threshold per output filter
-``max(0, 1 − λ/‖z_g‖₂) · z_g`` (``"group"``, the default for conv weights); ``λ = 1``
-in the reference code. Tensors that are not coupled (biases, norm layers) take
+``max(0, 1 − λ/‖z_g‖₂) · z_g`` (``"group"``, the reference code's prox for conv weights);
+``λ = 1`` in the reference code. Tensors that are not coupled (biases, norm layers) take
 ``p ← p − α κ d``.
+
+**Filters of different fan-in.** Under ``"group"`` filter ``g`` (``d_g`` weights) enters
+``supp(Γ)`` once ``‖z_g‖₂ > λ``, i.e. once the RMS of its ``z`` exceeds ``λ / √d_g``: the
+wider a filter, the earlier it enters. A first conv layer (ResNet-20: ``d_g = 27`` against
+576 in the last stage) waits about 4.6 times as long as the last stage, so along a short
+path its filters never enter and ``W* = W ⊙ 1[Γ ≠ 0]`` is cut off at its input (at chance).
+The default ``prox="auto"`` therefore takes, for conv weights of an optimizer whose conv
+layers do not all have one fan-in, the *rescaled* group prox (the lottery code's)::
+
+    Γ_g = κ · max(0, 1 − λ_c / (‖z_g‖₂ / √d_g)) · z_g,    λ_c = conv_lam or λ / √d_max
+
+whose threshold on ``‖z_g‖₂`` is ``λ_c √d_g = λ √(d_g / d_max)`` by default (``d_max`` the
+largest fan-in): every filter enters when the RMS of its ``z`` exceeds the same
+``λ / √d_max``, the widest filters exactly when the reference would let them, every narrower
+one earlier. Where all conv layers share one fan-in the two proxes only differ by a constant
+and ``"auto"`` is the reference ``"group"``; ``prox="group"`` keeps the reference anyway.
 
 Weight decay sits inside the momentum: the code adds ``wd · W`` to the buffer in place
 after ``buf ← m · buf + g``, so ``buf_t = m · buf_{t−1} + g_t + wd · W_t``, the same as
@@ -106,6 +122,11 @@ def group_soft_threshold(z: Tensor, lam: float, rescaled: bool = False) -> Tenso
     return (flat * scale).reshape(z.shape)
 
 
+def _fan_in(param: Tensor) -> int:
+    """``d_g``, the weights of one output filter: ``in_channels/groups · kernel size``."""
+    return param[0].numel()
+
+
 def default_coupled(name: str, param: Tensor) -> bool:
     """The reference code couples every 2-D (Linear) and 4-D (conv) weight."""
     return param.ndim in (2, 4) and name.endswith("weight")
@@ -136,11 +157,12 @@ class DessiLBI(torch.optim.Optimizer):
         momentum: heavy-ball momentum of the W step.
         nesterov: Nesterov momentum.
         weight_decay: L2 weight decay (applied as each variant does).
-        prox: ``"auto"`` (lasso for Linear, group for conv), ``"lasso"``, ``"group"``,
-            ``"rescaled_group"`` (conv; Linear stays lasso).
+        prox: ``"auto"`` (lasso for Linear; for conv the rescaled group prox where the
+            conv layers' fan-ins differ, else group; see the module docstring),
+            ``"lasso"``, ``"group"``, ``"rescaled_group"`` (conv; Linear stays lasso).
         lam: ``λ``, the threshold of the prox (1 in the reference code).
         conv_lam: threshold of the rescaled group prox (the lottery code's ``conv_lambda``;
-            default ``lam``).
+            default ``lam`` for ``"rescaled_group"``, ``lam / √d_max`` for ``"auto"``).
         variant: ``"reference"``, ``"lottery"`` or ``"normalize"``.
         lbi_momentum: ``μ_z``, momentum of the z increment (``variant="normalize"`` only).
         lbi_momentum_rule: ``"heavy_ball"`` (``b ← μ_z · b + u``) or ``"released"`` (the
@@ -176,7 +198,8 @@ class DessiLBI(torch.optim.Optimizer):
         weight_decay = validation.non_negative("weight_decay", weight_decay)
         prox = validation.choice("prox", prox, PROXES)
         lam = validation.positive("lam", lam)
-        conv_lam = lam if conv_lam is None else validation.positive("conv_lam", conv_lam)
+        if conv_lam is not None:
+            conv_lam = validation.positive("conv_lam", conv_lam)
         variant = validation.choice("variant", variant, VARIANTS)
         lbi_momentum = validation.non_negative("lbi_momentum", lbi_momentum)
         if lbi_momentum >= 1:
@@ -211,6 +234,11 @@ class DessiLBI(torch.optim.Optimizer):
                     state["gamma"] = torch.zeros_like(param)
                     state["first_epoch"] = torch.full_like(param, NEVER, dtype=torch.int32)
         self.support_history: list[dict[str, int]] = []
+        fan_ins = {_fan_in(p) for _n, p in self.coupled() if p.ndim == 4}
+        self.fan_ins_differ = len(fan_ins) > 1
+        """Whether the coupled conv weights have more than one fan-in (``prox="auto"``)."""
+        self.widest_fan_in = max(fan_ins, default=1)
+        """``d_max``, the largest fan-in of a coupled conv filter."""
 
     @classmethod
     def for_model(
@@ -279,7 +307,7 @@ class DessiLBI(torch.optim.Optimizer):
         # z ← z + (α/ν)(W_old − Γ), then W ← W − ακ d − (ακ/ν)(W_old − Γ), in place
         z.add_(coupling, alpha=lr / nu)
         param.add_(direction, alpha=-lr * kappa).add_(coupling, alpha=-lr * kappa / nu)
-        prox = self._prox(z, group)
+        prox = self._prox(z, param, group)
         state["gamma"] = prox.mul_(kappa) if kappa != 1.0 else prox
 
     @staticmethod
@@ -297,16 +325,36 @@ class DessiLBI(torch.optim.Optimizer):
             buffer.mul_(mu_z).add_(increment)
         return buffer
 
-    @staticmethod
-    def _prox(z: Tensor, group: Mapping[str, Any]) -> Tensor:
-        prox = group["prox"]
-        if z.ndim == 4 and group["variant"] == "lottery" and prox == "auto":
+    def prox_of(self, param: Tensor, group: Mapping[str, Any]) -> tuple[str, float]:
+        """``(prox, threshold)`` that ``param``'s ``Γ`` takes in ``group``: ``"lasso"``
+        (threshold ``λ``), ``"group"`` (``λ``) or ``"rescaled_group"`` (``λ_c``), with
+        ``"auto"`` resolved as the module docstring says; ``variant="normalize"`` is
+        element-wise whatever ``prox`` says."""
+        prox, conv_lam = group["prox"], group["conv_lam"]
+        if param.ndim != 4 or prox == "lasso" or group["variant"] == "normalize":
+            return "lasso", group["lam"]
+        if prox == "auto" and group["variant"] == "lottery":
             prox = "rescaled_group"
-        if z.ndim == 4 and prox in ("auto", "group"):
-            return group_soft_threshold(z, group["lam"])
-        if z.ndim == 4 and prox == "rescaled_group":
-            return group_soft_threshold(z, group["conv_lam"], rescaled=True)
-        return soft_threshold(z, group["lam"])
+        elif prox == "auto":
+            if not self.fan_ins_differ:
+                return "group", group["lam"]
+            if conv_lam is None:
+                conv_lam = group["lam"] / math.sqrt(self.widest_fan_in)
+            return "rescaled_group", conv_lam
+        if prox == "group":
+            return "group", group["lam"]
+        return "rescaled_group", group["lam"] if conv_lam is None else conv_lam
+
+    def _prox(self, z: Tensor, param: Tensor, group: Mapping[str, Any]) -> Tensor:
+        prox, threshold = self.prox_of(param, group)
+        if prox == "lasso":
+            return soft_threshold(z, threshold)
+        return group_soft_threshold(z, threshold, rescaled=prox == "rescaled_group")
+
+    def filter_groups(self, param: Tensor) -> bool:
+        """Whether ``param``'s ``Γ`` is sparse by whole output filters (a group prox)."""
+        group = next(g for g in self.param_groups if any(p is param for p in g["params"]))
+        return self.prox_of(param, group)[0] != "lasso"
 
     # --- reading the path ---------------------------------------------------------------
     def coupled(self) -> Iterator[tuple[str, Tensor]]:
