@@ -3,7 +3,9 @@ the fine-tuning, budget exactness in 300-step runs, and lottery tickets at a FLO
 
 from __future__ import annotations
 
+import contextlib
 import copy
+import io
 import json
 import math
 
@@ -12,6 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from learnprune.cli import main
 from learnprune.config import TrainConfig
 from learnprune.errors import ConfigError
 from learnprune.methods.dessilbi import NEVER, DessiLBIMethod, PathBudget
@@ -209,3 +212,61 @@ def test_300_step_run_lands_on_the_budget(tmp_path, mnist_subset, model: str, ta
         assert kept <= 0.3 and kept == pytest.approx(0.3, rel=0.02)
         assert all(layer["kept_out"] >= 1 for layer in final["layers"][:2])  # convs open
     assert final["test_accuracy"] > 0.5
+
+
+def test_ticket_at_a_flops_budget_retrains_the_prune_order_from_the_init(tmp_path) -> None:
+    """A short structured DessiLBI run on LeNet-5-Caffe, then its ticket at 30 % of the
+    dense FLOPs (learnprune ticket --flops 0.3): exact FLOPs, the prune order's masks,
+    trained from init.pt."""
+    from learnprune.config import RunConfig
+    from learnprune.data import Dataset
+    from learnprune.methods.ticket import budget_ticket_masks
+    from learnprune.models import build_model
+    from learnprune.runner import run
+
+    torch.manual_seed(0)
+    prototypes = torch.randn(10, 1, 28, 28)
+    labels = torch.randint(0, 10, (260,))
+    images = prototypes[labels] + 0.5 * torch.randn(260, 1, 28, 28)
+    data = Dataset("mnist", images[:200], labels[:200], images[200:], labels[200:], 10)
+    source = tmp_path / "lbi"
+    config = RunConfig(
+        model="lenet5-caffe",
+        data="mnist",
+        method="dessilbi",
+        method_options={"nu": 1.0, "lam": 0.05},
+        train=TrainConfig(epochs=2, batch_size=50, lr=0.05, lr_schedule="constant"),
+    )
+    run(config, source, quiet=True, data=data)
+    masks = budget_ticket_masks(source, build_model("lenet5-caffe"), {"flops": 0.3}, None,
+                                input_shape=(1, 28, 28))  # fmt: skip
+    for name in ("conv1.weight", "conv2.weight"):  # whole filters (the rescaled group prox)
+        per_filter = masks[name].reshape(len(masks[name]), -1)
+        assert torch.equal(per_filter.all(1), per_filter.any(1)) and per_filter.any()
+    with pytest.raises(ConfigError, match="up to epoch 2"):
+        budget_ticket_masks(source, build_model("lenet5-caffe"), 0.9, epoch=3)
+
+    from learnprune.runner import initial_weights
+
+    ticket = tmp_path / "ticket"
+    config = RunConfig(
+        model="lenet5-caffe",
+        data="mnist",
+        method="ticket",
+        method_options={"source": str(source), "target": {"flops": 0.3}},
+        train=TrainConfig(epochs=1, batch_size=50, lr=0.05, lr_schedule="constant"),
+        init=str(initial_weights(source)),
+    )
+    result = run(config, ticket, quiet=True, data=data)
+    kept = result["effective_flops"] / result["flops"]
+    assert kept <= 0.3 and kept == pytest.approx(0.3, rel=0.02)
+    final = torch.load(ticket / "model.pt", weights_only=True)
+    start = torch.load(source / "init.pt", weights_only=True)
+    for name, mask in masks.items():
+        assert torch.all(final[name][~mask] == 0) and torch.all(final[name][mask] != 0)
+    assert json.loads((ticket / "config.json").read_text())["init"].endswith("init.pt")
+    assert not torch.equal(final["fc2.weight"], start["fc2.weight"] * masks["fc2.weight"])
+    # the command line: a budget or an epoch is needed, and only one budget
+    with contextlib.redirect_stderr(io.StringIO()):
+        assert main(["ticket", str(source), "--quiet"]) == 2
+        assert main(["ticket", str(source), "--target", "0.9", "--flops", "0.3", "--quiet"]) == 2
