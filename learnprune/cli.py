@@ -122,7 +122,13 @@ def _parser() -> argparse.ArgumentParser:
         "ticket", help="retrain a DessiLBI run's lottery ticket from its starting weights"
     )
     ticket.add_argument("run_dir", help="a finished or interrupted dessilbi run")
-    ticket.add_argument("--epoch", type=int, required=True, help="take the support at this epoch")
+    ticket.add_argument("--epoch", type=int, help="take the support at this epoch")
+    ticket.add_argument(
+        "--target", type=float, help="a sparsity budget: the prune order cut exactly there"
+    )
+    ticket.add_argument(
+        "--flops", type=float, help="a FLOPs budget (share of the dense FLOPs kept), as --target"
+    )
     ticket.add_argument("--layers", default="all", help="all (every coupled weight) or conv")
     ticket.add_argument("--epochs", type=int, help="training epochs (default: the source run's)")
     ticket.add_argument("--lr", type=float)
@@ -489,14 +495,21 @@ def _ticket(args: argparse.Namespace) -> int:
     raw = found.as_dict()
     raw.pop("method_options")
     raw["train"].pop("phases", None)  # a ticket retrains with its mask fixed throughout
-    raw["method"] = {
-        "name": "ticket",
-        "source": str(source),
-        "epoch": args.epoch,
-        "layers": args.layers,
-    }
+    if args.target is not None and args.flops is not None:
+        raise ConfigError("give one budget: --target or --flops")
+    target = {"flops": args.flops} if args.flops is not None else args.target
+    if args.epoch is None and target is None:
+        raise ConfigError("learnprune ticket needs --epoch, --target or --flops")
+    raw["method"] = {"name": "ticket", "source": str(source), "layers": args.layers}
+    if args.epoch is not None:
+        raw["method"]["epoch"] = args.epoch
+    if target is not None:
+        raw["method"]["target"] = target
     raw["init"] = str(initial_weights(source))
-    raw["description"] = f"lottery ticket of {source} at epoch {args.epoch}"
+    at = [] if args.epoch is None else [f"epoch {args.epoch}"]
+    if target is not None:
+        at.append(f"flops {args.flops:g}" if args.flops is not None else f"sparsity {target:g}")
+    raw["description"] = f"lottery ticket of {source} at {', '.join(at)}"
     overrides: dict[tuple[str, ...], Any] = {
         ("train", "epochs"): args.epochs,
         ("train", "lr"): args.lr,

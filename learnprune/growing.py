@@ -174,7 +174,10 @@ def grow(
         model = make(widths)
         if previous is not None:
             copy_into(previous, model)
-        method = DessiLBIMethod(model, nu=config.nu, kappa=config.kappa, lam=config.lam)
+        # the grow code's plain group prox (its slbi_opt.py), not the rescaled default
+        method = DessiLBIMethod(
+            model, nu=config.nu, kappa=config.kappa, lam=config.lam, prox="group"
+        )
         local = TrainConfig(
             **{
                 **asdict(train_config),

@@ -195,6 +195,44 @@ def test_group_prox_zeroes_small_filters_and_shrinks_the_others() -> None:
     )
 
 
+def _two_fan_in_step(**options) -> tuple[torch.Tensor, torch.Tensor]:
+    """Γ after one step from a preset z (W = 0, no gradient: z stays) of a conv of fan-in
+    1 (one 1x1 filter) and one of fan-in 4 (one 2x2 filter)."""
+    narrow, wide = nn.Conv2d(1, 1, 1, bias=False), nn.Conv2d(1, 1, 2, bias=False)
+    params = [("narrow.weight", narrow.weight), ("wide.weight", wide.weight)]
+    opt = DessiLBI(params, lr=0.1, nu=10.0, momentum=0.0, **options)
+    for (_name, param), z in zip(params, (0.8, 0.6), strict=True):
+        with torch.no_grad():
+            param.zero_()
+        opt.state[param]["z"].fill_(z)
+        param.grad = torch.zeros_like(param)
+    opt.step()
+    return opt.state[narrow.weight]["gamma"], opt.state[wide.weight]["gamma"]
+
+
+def test_auto_prox_lets_a_filter_of_small_fan_in_enter_the_support() -> None:
+    """Fan-ins 1 and 4 (d_max = 4): "auto" thresholds ‖z_g‖ at λ √(d_g / d_max) = 0.5 and
+    1; "group" at 1 for both."""
+    # narrow: ‖z‖ = 0.8 > 0.5 -> Γ = (1 − 0.5/0.8) · 0.8 = 0.3; wide: ‖z‖ = 1.2 -> z/6
+    narrow, wide = _two_fan_in_step()
+    assert torch.allclose(narrow, torch.tensor(0.3)) and torch.allclose(wide, torch.tensor(0.1))
+    # plain group prox: the narrow filter's ‖z‖ = 0.8 ≤ 1 stays out, the wide one is the same
+    narrow, wide = _two_fan_in_step(prox="group")
+    assert torch.equal(narrow, torch.zeros_like(narrow))
+    assert torch.allclose(wide, torch.tensor(0.1))
+    # an explicit conv_lam is the threshold on ‖z_g‖/√d_g: 0.7 -> narrow 0.1, wide 1.2 − 1.4 < 0
+    narrow, wide = _two_fan_in_step(conv_lam=0.7)
+    assert torch.allclose(narrow, torch.tensor(0.1)) and not wide.any()
+
+
+def test_auto_prox_is_the_reference_group_prox_where_fan_ins_agree() -> None:
+    convs = [nn.Conv2d(1, 2, 2, bias=False), nn.Conv2d(1, 3, 2, bias=False)]
+    opt = DessiLBI([(f"c{i}.weight", c.weight) for i, c in enumerate(convs)], lr=0.1)
+    group = opt.param_groups[0]
+    assert not opt.fan_ins_differ
+    assert [opt.prox_of(c.weight, group) for c in convs] == [("group", 1.0)] * 2
+
+
 def _toy_path(epochs: int = 30) -> tuple[nn.Module, DessiLBI, list[int]]:
     torch.manual_seed(0)
     model = nn.Sequential(nn.Linear(10, 16), nn.ReLU(), nn.Linear(16, 3))

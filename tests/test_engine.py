@@ -65,6 +65,8 @@ def make_config(method: str = "gmp", epochs: int = 3, **train: Any) -> RunConfig
     options: dict[str, Any] = (
         {"target": 0.9, "begin_epoch": 0, "end_epoch": 2, "frequency": 5} if method == "gmp" else {}
     )
+    if method == "dessilbi":  # the path to the end of epoch 2, its exact finish, fine-tuning
+        options = {"target": 0.9, "end_epoch": 2, "nu": 1.0, "lam": 0.05}
     return RunConfig(
         model="lenet300",
         data="mnist",
@@ -114,7 +116,12 @@ def uninterrupted(tmp_path_factory, synthetic):
 
 @pytest.mark.parametrize(
     ("method", "interrupt"),
-    [("gmp", "evaluate"), ("gmp", "save_checkpoint"), ("dense", "evaluate")],
+    [
+        ("gmp", "evaluate"),
+        ("gmp", "save_checkpoint"),
+        ("dense", "evaluate"),
+        ("dessilbi", "save_checkpoint"),
+    ],
 )
 def test_resume_is_bit_exact(tmp_path, monkeypatch, synthetic, uninterrupted, method, interrupt):
     """Interrupted in epoch 2 (in the evaluation, or while writing the checkpoint after
@@ -155,6 +162,9 @@ def test_resume_is_bit_exact(tmp_path, monkeypatch, synthetic, uninterrupted, me
     assert result["test_accuracy"] == final_a["test_accuracy"]
     assert result["sparsity"] == final_a["sparsity"]
     assert result["steps"] == final_a["steps"] == 3 * STEPS_PER_EPOCH
+    if method == "dessilbi":  # resumed in the path phase, finished exactly after it
+        assert final_a["budget"]["end_step"] == 2 * STEPS_PER_EPOCH
+        assert result["sparsity"] == pytest.approx(0.9, abs=1e-5)
 
 
 def test_resume_checkpoint_of_a_complete_run_only_finalizes(tmp_path, synthetic, uninterrupted):

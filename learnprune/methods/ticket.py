@@ -8,21 +8,30 @@ lottery procedure of the official code, ``example/lottery``): reset the model to
 
 ``layers="conv"`` masks conv weights only, as the official lottery code does
 (``generate_strong_mask_dict``); ``"all"`` masks every coupled weight.
+
+A ticket at a budget (``target``: a sparsity, or ``{"flops": f}`` keeping ``f`` of the
+dense FLOPs) is instead the source run's prune order cut at exactly that budget
+(:class:`~learnprune.methods.dessilbi.PathBudget`, as DessiLBI's own exact finish):
+weights and filters that entered ``supp(Γ)`` earlier first (up to ``epoch`` if given),
+then by magnitude of the source's ``W``; the mask is retrained from the starting weights
+as above.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import copy
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 from torch import Tensor, nn
 
-from learnprune import validation
+from learnprune import budget, validation
 from learnprune.checkpoint import load_checkpoint
 from learnprune.errors import CheckpointError, ConfigError
 from learnprune.groups import GroupSet, TensorSlices
 from learnprune.methods.base import FixedMaskMethod, TrainingContext
+from learnprune.methods.dessilbi import DessiLBI, PathBudget
 
 LAYERS = ("conv", "all")
 
@@ -48,6 +57,46 @@ def ticket_masks(run_dir: str | Path, epoch: int, layers: str = "all") -> dict[s
     return masks
 
 
+def budget_ticket_masks(
+    run_dir: str | Path,
+    model: nn.Module,
+    target: float | Mapping[str, float],
+    epoch: int | None = None,
+    layers: str = "all",
+    input_shape: Sequence[int] | None = None,
+) -> dict[str, Tensor]:
+    """``{weight name: keep mask}`` at exactly ``target`` by the prune order of a DessiLBI
+    run's last checkpoint (its ``W``, entry epochs and ``Γ``; entries after ``epoch``, if
+    given, count as never). ``model`` (the architecture, left untouched) gives the FLOPs;
+    ``layers="conv"`` ranks the conv weights only and keeps every other layer whole."""
+    parsed = budget.parse_target(target)
+    assert parsed is not None
+    state = load_checkpoint(Path(run_dir) / "checkpoint.pt", expect={"method": "dessilbi"})
+    saved = state["optimizer_state"]
+    recorded = saved.get("path", {}).get("epoch", 0)
+    if epoch is not None and epoch > recorded:
+        raise ConfigError(f"{run_dir} recorded its path up to epoch {recorded}, not {epoch}")
+    source = copy.deepcopy(model)
+    try:
+        source.load_state_dict(state["model_state"])
+        params = dict(source.named_parameters())
+        groups = [
+            {"params": [params[n] for n in group["names"]], "names": list(group["names"]),
+             "coupled": bool(group.get("coupled"))}
+            for group in saved["param_groups"]
+        ]  # fmt: skip
+        optimizer = DessiLBI(groups, lr=1.0)
+        optimizer.load_state_dict(saved)
+    except (KeyError, RuntimeError, ValueError) as err:
+        raise CheckpointError(f"{run_dir}: its checkpoint does not fit this model ({err})") from err
+    coupled = [name for name, param in optimizer.coupled() if layers == "all" or param.ndim == 4]
+    if not coupled:
+        raise ConfigError(f"{run_dir} coupled no {'conv ' if layers == 'conv' else ''}weights")
+    path = PathBudget(source, optimizer, parsed, input_shape, ranked=coupled)
+    keep = path.exact_keep(optimizer.budget_scores(epoch))
+    return path.masks(keep, source)
+
+
 class Ticket(FixedMaskMethod):
     """Train with fixed masks, e.g. a lottery ticket read from a DessiLBI run.
 
@@ -58,7 +107,7 @@ class Ticket(FixedMaskMethod):
     """
 
     name = "ticket"
-    recipe_options = ("source", "epoch", "layers")
+    recipe_options = ("source", "epoch", "layers", "target")
 
     def __init__(self, model: nn.Module, masks: Mapping[str, Tensor]) -> None:
         params = dict(model.named_parameters())
@@ -90,9 +139,18 @@ class Ticket(FixedMaskMethod):
     def from_options(
         cls, model: nn.Module, options: Mapping[str, Any], context: TrainingContext
     ) -> Ticket:
-        """``source`` (a DessiLBI run directory), ``epoch``, ``layers`` (``"all"``/``"conv"``)."""
-        if "source" not in options or "epoch" not in options:
-            raise ConfigError("method ticket needs source (a dessilbi run) and epoch")
-        epoch = validation.integer("epoch", options["epoch"], minimum=1)
+        """``source`` (a DessiLBI run directory), ``epoch``, ``layers`` (``"all"``/``"conv"``),
+        ``target`` (a budget: then ``epoch`` is optional)."""
+        target = options.get("target")
+        if "source" not in options or ("epoch" not in options and target is None):
+            raise ConfigError("method ticket needs source (a dessilbi run) and epoch or target")
+        epoch = options.get("epoch")
+        epoch = None if epoch is None else validation.integer("epoch", epoch, minimum=1)
         layers = validation.choice("layers", options.get("layers", "all"), LAYERS)
+        if target is not None:
+            masks = budget_ticket_masks(
+                options["source"], model, target, epoch, layers, context.input_shape
+            )
+            return cls(model, masks)
+        assert epoch is not None
         return cls(model, ticket_masks(options["source"], epoch, layers))
