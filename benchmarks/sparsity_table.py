@@ -75,6 +75,8 @@ def phase_arguments(method: str, target: float, learn: float, finetune: float) -
     arguments = ["--epochs", f"{epochs:g}", "--target", f"{target:g}"]
     if method == "magnitude":
         return [*arguments, "--set", "method.prune_epoch=0"]
+    if method == "dessilbi":  # its path starts at step 0; the exact finish at end_epoch
+        return [*arguments, "--set", f"method.end_epoch={learn:g}"]
     return [
         *arguments,
         "--set",
