@@ -68,7 +68,7 @@ from torch.optim.optimizer import register_optimizer_step_pre_hook
 from learnprune import costs, validation
 from learnprune.errors import ConfigError
 from learnprune.groups import GroupSet
-from learnprune.masking import GroupGate
+from learnprune.masking import GatedTensor, GroupGate
 from learnprune.methods.budgeted import BUDGET_OPTIONS, BudgetedMethod
 
 ProxyDerivative = Callable[[Tensor, float], Tensor]
@@ -113,6 +113,34 @@ def binary_step(mask_variable: Tensor, ste: str = "identity", slope: float = 0.1
     return _StepWithSTE.apply(mask_variable, ste, slope)
 
 
+class _MaskedWeight(torch.autograd.Function):
+    """``W̃ = W ⊙ M`` for element masks, one node for what ``W * binary_step(S)`` builds
+    three of. ``M = 1[S > 0]`` comes in computed (shaped like ``W``); the backward pass
+    gives both gradients at once::
+
+        ∂L/∂W = g ⊙ M,        ∂L/∂S = (g ⊙ W) · h(S)        (g = ∂L/∂W̃)
+    """
+
+    @staticmethod
+    def forward(
+        ctx: Any, weight: Tensor, mask_variable: Tensor, mask: Tensor, ste: str, slope: float
+    ) -> Tensor:
+        ctx.save_for_backward(weight, mask_variable, mask)
+        ctx.ste, ctx.slope = ste, slope
+        return weight * mask
+
+    @staticmethod
+    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor | None, Tensor | None, None, None, None]:
+        weight, mask_variable, mask = ctx.saved_tensors
+        grad_weight = grad * mask if ctx.needs_input_grad[0] else None
+        grad_mask_variable = None
+        if ctx.needs_input_grad[1]:
+            grad_mask_variable = (grad * weight).view(mask_variable.shape)
+            if ctx.ste != "identity":  # h ≡ 1 needs no product
+                grad_mask_variable.mul_(STE_PROXIES[ctx.ste](mask_variable, ctx.slope))
+        return grad_weight, grad_mask_variable, None, None, None
+
+
 class SCLMask(GroupGate):
     """The mask variables ``S`` of one group set; ``forward()`` gives ``M = H(S)``.
 
@@ -147,17 +175,29 @@ class SCLMask(GroupGate):
         return guard
 
     def current_mask(self) -> Tensor:
-        """``M = 1[S > 0]`` now (0/1 floats), reusing the last forward pass's when S has not
-        changed since."""
+        """``M = 1[S > 0]`` now (0/1 floats), computed once for each value of ``S`` (the
+        forward pass, the regularizer and the budget share it)."""
+        variable = self.mask_variable
         last = self.last_mask
         if (
             last is not None
-            and last.device == self.mask_variable.device
-            and (self._mask_version == self.mask_variable._version)
+            and self._mask_version == variable._version
+            and last.device == variable.device
+            and last.dtype == variable.dtype
         ):
             return last
-        mask = positive(self.mask_variable.detach())
-        return mask + self._guard(mask) if self.keep_one else mask
+        mask = positive(variable.detach())
+        if self.keep_one:
+            mask = mask + self._guard(mask)
+        self.last_mask, self._mask_version = mask, variable._version
+        return mask
+
+    def gated(self, weight: Tensor, member: GatedTensor) -> Tensor:
+        """``W ⊙ M``; element masks in one fused node (:class:`_MaskedWeight`)."""
+        if not member.elementwise or self.keep_one:
+            return super().gated(weight, member)
+        mask = self.current_mask().view(member.shape)
+        return _MaskedWeight.apply(weight, self.mask_variable, mask, self.ste, self.slope)
 
     def keep(self) -> Tensor:
         return self.current_mask() != 0
@@ -287,6 +327,7 @@ class SCL(BudgetedMethod):
         self.features = {s.name: _feature_count(s) for s in self.plan.sets}
         self._processors = {name: self._make_processor(name) for name in self.gates}
         self._pending: set[str] = set()  # sets with a new task gradient not yet processed
+        self._kept_costs: dict[str, tuple[Tensor, Tensor]] = {}  # set: (M, Σ cost · M)
         self._hooks = [
             gate.mask_variable.register_post_accumulate_grad_hook(self._mark_pending(name))
             for name, gate in self.gates.items()
@@ -349,10 +390,15 @@ class SCL(BudgetedMethod):
 
         return hook
 
-    def _kept_cost(self, name: str, gate: SCLMask, kept: bool = True) -> Tensor:
-        """``Σ_g cost_g · M_g`` of one set (or of its dropped groups), as a 0-dim tensor."""
+    def _kept_cost(self, name: str, gate: SCLMask) -> Tensor:
+        """``Σ_g cost_g · M_g`` of one set, as a 0-dim tensor (once for each mask ``M``)."""
         keep = gate.current_mask()
-        return costs.weighted_sum(self.budget_costs[name], keep if kept else 1.0 - keep)
+        cached = self._kept_costs.get(name)
+        if cached is not None and cached[0] is keep:
+            return cached[1]
+        total = costs.weighted_sum(self.budget_costs[name], keep)
+        self._kept_costs[name] = (keep, total)
+        return total
 
     # --- the common interface -------------------------------------------------------
     def optimizer_groups(self) -> list[dict[str, Any]]:
