@@ -159,13 +159,21 @@ class SCLMask(GroupGate):
         self.keep_one = keep_one
         self.last_mask: Tensor | None = None  # M of the last forward pass, for the regularizer
         self._mask_version = -1
+        self.cost: costs.Cost | None = None
+        """``c_g``, what the penalty counts per kept group (set by the method)."""
+        self.kept_cost: Tensor | None = None
+        """``Σ_g c_g M_g`` of :attr:`last_mask`, summed while the mask is still in cache."""
 
     def forward(self) -> Tensor:
         mask = binary_step(self.mask_variable, self.ste, self.slope)
         if self.keep_one:
             mask = mask + self._guard(mask.detach())
-        self.last_mask, self._mask_version = mask.detach(), self.mask_variable._version
+        self._remember(mask.detach())
         return mask
+
+    def _remember(self, mask: Tensor) -> None:
+        self.last_mask, self._mask_version = mask, self.mask_variable._version
+        self.kept_cost = None if self.cost is None else costs.weighted_sum(self.cost, mask)
 
     def _guard(self, mask: Tensor) -> Tensor:
         """``1 − M`` at the group with the largest ``S``, zero elsewhere."""
@@ -189,7 +197,7 @@ class SCLMask(GroupGate):
         mask = positive(variable.detach())
         if self.keep_one:
             mask = mask + self._guard(mask)
-        self.last_mask, self._mask_version = mask, variable._version
+        self._remember(mask)
         return mask
 
     def gated(self, weight: Tensor, member: GatedTensor) -> Tensor:
@@ -324,10 +332,11 @@ class SCL(BudgetedMethod):
             model, groups, exclude=exclude, input_shape=input_shape, example_inputs=example_inputs
         )
         self.setup_budget(self.lam, lam_rate, input_shape)
+        for name, gate in self.gates.items():
+            gate.cost = self.budget_costs[name]
         self.features = {s.name: _feature_count(s) for s in self.plan.sets}
         self._processors = {name: self._make_processor(name) for name in self.gates}
         self._pending: set[str] = set()  # sets with a new task gradient not yet processed
-        self._kept_costs: dict[str, tuple[Tensor, Tensor]] = {}  # set: (M, Σ cost · M)
         self._hooks = [
             gate.mask_variable.register_post_accumulate_grad_hook(self._mark_pending(name))
             for name, gate in self.gates.items()
@@ -391,14 +400,11 @@ class SCL(BudgetedMethod):
         return hook
 
     def _kept_cost(self, name: str, gate: SCLMask) -> Tensor:
-        """``Σ_g cost_g · M_g`` of one set, as a 0-dim tensor (once for each mask ``M``)."""
-        keep = gate.current_mask()
-        cached = self._kept_costs.get(name)
-        if cached is not None and cached[0] is keep:
-            return cached[1]
-        total = costs.weighted_sum(self.budget_costs[name], keep)
-        self._kept_costs[name] = (keep, total)
-        return total
+        """``Σ_g cost_g · M_g`` of one set, as a 0-dim tensor (summed once for each ``M``)."""
+        mask = gate.current_mask()
+        if gate.kept_cost is None:
+            gate.kept_cost = costs.weighted_sum(self.budget_costs[name], mask)
+        return gate.kept_cost
 
     # --- the common interface -------------------------------------------------------
     def optimizer_groups(self) -> list[dict[str, Any]]:
@@ -418,6 +424,8 @@ class SCL(BudgetedMethod):
     def after_step(self) -> None:
         super().after_step()
         self.update_lambda()
+        for gate in self.gates.values():  # M = 1[S > 0] now, while the step's S is in cache
+            gate.current_mask()
 
     def kept_indicator(self, gate: GroupGate) -> Tensor:
         return gate.current_mask()  # M of the last forward pass when S has not changed
