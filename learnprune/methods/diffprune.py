@@ -160,8 +160,9 @@ class _GatedWeight(torch.autograd.Function):
         ∂L/∂W = g ⊙ z,        ∂L/∂x = (g ⊙ W + c · ∂L/∂m) · T'(x)        (g = ∂L/∂W̃)
 
     with the leaky ``T'`` of :func:`gate_slope` applied once to the sum, as the separate
-    nodes ``W * z`` and ``Σ c z`` over :func:`approx_binary` give it. ``cost=None``: no
-    mass (stochastic gates count ``P(z ≠ 0)`` instead); ``m`` is then 0.
+    nodes ``W * z`` and ``Σ c z`` over :func:`approx_binary` give it. ``z`` and ``saved``
+    come in computed from ``x`` (:func:`gate_value`). ``cost=None``: no mass (stochastic
+    gates count ``P(z ≠ 0)`` instead); ``m`` is then 0.
     """
 
     @staticmethod
@@ -169,12 +170,13 @@ class _GatedWeight(torch.autograd.Function):
         ctx: Any,
         weight: Tensor,
         x: Tensor,
+        z: Tensor,
+        saved: Tensor,
         cost: costs.Cost | None,
         transform: GateTransform,
         tau: float,
         leak: float,
     ) -> tuple[Tensor, Tensor]:
-        z, saved = gate_value(x, transform, tau)
         ctx.set_materialize_grads(False)
         ctx.save_for_backward(weight, z, saved)
         ctx.cost, ctx.transform, ctx.tau, ctx.leak = cost, transform, tau, leak
@@ -184,13 +186,14 @@ class _GatedWeight(torch.autograd.Function):
     @staticmethod
     def backward(
         ctx: Any, grad: Tensor | None, grad_mass: Tensor | None
-    ) -> tuple[Tensor | None, Tensor | None, None, None, None, None]:
+    ) -> tuple[Tensor | None, ...]:
         weight, z, saved = ctx.saved_tensors
+        unused = (None,) * 7  # z, saved, cost, transform, tau, leak: no gradient
         grad_weight = None
         if ctx.needs_input_grad[0] and grad is not None:
             grad_weight = grad * z.view(grad.shape)
         if not ctx.needs_input_grad[1] or (grad is None and grad_mass is None):
-            return grad_weight, None, None, None, None, None
+            return grad_weight, *unused
         grad_z = None if grad is None else (grad * weight).view(z.shape)
         if grad_mass is not None and ctx.cost is not None:
             cost = ctx.cost
@@ -201,9 +204,9 @@ class _GatedWeight(torch.autograd.Function):
             )
             grad_z = term.expand(z.shape).clone() if grad_z is None else grad_z.add_(term)
         if grad_z is None:
-            return grad_weight, None, None, None, None, None
+            return grad_weight, *unused
         slope = gate_slope(saved, ctx.transform, ctx.tau, ctx.leak)
-        return grad_weight, grad_z.mul_(slope), None, None, None, None
+        return grad_weight, grad_z.mul_(slope), *unused[1:]
 
 
 def logistic_noise(shape: Sequence[int], like: Tensor) -> Tensor:
@@ -243,6 +246,7 @@ class DiffPruneGate(GroupGate):
         self.register_buffer("noise", torch.zeros(group_set.num_groups), persistent=False)
         self._last: tuple[Tensor, int] | None = None  # z of the last forward pass, φ's version
         self._last_mass: tuple[Tensor, int] | None = None  # fused path: Σ c z, φ's version
+        self._value: tuple[Tensor, Tensor, int] | None = None  # z, saved, φ's version
         self.cost: costs.Cost | None = None
         """``c_g``, what the surrogate L0 counts per group (set by the method)."""
         self.frozen = False  # after the exact finish: the deterministic gate, no noise
@@ -274,11 +278,32 @@ class DiffPruneGate(GroupGate):
         noisy = self.stochastic and not self.frozen
         if noisy and self.training:
             x = x + self.sigma * self.noise
+            z, saved = gate_value(x.detach(), self.transform, self.tau)
+        else:
+            z, saved = self.current_value()
         cost = None if noisy else self.cost
-        out, mass = _GatedWeight.apply(weight, x, cost, self.transform, self.tau, self.leak)
+        out, mass = _GatedWeight.apply(
+            weight, x, z, saved, cost, self.transform, self.tau, self.leak
+        )
         if cost is not None and torch.is_grad_enabled():
             self._last_mass = (mass, self.phi._version)
         return out
+
+    def current_value(self) -> tuple[Tensor, Tensor]:
+        """``T(φ)`` without noise and what its slope needs (:func:`gate_value`), computed
+        once for each value of ``φ`` (any in-place change of ``φ`` is a new value)."""
+        phi = self.phi
+        cached = self._value
+        if (
+            cached is not None
+            and cached[2] == phi._version
+            and cached[0].device == phi.device
+            and cached[0].dtype == phi.dtype
+        ):
+            return cached[0], cached[1]
+        z, saved = gate_value(phi.detach(), self.transform, self.tau)
+        self._value = (z, saved, phi._version)
+        return z, saved
 
     def fused_mass(self) -> Tensor | None:
         """``Σ_g c_g z_g`` of the last forward pass through :meth:`gated`, while ``φ`` has
@@ -492,6 +517,9 @@ class DiffPrune(BudgetedMethod):
             for gate in self.gates.values():
                 gate.phi.clamp_(low, high)
         self.update_lambda()
+        if not self.on_activations and (self.mode == "deterministic" or self.finished):
+            for gate in self.gates.values():  # the next z, while the step's φ is in cache
+                gate.current_value()
 
     def gate_scores(self, gate: GroupGate) -> Tensor:
         return gate.phi  # z = T(φ), monotone in φ
