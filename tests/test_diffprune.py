@@ -213,7 +213,7 @@ def test_element_gates_take_one_node_with_the_task_and_penalty_gradients_by_hand
     band, plateau = 1 / (2 * tau), leak / (2 * tau)  # ∂z/∂φ: 1 inside, 0.1 where z is 0 or 1
     expected = [(2.0 + 2.0) * band, (-12.0 + 2.0) * plateau, (-1.0 + 2.0) * plateau]
     assert method.gates["0.weight"].phi.grad.tolist() == pytest.approx(expected)
-    method.after_step()  # computes the next z ahead; any change of φ is seen
+    method.after_step()  # z is kept for each value of φ: any change of φ is seen
     _set_phi(method, "0.weight", [-0.25, 0.5, 0.0])
     assert layer.weight.tolist() == [[2.0 * 0.25, -3.0, 0.5 * 0.5]]
 

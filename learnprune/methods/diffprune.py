@@ -517,9 +517,6 @@ class DiffPrune(BudgetedMethod):
             for gate in self.gates.values():
                 gate.phi.clamp_(low, high)
         self.update_lambda()
-        if not self.on_activations and (self.mode == "deterministic" or self.finished):
-            for gate in self.gates.values():  # the next z, while the step's φ is in cache
-                gate.current_value()
 
     def gate_scores(self, gate: GroupGate) -> Tensor:
         return gate.phi  # z = T(φ), monotone in φ

@@ -424,8 +424,6 @@ class SCL(BudgetedMethod):
     def after_step(self) -> None:
         super().after_step()
         self.update_lambda()
-        for gate in self.gates.values():  # M = 1[S > 0] now, while the step's S is in cache
-            gate.current_mask()
 
     def kept_indicator(self, gate: GroupGate) -> Tensor:
         return gate.current_mask()  # M of the last forward pass when S has not changed
