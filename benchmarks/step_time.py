@@ -4,7 +4,9 @@ A step is forward, cross-entropy, backward and an SGD-momentum update (of the we
 the method's own tensors), on a fixed batch, as the engine does it (the method's
 ``regularizer()`` and ``after_step()`` included). The plain model and every method are
 timed in alternating rounds in the same process, so drift of the machine hits all alike;
-the ratio of the medians is reported.
+the ratio of the medians is reported, of wall-clock time (``ratio``) and of the process's
+CPU time (``cpu_ratio``: on a machine shared with other jobs it leaves out the time spent
+waiting for a core, which wall-clock rounds of a few milliseconds pick up unevenly).
 
     python benchmarks/step_time.py                        # lenet300 and lenet5-caffe
     python benchmarks/step_time.py --models lenet300 --methods masked scl --rounds 31
@@ -39,9 +41,9 @@ from learnprune.models import build_model
 
 def make_step(
     name: str, attach: Callable[[torch.nn.Module], PruningMethod], batch: int
-) -> Callable[[int], tuple[float, float]]:
+) -> Callable[[int], tuple[float, float, float]]:
     """A function running ``steps`` training steps; it returns the mean time of a whole
-    step and of ``optimizer.step()`` alone."""
+    step, of ``optimizer.step()`` alone, and the mean CPU time of a whole step."""
     torch.manual_seed(0)
     model = build_model(name)
     method = attach(model)
@@ -51,8 +53,9 @@ def make_step(
     x = torch.randn(batch, *model.input_shape)
     y = torch.randint(0, 10, (batch,))
 
-    def run(steps: int) -> tuple[float, float]:
+    def run(steps: int) -> tuple[float, float, float]:
         optimizer_time = 0.0
+        cpu_start = time.process_time()
         start = time.perf_counter()
         for _ in range(steps):
             loss = F.cross_entropy(model(x), y) + method.regularizer()
@@ -62,7 +65,8 @@ def make_step(
             optimizer.step()
             optimizer_time += time.perf_counter() - before
             method.after_step()
-        return (time.perf_counter() - start) / steps, optimizer_time / steps
+        wall = (time.perf_counter() - start) / steps
+        return wall, optimizer_time / steps, (time.process_time() - cpu_start) / steps
 
     return run
 
@@ -80,7 +84,7 @@ METHODS: dict[str, Callable[[torch.nn.Module], PruningMethod]] = {
 def measure(name: str, methods: list[str], batch: int, rounds: int, steps: int) -> list[dict]:
     variants = {"plain": make_step(name, Dense, batch)}
     variants.update({key: make_step(name, METHODS[key], batch) for key in methods})
-    times: dict[str, list[tuple[float, float]]] = {key: [] for key in variants}
+    times: dict[str, list[tuple[float, float, float]]] = {key: [] for key in variants}
     for run in variants.values():
         run(steps)  # warm-up
     for _ in range(rounds):
@@ -102,6 +106,9 @@ def measure(name: str, methods: list[str], batch: int, rounds: int, steps: int) 
             "plain_optimizer_ms": plain_optimizer * 1e3,
             "method_optimizer_ms": median(key, 1) * 1e3,
             "optimizer_ratio": median(key, 1) / plain_optimizer,
+            "plain_cpu_ms": median("plain", 2) * 1e3,
+            "method_cpu_ms": median(key, 2) * 1e3,
+            "cpu_ratio": median(key, 2) / median("plain", 2),
         }
         for key in methods
     ]
@@ -123,13 +130,14 @@ def main() -> int:
     ]
     print(
         "| model | method | batch | plain step (ms) | method step (ms) | ratio "
-        "| optimizer.step() ratio |"
+        "| optimizer.step() ratio | CPU time ratio |"
     )
-    print("|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|")
     for row in rows:
         print(
             f"| {row['model']} | {row['method']} | {row['batch']} | {row['plain_ms']:.3f} | "
-            f"{row['method_ms']:.3f} | {row['ratio']:.3f} | {row['optimizer_ratio']:.3f} |"
+            f"{row['method_ms']:.3f} | {row['ratio']:.3f} | {row['optimizer_ratio']:.3f} | "
+            f"{row['cpu_ratio']:.3f} |"
         )
     print(
         json.dumps(

@@ -53,6 +53,12 @@ class GroupGate(nn.Module):
         with torch.no_grad():
             return self.forward() != 0
 
+    def gated(self, weight: Tensor, member: GatedTensor) -> Tensor:
+        """``W ⊙ scatter(z)`` for one member tensor. Gates of one value per element (SCL's,
+        DiffPrune's) override it with one fused autograd function that gives both
+        gradients in a single node."""
+        return weight * member.multiplier()
+
 
 class FixedMask(GroupGate):
     """A keep mask set from outside (magnitude pruning, a lottery ticket): ``z_g ∈ {0, 1}``.
@@ -119,7 +125,12 @@ class GatedTensor(nn.Module):
     def forward(self, weight: Tensor) -> Tensor:
         if self.zeros_stored_at is not None and weight._version == self.zeros_stored_at:
             return weight
-        return weight * self.multiplier()
+        return self.gate.gated(weight, self)
+
+    @property
+    def elementwise(self) -> bool:
+        """Whether the gate has one value per element of the tensor (element groups)."""
+        return self.dim is None and self.index is None
 
     def multiplier(self) -> Tensor:
         """``scatter(z)``, broadcastable to the tensor."""

@@ -17,8 +17,9 @@ from torch import nn
 
 from learnprune.cli import main
 from learnprune.errors import ConfigError
+from learnprune.masking import GroupGate
 from learnprune.methods import DiffPrune
-from learnprune.methods.diffprune import TRANSFORMS, approx_binary
+from learnprune.methods.diffprune import TRANSFORMS, DiffPruneGate, approx_binary
 from learnprune.models import build_model
 
 LINEAR = TRANSFORMS["linear"]
@@ -189,6 +190,55 @@ def test_penalty_gradient_by_hand() -> None:
     method.regularizer().backward()
     # λ/N · ∂z/∂φ with N = 2: 2 · 1/(2τ) in the band, 2 · ℓ/(2τ) on the plateau
     assert method.gates["0.weight"].phi.grad.tolist() == pytest.approx([2.0, 0.2])
+
+
+def test_element_gates_take_one_node_with_the_task_and_penalty_gradients_by_hand() -> None:
+    """W̃ = W ⊙ z and the penalty's Σ z in one node: ∂L/∂W = g ⊙ z and
+    ∂J/∂φ = (g ⊙ W + λ/N) · ∂z/∂φ, the slope applied once to the sum."""
+    layer = nn.Linear(3, 1, bias=False)
+    with torch.no_grad():
+        layer.weight.copy_(torch.tensor([[2.0, -3.0, 0.5]]))
+    lam, tau, leak = 6.0, 0.5, 0.1
+    method = DiffPrune(nn.Sequential(layer), lam=lam, tau=tau, leak=leak)
+    _set_phi(method, "0.weight", [0.25, -1.0, 0.5])  # in the band, closed, open
+    z = [0.75, 0.0, 1.0]  # ½ + φ/(2τ), clamped
+    gated = layer.weight
+    assert type(gated.grad_fn).__name__ == "_GatedWeightBackward"
+    assert gated.tolist() == [[2.0 * 0.75, 0.0, 0.5]]
+    assert float(method.surrogate_l0().detach()) == pytest.approx(sum(z))  # the pass's mass
+    x = torch.tensor([[1.0, 4.0, -2.0]])
+    # g = x, g ⊙ W = [2, -12, -1]; λ/N = 2
+    ((gated @ x.T).sum() + method.regularizer()).backward()
+    assert layer.parametrizations.weight.original.grad.tolist() == [[0.75, 0.0, -2.0]]  # g ⊙ z
+    band, plateau = 1 / (2 * tau), leak / (2 * tau)  # ∂z/∂φ: 1 inside, 0.1 where z is 0 or 1
+    expected = [(2.0 + 2.0) * band, (-12.0 + 2.0) * plateau, (-1.0 + 2.0) * plateau]
+    assert method.gates["0.weight"].phi.grad.tolist() == pytest.approx(expected)
+    method.after_step()  # z is kept for each value of φ: any change of φ is seen
+    _set_phi(method, "0.weight", [-0.25, 0.5, 0.0])
+    assert layer.weight.tolist() == [[2.0 * 0.25, -3.0, 0.5 * 0.5]]
+
+
+@pytest.mark.parametrize("transform", ["linear", "sigmoid"])
+def test_the_fused_node_gives_what_the_separate_nodes_give(transform: str, monkeypatch) -> None:
+    """Bit for bit: the forward value, the penalty and both gradients of one fused node
+    against ``W * approx_binary(φ)`` and ``Σ n z`` (the generic path of every gate)."""
+
+    def run(fused: bool) -> list[torch.Tensor]:
+        model = _tiny(seed=3)
+        method = DiffPrune(model, lam=5.0, tau=0.5, transform=transform)
+        if not fused:
+            monkeypatch.setattr(DiffPruneGate, "gated", GroupGate.gated)
+        _set_phi(method, "0.weight", torch.linspace(-1.5, 1.5, 6))  # closed, band, open
+        x = torch.randn(5, 3, generator=torch.Generator().manual_seed(1))
+        out = model(x)
+        penalty = method.regularizer()
+        (out.pow(2).sum() + penalty).backward()
+        monkeypatch.undo()
+        grads = [p.grad for p in method.model_parameters() + method.parameters()]
+        return [out, penalty, *grads]
+
+    for fused, separate in zip(run(True), run(False), strict=True):
+        assert torch.equal(fused, separate)
 
 
 # --- training behaviour -----------------------------------------------------------------------

@@ -11,9 +11,9 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from learnprune.errors import ConfigError
-from learnprune.masking import raw_tensor
+from learnprune.masking import GroupGate, raw_tensor
 from learnprune.methods import SCL
-from learnprune.methods.scl import binary_step, normalize_per_feature
+from learnprune.methods.scl import SCLMask, binary_step, normalize_per_feature
 from learnprune.models import build_model
 
 
@@ -64,6 +64,68 @@ def test_identity_ste_gradient_by_hand() -> None:
     assert torch.allclose(grad_s, torch.tensor([4.0 + lam, -24.0 + lam]))
     # the weight gets the task gradient only where the mask is on
     assert torch.allclose(raw_tensor(layer, "weight").grad, torch.tensor([[2.0, 0.0]]))
+
+
+def test_element_masks_take_one_node_with_both_gradients_by_hand() -> None:
+    """W̃ = W ⊙ M in one autograd node: ∂L/∂W = g ⊙ M and ∂L/∂S = (g ⊙ W) · h(S)."""
+    layer = nn.Linear(3, 1, bias=False)
+    with torch.no_grad():
+        layer.weight.copy_(torch.tensor([[2.0, -3.0, 0.5]]))
+    method = SCL(nn.Sequential(layer), lam=0.0, ste="softplus", normalize="none")
+    s = torch.tensor([0.5, -1.0, 2.0])
+    _set_mask_variables(method, "0.weight", s)
+    x = torch.tensor([[1.0, 4.0, -2.0]])
+    gated = layer.weight
+    assert type(gated.grad_fn).__name__ == "_MaskedWeightBackward"  # no Mul/View/Step chain
+    assert gated.tolist() == [[2.0, 0.0, 0.5]]
+    (gated @ x.T).sum().backward()  # L = W̃ · x: g = ∂L/∂W̃ = x
+    assert raw_tensor(layer, "weight").grad.tolist() == [[1.0, 0.0, -2.0]]  # g ⊙ M
+    h = torch.sigmoid(s)  # the softplus STE's proxy derivative
+    expected = torch.tensor([2.0 * 1.0, -3.0 * 4.0, 0.5 * -2.0]) * h  # (g ⊙ W) · h(S)
+    assert torch.allclose(method.gates["0.weight"].mask_variable.grad, expected)
+
+
+@pytest.mark.parametrize("ste", ["identity", "leaky_relu"])
+def test_the_fused_node_gives_what_the_separate_nodes_give(ste: str, monkeypatch) -> None:
+    """Bit for bit: the forward value, ∂L/∂W and the processed ∂J/∂S of one fused node
+    against ``W * binary_step(S)`` (the generic path of every gate)."""
+
+    def run(fused: bool) -> list[Tensor]:
+        model = _tiny(seed=3)
+        method = SCL(model, lam=0.1, ste=ste)
+        if not fused:
+            monkeypatch.setattr(SCLMask, "gated", GroupGate.gated)
+        _set_mask_variables(method, "0.weight", torch.linspace(-1.0, 1.5, 6))
+        x = torch.randn(5, 3, generator=torch.Generator().manual_seed(1))
+        out = model(x)
+        (out.pow(2).sum() + method.regularizer()).backward()
+        method.before_optimizer_step()
+        monkeypatch.undo()
+        return [out, *(p.grad for p in method.model_parameters() + method.parameters())]
+
+    for fused, separate in zip(run(True), run(False), strict=True):
+        assert torch.equal(fused, separate)
+
+
+def test_the_mask_follows_every_change_of_s() -> None:
+    """M is computed once per value of S (forward, regularizer and budget share it), and
+    again after any in-place change: an optimizer step, a copy, a loaded state."""
+    model = _tiny()
+    method = SCL(model, lam=1.0)
+    gate = method.gates["0.weight"]
+    w = raw_tensor(model[0], "weight").detach()
+    assert torch.equal(model[0].weight, w)  # S = 1: all on
+    assert gate.current_mask() is gate.current_mask()  # shared while S is unchanged
+    assert float(method.regularizer()) == 8.0  # λ · (6 + 2) kept connections
+    _set_mask_variables(method, "0.weight", torch.tensor([1.0, -1.0, 1.0, -1.0, 1.0, -1.0]))
+    assert torch.equal(model[0].weight, w * torch.tensor([[1.0, 0.0, 1.0], [0.0, 1.0, 0.0]]))
+    assert float(method.regularizer()) == 5.0
+    state = copy.deepcopy(method.state_dict())
+    _set_mask_variables(method, "0.weight", torch.ones(6))
+    assert float(method.regularizer()) == 8.0
+    method.load_state_dict(state)
+    assert float(method.regularizer()) == 5.0
+    assert torch.equal(model[0].weight, w * torch.tensor([[1.0, 0.0, 1.0], [0.0, 1.0, 0.0]]))
 
 
 def test_ste_proxies_by_hand() -> None:

@@ -60,7 +60,7 @@ from torch import Tensor, nn
 from learnprune import activation_gates, costs, masking, validation
 from learnprune.errors import ConfigError
 from learnprune.groups import GroupPlan, GroupSet
-from learnprune.masking import GroupGate
+from learnprune.masking import GatedTensor, GroupGate
 from learnprune.methods.base import model_device
 from learnprune.methods.budgeted import BUDGET_OPTIONS, BudgetedMethod
 
@@ -89,7 +89,7 @@ def _sigmoid_slope(x: Tensor, tau: float) -> Tensor:
 TRANSFORMS: dict[str, GateTransform] = {
     "linear": GateTransform(
         "linear",
-        value=lambda x, tau: 0.5 + x / (2 * tau),
+        value=lambda x, tau: torch.div(x, 2 * tau).add_(0.5),  # 0.5 + x / (2τ), one tensor
         slope=lambda x, tau: torch.full_like(x, 1 / (2 * tau)),
         band=lambda tau: (-tau, tau),
     ),
@@ -111,34 +111,102 @@ class _ApproxBinary(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx: Any, x: Tensor, transform: GateTransform, tau: float, leak: float) -> Tensor:
-        z = transform.value(x, tau).clamp_(0.0, 1.0)
+        z, saved = gate_value(x, transform, tau)
         ctx.transform, ctx.tau, ctx.leak = transform, tau, leak
-        if transform.name == "linear":  # T' is constant: the band is where 0 < z < 1
-            ctx.save_for_backward(z)
-        else:
-            ctx.save_for_backward(x)
+        ctx.save_for_backward(saved)
         return z
 
     @staticmethod
     def backward(ctx: Any, grad_z: Tensor) -> tuple[Tensor, None, None, None]:
         (saved,) = ctx.saved_tensors
-        centre = float(ctx.transform.slope(torch.zeros(()), ctx.tau))
-        leak = ctx.leak
-        if ctx.transform.name == "linear":
-            # inside the band ⟺ 0 < z < 1 ⟺ z (1 − z) > 0; written straight into floats
-            # (a bool mask and torch.where cost several times more on CPU)
-            inside = torch.gt(saved * (1 - saved), 0, out=torch.empty_like(saved))
-            slope = inside.mul_(centre * (1 - leak)).add_(centre * leak)
-        else:
-            low, high = ctx.transform.band(ctx.tau)
-            inside = (saved > low) & (saved < high)
-            slope = torch.where(inside, ctx.transform.slope(saved, ctx.tau), leak * centre)
-        return grad_z * slope, None, None, None
+        return grad_z * gate_slope(saved, ctx.transform, ctx.tau, ctx.leak), None, None, None
+
+
+def gate_value(x: Tensor, transform: GateTransform, tau: float) -> tuple[Tensor, Tensor]:
+    """``z = T(x)`` (exact zeros and ones), and what :func:`gate_slope` needs of the forward
+    pass: ``z`` itself for ``"linear"``, ``x`` for the others."""
+    z = transform.value(x, tau).clamp_(0.0, 1.0)
+    return z, (z if transform.name == "linear" else x)
+
+
+def gate_slope(saved: Tensor, transform: GateTransform, tau: float, leak: float) -> Tensor:
+    """``∂z/∂x``: ``T'(x)`` inside the band, ``ℓ T'(0)`` on the plateaus (``saved`` from
+    :func:`gate_value`)."""
+    centre = float(transform.slope(torch.zeros(()), tau))
+    if transform.name == "linear":
+        # inside the band ⟺ 0 < z < 1: hardtanh's backward kernel passes its gradient there
+        # and writes zeros elsewhere, straight into floats, in one pass (a bool mask and
+        # torch.where cost several times more on CPU); the same values as
+        # 1[z (1 − z) > 0] · T'(0)(1 − ℓ) + ℓ T'(0)
+        inside = torch.ops.aten.hardtanh_backward(
+            saved.new_full((), centre * (1 - leak)).expand(saved.shape), saved, 0.0, 1.0
+        )
+        return inside.add_(centre * leak)
+    low, high = transform.band(tau)
+    inside = (saved > low) & (saved < high)
+    return torch.where(inside, transform.slope(saved, tau), leak * centre)
 
 
 def approx_binary(x: Tensor, transform: GateTransform, tau: float, leak: float = 0.1) -> Tensor:
     """``T(x)`` with exact zeros and ones, and the leaky gradient that lets gates re-open."""
     return _ApproxBinary.apply(x, transform, tau, leak)
+
+
+class _GatedWeight(torch.autograd.Function):
+    """``W̃ = W ⊙ T(x)`` for element gates (``x`` shaped like ``W``, flat), and the set's
+    open mass ``m = Σ_g c_g T(x_g)`` that the surrogate L0 counts, in one node. The backward
+    pass gets both outputs' gradients at once and gives::
+
+        ∂L/∂W = g ⊙ z,        ∂L/∂x = (g ⊙ W + c · ∂L/∂m) · T'(x)        (g = ∂L/∂W̃)
+
+    with the leaky ``T'`` of :func:`gate_slope` applied once to the sum, as the separate
+    nodes ``W * z`` and ``Σ c z`` over :func:`approx_binary` give it. ``z`` and ``saved``
+    come in computed from ``x`` (:func:`gate_value`). ``cost=None``: no mass (stochastic
+    gates count ``P(z ≠ 0)`` instead); ``m`` is then 0.
+    """
+
+    @staticmethod
+    def forward(
+        ctx: Any,
+        weight: Tensor,
+        x: Tensor,
+        z: Tensor,
+        saved: Tensor,
+        cost: costs.Cost | None,
+        transform: GateTransform,
+        tau: float,
+        leak: float,
+    ) -> tuple[Tensor, Tensor]:
+        ctx.set_materialize_grads(False)
+        ctx.save_for_backward(weight, z, saved)
+        ctx.cost, ctx.transform, ctx.tau, ctx.leak = cost, transform, tau, leak
+        mass = z.new_zeros(()) if cost is None else costs.weighted_sum(cost, z)
+        return weight * z.view(weight.shape), mass
+
+    @staticmethod
+    def backward(
+        ctx: Any, grad: Tensor | None, grad_mass: Tensor | None
+    ) -> tuple[Tensor | None, ...]:
+        weight, z, saved = ctx.saved_tensors
+        unused = (None,) * 7  # z, saved, cost, transform, tau, leak: no gradient
+        grad_weight = None
+        if ctx.needs_input_grad[0] and grad is not None:
+            grad_weight = grad * z.view(grad.shape)
+        if not ctx.needs_input_grad[1] or (grad is None and grad_mass is None):
+            return grad_weight, *unused
+        grad_z = None if grad is None else (grad * weight).view(z.shape)
+        if grad_mass is not None and ctx.cost is not None:
+            cost = ctx.cost
+            term = (
+                grad_mass * cost
+                if isinstance(cost, float)
+                else cost.to(z.device, z.dtype) * grad_mass
+            )
+            grad_z = term.expand(z.shape).clone() if grad_z is None else grad_z.add_(term)
+        if grad_z is None:
+            return grad_weight, *unused
+        slope = gate_slope(saved, ctx.transform, ctx.tau, ctx.leak)
+        return grad_weight, grad_z.mul_(slope), *unused[1:]
 
 
 def logistic_noise(shape: Sequence[int], like: Tensor) -> Tensor:
@@ -177,6 +245,10 @@ class DiffPruneGate(GroupGate):
         )
         self.register_buffer("noise", torch.zeros(group_set.num_groups), persistent=False)
         self._last: tuple[Tensor, int] | None = None  # z of the last forward pass, φ's version
+        self._last_mass: tuple[Tensor, int] | None = None  # fused path: Σ c z, φ's version
+        self._value: tuple[Tensor, Tensor, int] | None = None  # z, saved, φ's version
+        self.cost: costs.Cost | None = None
+        """``c_g``, what the surrogate L0 counts per group (set by the method)."""
         self.frozen = False  # after the exact finish: the deterministic gate, no noise
 
     @property
@@ -196,6 +268,51 @@ class DiffPruneGate(GroupGate):
         if torch.is_grad_enabled():
             self._last = (z, self.phi._version)
         return z
+
+    def gated(self, weight: Tensor, member: GatedTensor) -> Tensor:
+        """``W ⊙ z``; element gates in one fused node with the open mass
+        (:class:`_GatedWeight`)."""
+        if not member.elementwise:
+            return super().gated(weight, member)
+        x = self.phi
+        noisy = self.stochastic and not self.frozen
+        if noisy and self.training:
+            x = x + self.sigma * self.noise
+            z, saved = gate_value(x.detach(), self.transform, self.tau)
+        else:
+            z, saved = self.current_value()
+        cost = None if noisy else self.cost
+        out, mass = _GatedWeight.apply(
+            weight, x, z, saved, cost, self.transform, self.tau, self.leak
+        )
+        if cost is not None and torch.is_grad_enabled():
+            self._last_mass = (mass, self.phi._version)
+        return out
+
+    def current_value(self) -> tuple[Tensor, Tensor]:
+        """``T(φ)`` without noise and what its slope needs (:func:`gate_value`), computed
+        once for each value of ``φ`` (any in-place change of ``φ`` is a new value)."""
+        phi = self.phi
+        cached = self._value
+        if (
+            cached is not None
+            and cached[2] == phi._version
+            and cached[0].device == phi.device
+            and cached[0].dtype == phi.dtype
+        ):
+            return cached[0], cached[1]
+        z, saved = gate_value(phi.detach(), self.transform, self.tau)
+        self._value = (z, saved, phi._version)
+        return z, saved
+
+    def fused_mass(self) -> Tensor | None:
+        """``Σ_g c_g z_g`` of the last forward pass through :meth:`gated`, while ``φ`` has
+        not changed since (``None`` otherwise); its gradient reaches ``φ`` through that
+        pass's node."""
+        last = self._last_mass
+        if last is not None and last[1] == self.phi._version and torch.is_grad_enabled():
+            return last[0]
+        return None
 
     def per_example(self, batch: int) -> Tensor:
         """``z`` of shape ``(B, G)``, one noise draw per example (activation gates)."""
@@ -346,6 +463,8 @@ class DiffPrune(BudgetedMethod):
         lam_rate = validation.positive("lam_rate", lam_rate)
         down = 50 * lam_rate if lam_down_rate is None else lam_down_rate
         self.setup_budget(self.lam, lam_rate, input_shape, down_rate=down)
+        for name, gate in self.gates.items():
+            gate.cost = self.budget_costs[name]
         if self.mode == "stochastic":
             self.draw_noise_each_forward()
 
@@ -384,7 +503,10 @@ class DiffPrune(BudgetedMethod):
         """``R = Σ_g n_g z_g`` (or ``Σ_g n_g P(z_g ≠ 0)``), differentiable in ``φ``."""
         total = torch.zeros((), device=model_device(self.model))
         for name, gate in self.gates.items():
-            total = total + costs.weighted_sum(self.budget_costs[name], gate.open_mass())
+            mass = gate.fused_mass()
+            if mass is None:
+                mass = costs.weighted_sum(self.budget_costs[name], gate.open_mass())
+            total = total + mass
         return total
 
     def regularizer(self) -> Tensor:

@@ -68,7 +68,7 @@ from torch.optim.optimizer import register_optimizer_step_pre_hook
 from learnprune import costs, validation
 from learnprune.errors import ConfigError
 from learnprune.groups import GroupSet
-from learnprune.masking import GroupGate
+from learnprune.masking import GatedTensor, GroupGate
 from learnprune.methods.budgeted import BUDGET_OPTIONS, BudgetedMethod
 
 ProxyDerivative = Callable[[Tensor, float], Tensor]
@@ -113,6 +113,34 @@ def binary_step(mask_variable: Tensor, ste: str = "identity", slope: float = 0.1
     return _StepWithSTE.apply(mask_variable, ste, slope)
 
 
+class _MaskedWeight(torch.autograd.Function):
+    """``W̃ = W ⊙ M`` for element masks, one node for what ``W * binary_step(S)`` builds
+    three of. ``M = 1[S > 0]`` comes in computed (shaped like ``W``); the backward pass
+    gives both gradients at once::
+
+        ∂L/∂W = g ⊙ M,        ∂L/∂S = (g ⊙ W) · h(S)        (g = ∂L/∂W̃)
+    """
+
+    @staticmethod
+    def forward(
+        ctx: Any, weight: Tensor, mask_variable: Tensor, mask: Tensor, ste: str, slope: float
+    ) -> Tensor:
+        ctx.save_for_backward(weight, mask_variable, mask)
+        ctx.ste, ctx.slope = ste, slope
+        return weight * mask
+
+    @staticmethod
+    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor | None, Tensor | None, None, None, None]:
+        weight, mask_variable, mask = ctx.saved_tensors
+        grad_weight = grad * mask if ctx.needs_input_grad[0] else None
+        grad_mask_variable = None
+        if ctx.needs_input_grad[1]:
+            grad_mask_variable = (grad * weight).view(mask_variable.shape)
+            if ctx.ste != "identity":  # h ≡ 1 needs no product
+                grad_mask_variable.mul_(STE_PROXIES[ctx.ste](mask_variable, ctx.slope))
+        return grad_weight, grad_mask_variable, None, None, None
+
+
 class SCLMask(GroupGate):
     """The mask variables ``S`` of one group set; ``forward()`` gives ``M = H(S)``.
 
@@ -131,13 +159,21 @@ class SCLMask(GroupGate):
         self.keep_one = keep_one
         self.last_mask: Tensor | None = None  # M of the last forward pass, for the regularizer
         self._mask_version = -1
+        self.cost: costs.Cost | None = None
+        """``c_g``, what the penalty counts per kept group (set by the method)."""
+        self.kept_cost: Tensor | None = None
+        """``Σ_g c_g M_g`` of :attr:`last_mask`, summed while the mask is still in cache."""
 
     def forward(self) -> Tensor:
         mask = binary_step(self.mask_variable, self.ste, self.slope)
         if self.keep_one:
             mask = mask + self._guard(mask.detach())
-        self.last_mask, self._mask_version = mask.detach(), self.mask_variable._version
+        self._remember(mask.detach())
         return mask
+
+    def _remember(self, mask: Tensor) -> None:
+        self.last_mask, self._mask_version = mask, self.mask_variable._version
+        self.kept_cost = None if self.cost is None else costs.weighted_sum(self.cost, mask)
 
     def _guard(self, mask: Tensor) -> Tensor:
         """``1 − M`` at the group with the largest ``S``, zero elsewhere."""
@@ -147,17 +183,29 @@ class SCLMask(GroupGate):
         return guard
 
     def current_mask(self) -> Tensor:
-        """``M = 1[S > 0]`` now (0/1 floats), reusing the last forward pass's when S has not
-        changed since."""
+        """``M = 1[S > 0]`` now (0/1 floats), computed once for each value of ``S`` (the
+        forward pass, the regularizer and the budget share it)."""
+        variable = self.mask_variable
         last = self.last_mask
         if (
             last is not None
-            and last.device == self.mask_variable.device
-            and (self._mask_version == self.mask_variable._version)
+            and self._mask_version == variable._version
+            and last.device == variable.device
+            and last.dtype == variable.dtype
         ):
             return last
-        mask = positive(self.mask_variable.detach())
-        return mask + self._guard(mask) if self.keep_one else mask
+        mask = positive(variable.detach())
+        if self.keep_one:
+            mask = mask + self._guard(mask)
+        self._remember(mask)
+        return mask
+
+    def gated(self, weight: Tensor, member: GatedTensor) -> Tensor:
+        """``W ⊙ M``; element masks in one fused node (:class:`_MaskedWeight`)."""
+        if not member.elementwise or self.keep_one:
+            return super().gated(weight, member)
+        mask = self.current_mask().view(member.shape)
+        return _MaskedWeight.apply(weight, self.mask_variable, mask, self.ste, self.slope)
 
     def keep(self) -> Tensor:
         return self.current_mask() != 0
@@ -288,6 +336,8 @@ class SCL(BudgetedMethod):
             model, groups, exclude=exclude, input_shape=input_shape, example_inputs=example_inputs
         )
         self.setup_budget(self.lam, lam_rate, input_shape)
+        for name, gate in self.gates.items():
+            gate.cost = self.budget_costs[name]
         self.features = {s.name: _feature_count(s) for s in self.plan.sets}
         self._processors = {name: self._make_processor(name) for name in self.gates}
         self._pending: set[str] = set()  # sets with a new task gradient not yet processed
@@ -354,10 +404,12 @@ class SCL(BudgetedMethod):
 
         return hook
 
-    def _kept_cost(self, name: str, gate: SCLMask, kept: bool = True) -> Tensor:
-        """``Σ_g cost_g · M_g`` of one set (or of its dropped groups), as a 0-dim tensor."""
-        keep = gate.current_mask()
-        return costs.weighted_sum(self.budget_costs[name], keep if kept else 1.0 - keep)
+    def _kept_cost(self, name: str, gate: SCLMask) -> Tensor:
+        """``Σ_g cost_g · M_g`` of one set, as a 0-dim tensor (summed once for each ``M``)."""
+        mask = gate.current_mask()
+        if gate.kept_cost is None:
+            gate.kept_cost = costs.weighted_sum(self.budget_costs[name], mask)
+        return gate.kept_cost
 
     # --- the common interface -------------------------------------------------------
     def optimizer_groups(self) -> list[dict[str, Any]]:
