@@ -192,6 +192,18 @@ def test_penalty_gradient_by_hand() -> None:
     assert method.gates["0.weight"].phi.grad.tolist() == pytest.approx([2.0, 0.2])
 
 
+def test_a_write_to_phi_through_data_reaches_the_next_forward_pass() -> None:
+    """``.data`` writes bypass φ's version counter: the forward pass still sees them."""
+    layer = nn.Linear(3, 1, bias=False)
+    with torch.no_grad():
+        layer.weight.copy_(torch.tensor([[2.0, -3.0, 0.5]]))
+    method = DiffPrune(nn.Sequential(layer), lam=1.0, tau=0.5)
+    _set_phi(method, "0.weight", [1.0, 1.0, 1.0])  # all open: z = 1
+    assert layer.weight.tolist() == [[2.0, -3.0, 0.5]]
+    method.gates["0.weight"].phi.data.copy_(torch.tensor([0.25, -1.0, 1.0]))
+    assert layer.weight.tolist() == [[2.0 * 0.75, 0.0, 0.5]]
+
+
 def test_element_gates_take_one_node_with_the_task_and_penalty_gradients_by_hand() -> None:
     """W̃ = W ⊙ z and the penalty's Σ z in one node: ∂L/∂W = g ⊙ z and
     ∂J/∂φ = (g ⊙ W + λ/N) · ∂z/∂φ, the slope applied once to the sum."""

@@ -128,6 +128,16 @@ def test_the_mask_follows_every_change_of_s() -> None:
     assert torch.equal(model[0].weight, w * torch.tensor([[1.0, 0.0, 1.0], [0.0, 1.0, 0.0]]))
 
 
+def test_a_write_to_s_through_data_reaches_the_next_forward_pass() -> None:
+    """``.data`` writes bypass S's version counter: the forward pass still sees them."""
+    model = _tiny()
+    method = SCL(model, lam=1.0)
+    w = raw_tensor(model[0], "weight").detach()
+    assert torch.equal(model[0].weight, w)
+    method.gates["0.weight"].mask_variable.data.copy_(torch.tensor([1.0, -1, 1, -1, 1, -1]))
+    assert torch.equal(model[0].weight, w * torch.tensor([[1.0, 0.0, 1.0], [0.0, 1.0, 0.0]]))
+
+
 def test_ste_proxies_by_hand() -> None:
     s = torch.tensor([-1.0, 2.0], requires_grad=True)
     for ste, expected in [

@@ -279,8 +279,11 @@ class DiffPruneGate(GroupGate):
         if noisy and self.training:
             x = x + self.sigma * self.noise
             z, saved = gate_value(x.detach(), self.transform, self.tau)
-        else:
-            z, saved = self.current_value()
+        else:  # afresh at every forward pass (a write to φ its version counter does not
+            # see, e.g. through ``.data``, must not leave stale gates); the regularizer and
+            # the budget of the same step share it (:meth:`current_value`)
+            z, saved = gate_value(x.detach(), self.transform, self.tau)
+            self._value = (z, saved, self.phi._version)
         cost = None if noisy else self.cost
         out, mass = _GatedWeight.apply(
             weight, x, z, saved, cost, self.transform, self.tau, self.leak

@@ -204,7 +204,12 @@ class SCLMask(GroupGate):
         """``W ⊙ M``; element masks in one fused node (:class:`_MaskedWeight`)."""
         if not member.elementwise or self.keep_one:
             return super().gated(weight, member)
-        mask = self.current_mask().view(member.shape)
+        # M from S afresh at every forward pass (a write to S that its version counter
+        # does not see, e.g. through ``.data``, must not leave a stale mask); the
+        # regularizer and the budget of the same step share it (:meth:`current_mask`).
+        mask = positive(self.mask_variable.detach())
+        self._remember(mask)
+        mask = mask.view(member.shape)
         return _MaskedWeight.apply(weight, self.mask_variable, mask, self.ste, self.slope)
 
     def keep(self) -> Tensor:
