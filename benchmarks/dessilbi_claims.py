@@ -238,8 +238,10 @@ def transfer(args: argparse.Namespace, command: str) -> None:
     data = {task: load_dataset(task) for task in TASKS}
     folder = RESULTS / "transfer"
     rows: dict[tuple[str, str], list[float]] = {}
+    structures: list[dict[str, float]] = []
     for seed in args.seeds:
         tickets = {task: path_ticket(task, seed, data[task], args) for task in TASKS}
+        structures.append(ticket_structure(tickets))
         for target in TASKS:
             other = next(t for t in TASKS if t != target)
             arms = {
@@ -257,11 +259,27 @@ def transfer(args: argparse.Namespace, command: str) -> None:
                     run, seed, data[target], masks, args, {"target": target, "arm": arm}
                 )
                 rows.setdefault((TASKS[target], arm), []).append(result["test_accuracy"])
-        summarise_transfer(args, command, rows)
+        summarise_transfer(args, command, rows, structures)
+
+
+def ticket_structure(tickets: Mapping[str, Mapping[str, Tensor]]) -> dict[str, float]:
+    """How alike the two tasks' tickets are: the share of the MNIST ticket's weights that
+    the Fashion-MNIST ticket keeps too, and per ticket the input pixels (of 784) and the
+    hidden units (of 300) that ``fc1`` keeps a weight of."""
+    mnist, fashion = tickets["mnist"], tickets["fashion-mnist"]
+    shared = sum(int((mnist[n] & fashion[n]).sum()) for n in mnist)
+    structure = {"shared_share": shared / sum(int(m.sum()) for m in mnist.values())}
+    for task, masks in tickets.items():
+        structure[f"{task} fc1 input pixels"] = float(masks["fc1.weight"].any(0).sum())
+        structure[f"{task} fc1 units"] = float(masks["fc1.weight"].any(1).sum())
+    return structure
 
 
 def summarise_transfer(
-    args: argparse.Namespace, command: str, rows: Mapping[tuple[str, str], list[float]]
+    args: argparse.Namespace,
+    command: str,
+    rows: Mapping[tuple[str, str], list[float]],
+    structures: list[dict[str, float]],
 ) -> None:
     summary = {f"{t} | {a}": mean_std(v) for (t, a), v in rows.items()}
     lines = [
@@ -295,7 +313,22 @@ def summarise_transfer(
                     f"{cell(mean_std([p['support_share'] for p in mine]))} | "
                     f"{cell(mean_std([p['ticket_share_inside_support'] for p in mine]))} |"
                 )
-    settings = {"accuracy": summary, "settings": vars(args)}
+    structure = {key: mean_std([s[key] for s in structures]) for key in structures[0]}
+    lines += [
+        "",
+        "| the two tickets (per seed) | mean ± std |",
+        "|---|---|",
+        f"| MNIST ticket's weights kept by the Fashion-MNIST ticket too (%) | "
+        f"{cell(structure['shared_share'])} |",
+    ]
+    for task in TASKS:
+        for what, of in (("input pixels", 784), ("units", 300)):
+            key = f"{task} fc1 {what}"
+            lines.append(
+                f"| {TASKS[task]} ticket: fc1 {what} kept (of {of}) | "
+                f"{cell(structure[key], scale=1, digits=0)} |"
+            )
+    settings = {"accuracy": summary, "ticket_structure": structure, "settings": vars(args)}
     write_summary("transfer", settings, "\n".join(lines), command)
 
 
