@@ -424,7 +424,9 @@ def growing(args: argparse.Namespace, command: str) -> None:
     )
     rows: dict[str, list[dict[str, Any]]] = {}
     for seed in args.seeds:
-        run = folder / f"grown-from{args.start_width}-nu{args.grow_nu:g}-seed{seed}"
+        run = folder / (
+            f"grown-from{args.start_width}-nu{args.grow_nu:g}-lam{args.grow_lam:g}-seed{seed}"
+        )
         grown = done(run)
         if grown is None:
             started = time.perf_counter()
@@ -434,6 +436,7 @@ def growing(args: argparse.Namespace, command: str) -> None:
                 max_rounds=args.max_rounds,
                 finetune_epochs=args.finetune_epochs,
                 nu=args.grow_nu,
+                lam=args.grow_lam,
             )
             seed_everything(seed)
             model, config = grow(
@@ -509,7 +512,7 @@ def growing(args: argparse.Namespace, command: str) -> None:
         rows.setdefault("full", []).append(full)
         lines = [
             f"ResNet-20 on Fashion-MNIST 32×32, {n} training examples, {len(data.x_test)} "
-            f"test images; grown (DessiLBI ν {args.grow_nu:g}, lr 0.05) from "
+            f"test images; grown (DessiLBI ν {args.grow_nu:g}, λ {args.grow_lam:g}, lr 0.05) from "
             f"{args.start_width} channels per stage (τ 0.8, {args.local_epochs} epochs a "
             f"round, at most {args.max_rounds} rounds, {args.finetune_epochs} fine-tuning)",
             "",
@@ -547,6 +550,7 @@ def main() -> int:
     parser.add_argument("--max-rounds", type=int, default=4)
     parser.add_argument("--finetune-epochs", type=int, default=2)
     parser.add_argument("--grow-nu", type=float, default=100.0, help="grow: ν (reference 100)")
+    parser.add_argument("--grow-lam", type=float, default=1.0, help="grow: λ (reference 1)")
     parser.add_argument("--test-subset", type=int, help="grow: the first k test images")
     parser.add_argument("--out", type=Path, default=RESULTS, help="results folder")
     args = parser.parse_args()
