@@ -406,6 +406,33 @@ def resnet(widths: list[int] | tuple[int, ...], data: Dataset) -> nn.Module:
     )
 
 
+def full_network(
+    folder: Path, seed: int, epochs: int, data: Dataset, base: TrainConfig, n: int
+) -> dict[str, Any]:
+    """The full ResNet-20 (16-32-64) trained by SGD for ``epochs``, with its training FLOPs."""
+    run = folder / f"full-{epochs}ep-seed{seed}"
+    found = done(run)
+    if found:
+        return found
+    seed_everything(seed)
+    model = resnet((16, 32, 64), data)
+    per_example = training_flops_per_example(model, data.input_shape)
+    config = TrainConfig(**{**asdict(base), "epochs": epochs, "seed": seed})
+    dense = count(model, data.input_shape)
+    info = {
+        "role": "full",
+        "seed": seed,
+        "widths": [16, 32, 64],
+        "params": dense.params,
+        "flops": dense.flops,
+        "epochs": epochs,
+        "train_flops_per_example": per_example,
+        "train_flops": per_example * epochs * n,
+        "train_examples": n,
+    }
+    return trained(run, model, Dense(model), data, config, lambda: info)
+
+
 def growing(args: argparse.Namespace, command: str) -> None:
     data = load_dataset("fashion-mnist", pad_to_32=True)
     if args.test_subset:  # the first k test images (every epoch evaluates them)
@@ -487,29 +514,10 @@ def growing(args: argparse.Namespace, command: str) -> None:
             run.mkdir(parents=True, exist_ok=True)
             atomic_write_json(run / "final.json", grown)
             print(f"grow/{run.name}: {accuracy:.2%}, widths {grown['widths']}", flush=True)
-        full_run = folder / f"full-{grown['epochs']}ep-seed{seed}"
-        full = done(full_run)
-        if full is None:
-            seed_everything(seed)
-            model = resnet((16, 32, 64), data)
-            per_example = training_flops_per_example(model, data.input_shape)
-            epochs = grown["epochs"]
-            config = TrainConfig(**{**asdict(base), "epochs": epochs, "seed": seed})
-            dense = count(model, data.input_shape)
-            info = {
-                "role": "full",
-                "seed": seed,
-                "widths": [16, 32, 64],
-                "params": dense.params,
-                "flops": dense.flops,
-                "epochs": epochs,
-                "train_flops_per_example": per_example,
-                "train_flops": per_example * epochs * n,
-                "train_examples": n,
-            }
-            full = trained(full_run, model, Dense(model), data, config, lambda info=info: info)
         rows.setdefault("grown", []).append(grown)
-        rows.setdefault("full", []).append(full)
+        for epochs in [grown["epochs"], *args.full_epochs]:
+            role = "full" if epochs == grown["epochs"] else f"full, {epochs} epochs"
+            rows.setdefault(role, []).append(full_network(folder, seed, epochs, data, base, n))
         lines = [
             f"ResNet-20 on Fashion-MNIST 32×32, {n} training examples, {len(data.x_test)} "
             f"test images; grown (DessiLBI ν {args.grow_nu:g}, λ {args.grow_lam:g}, lr 0.05) from "
@@ -549,6 +557,9 @@ def main() -> int:
     parser.add_argument("--local-epochs", type=int, default=2)
     parser.add_argument("--max-rounds", type=int, default=4)
     parser.add_argument("--finetune-epochs", type=int, default=2)
+    parser.add_argument(
+        "--full-epochs", type=int, nargs="*", default=[], help="grow: more full-network runs"
+    )
     parser.add_argument("--grow-nu", type=float, default=100.0, help="grow: ν (reference 100)")
     parser.add_argument("--grow-lam", type=float, default=1.0, help="grow: λ (reference 1)")
     parser.add_argument("--test-subset", type=int, help="grow: the first k test images")
