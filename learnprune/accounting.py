@@ -16,6 +16,9 @@ Definitions (printed with every result, see :data:`DEFINITIONS`):
 * **effective_flops** — the same with each Conv/Linear layer charged only for its kept
   weights: ``2 · nnz(W) · P`` where ``P`` is the number of output positions of the layer
   (``N·H_out·W_out`` for a conv, the rows of the input for a Linear).
+* **training FLOPs** (:func:`training_flops_per_example`) — the same counter over one
+  example's forward *and* backward pass (the gradients of every trainable parameter, none
+  for the input), dense as the training step computes it: about 3× the forward FLOPs.
 """
 
 from __future__ import annotations
@@ -232,6 +235,36 @@ def trace_call(model: nn.Module, call: Callable[[], object]) -> tuple[dict[str, 
         for hook in hooks:
             hook.remove()
     return positions, int(counter.get_total_flops())
+
+
+def training_flops_per_example(
+    model: nn.Module, input_shape: Sequence[int] | None = None, example_inputs: Any = None
+) -> int:
+    """FLOPs of one training step per example: forward and backward pass of one example,
+    counted by ``FlopCounterMode`` (2 per multiply-add of every matmul and convolution, the
+    backward's included: per Linear/conv layer the weight gradient and, but for the first
+    layer, whose input needs none, the input gradient).
+
+    The model's own ``.grad`` are untouched (the gradients come from ``torch.autograd.grad``)
+    and so are its BatchNorm statistics (eval mode). A run's training cost is this times the
+    examples it trained on (``steps × batch size``); the optimizer's element-wise update is
+    not counted.
+    """
+    shape = input_shape if input_shape is not None else getattr(model, "input_shape", None)
+    if example_inputs is None and shape is None:
+        raise ConfigError("counting FLOPs needs input_shape=(C, H, W) or example_inputs")
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    if not trainable:
+        raise ConfigError("the model has no trainable parameter: nothing to train")
+    counter = FlopCounterMode(display=False)
+    with counter, evaluation_mode(model), torch.enable_grad():
+        if example_inputs is not None:
+            output = call_model(model, first_example(example_inputs))
+        else:
+            output = model(example_input(model, tuple(shape)))
+        logits = output if isinstance(output, Tensor) else output[0]
+        torch.autograd.grad(logits.float().sum(), trainable, allow_unused=True)
+    return int(counter.get_total_flops())
 
 
 def format_table(counts: Counts | Mapping[str, Any]) -> str:

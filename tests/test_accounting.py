@@ -86,3 +86,20 @@ def test_kept_units_per_layer_in_the_usual_notation() -> None:
     assert [layer.kept_out for layer in counts.layers] == [15, 40, 500, 10]
     assert counts.as_dict()["architecture"] == "15-40-500-400"
     assert "15-40-500-400" in format_table(counts)
+
+
+def test_training_flops_per_example_by_hand() -> None:
+    from learnprune.accounting import training_flops_per_example
+
+    model = _two_layer()
+    # forward: conv 2*18*16 = 576, linear 2*96 = 192 (as above); backward: linear weight
+    # gradient 2*96 = 192 and input gradient 2*32*3 = 192, conv weight gradient
+    # 2*18*16 = 576 and no input gradient (the example needs none)
+    assert training_flops_per_example(model, (1, 6, 6)) == 768 + 192 + 192 + 576 == 1728
+    assert all(p.grad is None for p in model.parameters())  # the model's .grad untouched
+    mlp = nn.Sequential(nn.Linear(4, 3), nn.ReLU(), nn.Linear(3, 2))
+    # forward 2*(12 + 6); backward: fc2 weight 2*6 and input 2*6, fc1 weight 2*12
+    assert training_flops_per_example(mlp, (4,)) == 36 + 12 + 12 + 24 == 84
+    mlp[0].weight.requires_grad_(False)  # a frozen layer costs no weight gradient
+    mlp[0].bias.requires_grad_(False)
+    assert training_flops_per_example(mlp, (4,)) == 36 + 12 == 48

@@ -24,6 +24,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+import torch
 from torch import Tensor, nn
 
 from learnprune import budget, validation
@@ -95,6 +96,21 @@ def budget_ticket_masks(
     path = PathBudget(source, optimizer, parsed, input_shape, ranked=coupled)
     keep = path.exact_keep(optimizer.budget_scores(epoch))
     return path.masks(keep, source)
+
+
+def random_masks_like(masks: Mapping[str, Tensor], seed: int = 0) -> dict[str, Tensor]:
+    """The lottery tickets' control: per tensor a keep mask with as many kept entries as
+    ``masks[name]`` (``k = Σ mask``), at ``k`` positions drawn uniformly without
+    replacement (one ``torch.Generator`` seeded ``seed``, the tensors in ``masks``'s order).
+    Same shapes, same per-layer kept counts, no structure."""
+    generator = torch.Generator().manual_seed(seed)
+    random: dict[str, Tensor] = {}
+    for name, mask in masks.items():
+        kept = int(torch.as_tensor(mask).bool().sum())
+        keep = torch.zeros(mask.numel(), dtype=torch.bool)
+        keep[torch.randperm(mask.numel(), generator=generator)[:kept]] = True
+        random[name] = keep.reshape(mask.shape).to(mask.device)
+    return random
 
 
 class Ticket(FixedMaskMethod):
