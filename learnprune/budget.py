@@ -315,7 +315,8 @@ def exact_keep_shared(
     (``protected`` first, then by score, ties to the lower index): the longest prefix of
     that order whose cost fits ``keep_budget`` (bisection), then the remaining groups in
     order wherever their marginal cost still fits (one that does not fit once never fits
-    later, so each is tried once).
+    later, so each is tried once); a group that adds nothing even with every other group
+    kept (its weights cost nothing, e.g. inputs compaction leaves in place) is kept at once.
 
     Returns a bool tensor, ``True`` where the group is kept.
     """
@@ -341,6 +342,7 @@ def exact_keep_shared(
             high = middle - 1
     keep = prefix(low)
     left = keep_budget + slack - cost(keep)
+    keep |= marginal(torch.ones_like(keep)).double().cpu() <= 0  # cost nothing, ever
     tried = keep.clone()
     while True:
         rest = order[~tried[order]]

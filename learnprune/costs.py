@@ -12,20 +12,39 @@ Both need the *cost* ``c_g`` of keeping group ``g``:
 
 A group set whose groups all cost the same (element sets, one layer's filters under a
 sparsity budget) gets one number instead of a tensor, which keeps the hot paths cheap.
+
+A FLOPs budget is measured on the model as compaction will leave it: dropping a filter also
+removes the next layer's input slice, and dropping the only input slice that reads a channel
+removes the filter that writes it (:func:`compaction_plan` adds those slices to the groups,
+:class:`KeptCost` counts each weight once). A sparsity budget counts each group's own
+weights.
 """
 
 from __future__ import annotations
 
+import copy
+import dataclasses
+import warnings
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 import torch
 from torch import Tensor, nn
+from torch.nn.utils import parametrize
 
 from learnprune.accounting import prunable_modules, trace_layers
-from learnprune.errors import ConfigError
-from learnprune.groups import GroupPlan, gather, scatter
-from learnprune.masking import effective_parameters
+from learnprune.errors import ConfigError, UnsupportedModelError
+from learnprune.groups import (
+    GroupPlan,
+    GroupSet,
+    TensorSlices,
+    example_input,
+    gather,
+    output_layer,
+    prunable_layers,
+    scatter,
+)
+from learnprune.masking import GroupGate, _own_class, effective_parameters, gated_tensors
 
 Cost = Tensor | float
 """Per-group costs of one set: a ``(G,)`` tensor, or one number shared by every group."""
@@ -110,6 +129,137 @@ def shares_weights(plan: GroupPlan) -> bool:
                 return True
             seen.add(piece.param)
     return False
+
+
+def compaction_plan(
+    model: nn.Module,
+    plan: GroupPlan,
+    *,
+    input_shape: Sequence[int] | None = None,
+    example_inputs: Any = None,
+) -> GroupPlan:
+    """``plan`` with, in each one-layer ``out_channel``/``in_channel`` set, the slices that
+    :func:`learnprune.compact.compact` removes along with a dropped group, so that
+    :class:`KeptCost` of it is the cost of the compacted model:
+
+    * filter (output unit) ``k`` of layer ``P``, when ``P``'s row and bias are all that
+      write channel ``k`` (no BatchNorm shift, no residual add): the slices of every layer
+      that reads channel ``k`` (the next layer's input columns, all of a flattened map's);
+    * input ``j`` of layer ``R``, when it is the only slice that reads its channel (``R`` is
+      the channel's one reader, one column per channel): what writes that channel (the
+      previous layer's row ``j`` and bias).
+
+    A weight then survives only if its own group is kept and the channel it reads and the
+    one it writes survive. An input that is not its channel's one reader (a pixel of the
+    model's input, a column of a flattened conv map, a channel read by two layers) stays in
+    the compacted layer, zero but computed: it is taken out of its own weight's cut, so
+    dropping it saves nothing. (Compaction does remove a channel once all its readers drop
+    it, which a product of keeps cannot say: the budget errs on the kept side there.)
+    Which layer reads which channel is the dependency graph compaction cuts along
+    (:func:`learnprune.coupling.coupled_group_sets`, traced on an unmasked copy of the
+    model); a model it cannot trace, or a plan with no such set, gives ``plan`` itself.
+    """
+    single = [s for s in plan.sets if s.kind in ("out_channel", "in_channel")]
+    if not single or (input_shape is None and example_inputs is None):
+        return plan
+    from learnprune.coupling import coupled_group_sets
+
+    try:
+        clean = _bare_copy(model)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            layers, _skipped = prunable_layers(clean)
+            classifier = output_layer(clean, input_shape, example_inputs)
+            inputs = (
+                example_inputs if example_inputs is not None else example_input(clean, input_shape)
+            )
+            channels, _left = coupled_group_sets(clean, layers, classifier, inputs)
+    except UnsupportedModelError:
+        return plan
+    writers: dict[str, list[tuple[GroupSet, TensorSlices]]] = {}
+    readers: dict[str, list[tuple[GroupSet, TensorSlices]]] = {}
+    for channel_set in channels:  # a layer reading a concat reads several channel sets
+        for piece in channel_set.slices:
+            if piece.counts_toward_sparsity:
+                table = writers if piece.role == "out" else readers
+                table.setdefault(piece.param, []).append((channel_set, piece))
+    sets = []
+    for group_set in plan.sets:
+        own = [p for p in group_set.slices if p.counts_toward_sparsity and p.index is None]
+        if group_set.kind not in ("out_channel", "in_channel") or len(own) != 1:
+            sets.append(group_set)
+            continue
+        extra, removed = _removed_with(group_set, own[0], writers, readers)
+        slices = tuple(
+            p
+            if p is not own[0] or removed is None
+            else dataclasses.replace(p, index=torch.where(removed, _positions(p), -1))
+            for p in group_set.slices
+        )
+        sets.append(dataclasses.replace(group_set, slices=slices + tuple(extra)))
+    return GroupPlan(sets, plan.skipped)
+
+
+def _bare_copy(model: nn.Module) -> nn.Module:
+    """A copy of ``model`` without learnprune's gates: its weights as they were before
+    masking (the gates are not copied: their caches need not be copyable)."""
+    memo: dict[int, Any] = {id(m): None for m in model.modules() if isinstance(m, GroupGate)}
+    try:
+        clean = copy.deepcopy(model, memo)
+    except Exception as err:  # a module that cannot be copied
+        raise UnsupportedModelError(f"cannot copy the model ({err})") from err
+    for _name, module, attr, _gated in list(gated_tensors(clean)):
+        _own_class(module)  # the copy shares parametrize's class with the model
+        parametrize.remove_parametrizations(module, attr, leave_parametrized=False)
+    return clean
+
+
+def _positions(piece: TensorSlices) -> Tensor:
+    """The channel of each position along ``piece.dim`` (``-1``: none)."""
+    assert piece.dim is not None
+    if piece.index is None:
+        return torch.arange(piece.shape[piece.dim])
+    return piece.index
+
+
+def _removed_with(
+    group_set: GroupSet,
+    own: TensorSlices,
+    writers: Mapping[str, list[tuple[GroupSet, TensorSlices]]],
+    readers: Mapping[str, list[tuple[GroupSet, TensorSlices]]],
+) -> tuple[list[TensorSlices], Tensor | None]:
+    """The other layers' slices that compaction removes with ``group_set``'s groups, cut by
+    its group ids (:func:`compaction_plan`); ``own`` is the set's Conv/Linear weight slice.
+    For an input set also which of its inputs compaction removes (``None`` for a filter
+    set: all of them): the others stay in the compacted layer, zero but computed."""
+    table = writers if group_set.kind == "out_channel" else readers
+    extra = []
+    removed = (
+        None
+        if group_set.kind == "out_channel"
+        else torch.zeros(group_set.num_groups, dtype=torch.bool)
+    )
+    for channel_set, mine in table.get(own.param, []):
+        if mine.dim is None or mine.dim != own.dim:
+            continue
+        channel = _positions(mine)  # the channel of each of the set's groups (-1: none)
+        members = [p for p in channel_set.slices if p.role == mine.role]
+        if group_set.kind == "out_channel":  # the set's rows and biases alone write it
+            if {p.param for p in members} - set(group_set.params):
+                continue
+        elif len(members) != 1 or bool((torch.bincount(channel[channel >= 0]) > 1).any()):
+            continue  # other readers, or several columns per channel (a flattened map)
+        group_of = torch.full((channel_set.num_groups,), -1, dtype=torch.long)
+        inside = channel >= 0
+        group_of[channel[inside]] = torch.arange(len(channel))[inside]
+        if removed is not None:
+            removed |= inside
+        for piece in channel_set.slices:
+            if piece.role != mine.role and piece.dim is not None:
+                at = _positions(piece)
+                index = torch.where(at >= 0, group_of[at.clamp(min=0)], -1)
+                extra.append(dataclasses.replace(piece, index=index))
+    return extra, removed
 
 
 class KeptCost:

@@ -213,3 +213,20 @@ def test_quadratic_lr_is_the_lagrangian_eta_2_per_method() -> None:
     assert diffprune.controller.quadratic_lr == diffprune.controller.lr == 3.0  # η₂ = η₁
     with pytest.raises(ConfigError):
         SCL(nn.Sequential(nn.Linear(4, 2)), target=0.5, quadratic_lr=-1.0)
+
+
+@pytest.mark.slow
+@pytest.mark.data
+def test_300_step_structured_flops_run_lands_on_the_budget_after_compaction(tmp_path) -> None:
+    """A FLOPs target on filters and units holds on the compacted model (before, dropped
+    filters also took the next layers' inputs, and 0.1 compacted to about 0.02)."""
+    out = tmp_path / "run"
+    argv = ["train", "--recipe", "lenet5caffe-diffprune-structured"]
+    argv += ["--set", "method.target={flops=0.1}", "--epochs", "3", "--train-subset", "10000"]
+    argv += ["--out", str(out), "--no-progress", "--quiet"]  # 3 epochs of 100 batches of 100
+    with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
+        assert main(argv) == 0
+    final = json.loads((out / "final.json").read_text())
+    assert final["finish"] == "exact" and final["budget"]["end_step"] == 225
+    kept = final["compact"]["flops"] / final["flops"]
+    assert kept <= 0.1 and kept == pytest.approx(0.1, rel=0.02)

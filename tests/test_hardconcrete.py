@@ -162,10 +162,10 @@ def test_flops_target_scales_every_lambda_and_is_measured_in_flops() -> None:
     method.after_step()  # nothing closed yet: below the budget, every λ_l grows
     assert method.lam_scale > 1.0
     assert float(method.regularizer().detach()) > before
-    with torch.no_grad():  # close every conv1 map at test time: its FLOPs share is removed
-        method.gates["conv1.weight"].log_alpha.fill_(-4.0)
-    conv1 = 20 * 25 * 576  # multiply-adds of each layer's weights
-    removed = conv1 / (conv1 + 50 * 20 * 25 * 64 + 500 * 800 + 10 * 500)
+    with torch.no_grad():  # close 19 of the 20 conv1 maps at test time: their FLOPs go, and
+        method.gates["conv1.weight"].log_alpha[1:] = -4.0  # so do conv2's inputs from them
+    conv1, conv2 = 20 * 25 * 576, 50 * 20 * 25 * 64  # multiply-adds of each layer's weights
+    removed = 19 / 20 * (conv1 + conv2) / (conv1 + conv2 + 500 * 800 + 10 * 500)
     assert method.budget_achieved() == pytest.approx(removed, rel=1e-5)
 
 

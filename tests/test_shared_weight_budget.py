@@ -120,3 +120,65 @@ def test_coupled_flops_finish_holds_on_the_compacted_resnet() -> None:
     kept = summary["flops"] / dense
     assert kept == pytest.approx(0.5, rel=0.02)
     assert 1.0 - achieved == pytest.approx(kept, rel=0.01)  # the budget's measure is real
+
+
+def _plain_mlp() -> nn.Sequential:
+    """3 → 4 → 2 → 2 without biases (the layers ``0``, ``2``, ``4``)."""
+    return nn.Sequential(
+        nn.Linear(3, 4, bias=False), nn.ReLU(), nn.Linear(4, 2, bias=False), nn.ReLU(),
+        nn.Linear(2, 2, bias=False),
+    )  # fmt: skip
+
+
+def test_flops_cost_of_filters_counts_the_inputs_compaction_removes_by_hand() -> None:
+    """Dropping an output unit also removes the next layer's column for it: the FLOPs
+    budget counts the compacted model (a Linear's weights cost 1 FLOP-unit each)."""
+    method = SCL(_plain_mlp(), groups="out_channel", target={"flops": 0.5}, end_step=1,
+                 input_shape=(3,))  # fmt: skip
+    cost = method.kept_cost
+    assert cost is not None and cost.total == 24.0  # 12 + 8 + 4, the classifier included
+    keep = {"0.weight": torch.tensor([1.0, 1, 0, 0]), "2.weight": torch.tensor([1.0, 0])}
+    # layer 0: 2 rows of 3; layer 2: row 0 at the 2 kept columns; layer 4: column 0 (2)
+    assert cost(keep) == 6 + 2 + 2
+    # the additive count (each group's own weights) said 6 + 4 + 4 kept
+    assert method.removed_share(keep) == pytest.approx(1 - 10 / 24)
+    sparsity = SCL(_plain_mlp(), groups="out_channel", target=0.5, end_step=1, input_shape=(3,))
+    assert sparsity.kept_cost is None  # a sparsity budget counts each group's own weights
+
+
+def test_flops_cost_of_inputs_counts_the_units_compaction_removes_by_hand() -> None:
+    """Dropping input ``j`` of a layer that alone reads unit ``j`` removes that unit's row;
+    the model's own inputs stay (compaction never cuts them), so they save nothing."""
+    method = SCL(_plain_mlp(), groups="in_channel", target={"flops": 0.5}, end_step=1,
+                 input_shape=(3,))  # fmt: skip
+    cost = method.kept_cost
+    assert cost is not None and cost.total == 24.0
+    keep = {
+        "0.weight": torch.zeros(3),  # every pixel dropped: still computed
+        "2.weight": torch.tensor([1.0, 1, 0, 0]),  # hidden units 2, 3 unread: rows go
+        "4.weight": torch.tensor([1.0, 0]),  # unit 1 of layer 2 unread: its row goes
+    }
+    # layer 0: rows 0, 1 (6); layer 2: row 0 at columns 0, 1 (2); layer 4: column 0 (2)
+    assert cost(keep) == 6 + 2 + 2
+
+
+@pytest.mark.parametrize("groups", ["out_channel", "l0_units"])
+@pytest.mark.parametrize("target", [0.3, 0.1])
+def test_structured_flops_finish_holds_on_the_compacted_lenet5(groups: str, target: float) -> None:
+    """Before, a 0.3 FLOPs target on LeNet-5-Caffe's filters compacted to 0.10 of the FLOPs:
+    a dropped filter takes the next layer's input slice along, which the additive cost
+    did not count."""
+    torch.manual_seed(0)
+    model = build_model("lenet5-caffe")
+    dense = count(model, (1, 28, 28)).flops
+    method = SCL(model, groups=groups, target={"flops": target}, end_step=1)
+    with torch.no_grad():
+        for gate in method.gates.values():
+            gate.mask_variable.normal_()  # random scores
+    method.after_step()  # the exact finish
+    achieved = method.budget_achieved()
+    method.finalize()
+    summary, _small = compact_summary(model, (1, 28, 28))
+    kept = summary["flops"] / dense
+    assert kept == pytest.approx(target, rel=0.02)
+    assert 1.0 - achieved == pytest.approx(kept, rel=0.01)  # the budget's measure is real

@@ -17,7 +17,12 @@ What is measured against the budget:
     sparsity budget:  Σ_g n_g (1 − k_g) / N          (N = all prunable weights)
     FLOPs budget:     Σ_g c_g (1 − k_g) / Σ_g c_g    (c_g: FLOPs cost, :mod:`learnprune.costs`)
 
-with ``k_g ∈ {0, 1}`` whether the final model would keep group ``g``.
+with ``k_g ∈ {0, 1}`` whether the final model would keep group ``g``. A sparsity budget
+counts each group's own weights. Where a weight is cut by two groups (coupled channels) or,
+under a FLOPs budget, compaction removes it with another layer's group (a dropped filter
+takes the next layer's input slice with it, :func:`learnprune.costs.compaction_plan`), the
+FLOPs budget is ``1 − C(k) / C(1)`` over all Conv/Linear FLOPs (:class:`~learnprune.costs.
+KeptCost`): the FLOPs of the model as compaction leaves it.
 """
 
 from __future__ import annotations
@@ -145,15 +150,21 @@ class BudgetedMethod(PruningMethod):
         )
         self.budget_total = costs.total_cost(self.plan, self.budget_costs)
         self.kept_cost = None
-        if self.budget and costs.shares_weights(self.plan):
+        shape = model_input_shape(self.model, input_shape)
+        cost_plan = self.plan
+        if self.budget_kind == "flops":  # what compaction removes with each group counts too
+            cost_plan = costs.compaction_plan(
+                self.model, self.plan, input_shape=shape, example_inputs=self.example_inputs
+            )
+        if self.budget and costs.shares_weights(cost_plan):
             per_weight = costs.weight_costs(
                 self.model,
                 flops=self.budget_kind == "flops",
-                input_shape=model_input_shape(self.model, input_shape),
+                input_shape=shape,
                 example_inputs=self.example_inputs,
             )
             weights = [f"{name}.weight" for name, _module in prunable_modules(self.model)]
-            self.kept_cost = costs.KeptCost(self.plan, per_weight, weights)
+            self.kept_cost = costs.KeptCost(cost_plan, per_weight, weights)
         if self.warming_up:
             self._hold_gates()
 
