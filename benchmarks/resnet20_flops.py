@@ -316,25 +316,22 @@ def learnprune_run(plan: Plan, run: Run, device: str, data) -> dict[str, Any]:
     return result
 
 
-def torch_pruning_run(plan: Plan, run: Run, device: str, data) -> dict[str, Any]:
-    """Torch-Pruning's group-norm pruner to ``keep`` of the dense FLOPs, one shot, then
-    fine-tuning; writes ``<out>/<name>/final.json``."""
+def groupnorm_pruned_to(
+    base: Any, keep: float, input_shape: Sequence[int], halvings: int = 14
+) -> tuple[Any, float]:
+    """A copy of ``base`` pruned one shot by Torch-Pruning's ``GroupNormPruner`` (group L2
+    norm, the classifier ``fc`` left whole) at the smallest channel ratio whose FLOPs are
+    at most ``keep`` of ``base``'s, found by ``halvings`` bisections of [0, 0.95];
+    ``(model, ratio)``."""
     import torch
     import torch_pruning as tp
 
     from learnprune.accounting import count
-    from learnprune.engine import evaluate, resolve_device, seed_everything, train
-    from learnprune.methods import Dense
-    from learnprune.models import build_model
-    from learnprune.runner import environment, load_init
 
-    assert run.keep is not None
-    base = build_model("resnet20", num_classes=10, in_channels=1)
-    load_init(base, dense_weights(plan.out, run.seed))
-    example = torch.randn(1, *INPUT_SHAPE)
-    dense_flops = count(base, INPUT_SHAPE).flops
+    example = torch.randn(1, *input_shape)
+    budget = keep * count(base, tuple(input_shape)).flops
 
-    def pruned(ratio: float) -> torch.nn.Module:
+    def pruned(ratio: float) -> Any:
         model = copy.deepcopy(base)
         pruner = tp.pruner.GroupNormPruner(
             model,
@@ -347,13 +344,32 @@ def torch_pruning_run(plan: Plan, run: Run, device: str, data) -> dict[str, Any]
         return model
 
     low, high = 0.0, 0.95
-    for _ in range(14):  # the smallest channel ratio whose FLOPs fit the budget
+    for _ in range(halvings):
         middle = (low + high) / 2
-        if count(pruned(middle), INPUT_SHAPE).flops <= run.keep * dense_flops:
+        if count(pruned(middle), tuple(input_shape)).flops <= budget:
             high = middle
         else:
             low = middle
-    model = pruned(high)
+    return pruned(high), high
+
+
+def torch_pruning_run(plan: Plan, run: Run, device: str, data) -> dict[str, Any]:
+    """Torch-Pruning's group-norm pruner to ``keep`` of the dense FLOPs, one shot, then
+    fine-tuning; writes ``<out>/<name>/final.json``."""
+    import torch_pruning as tp
+
+    from learnprune.accounting import count
+    from learnprune.engine import evaluate, resolve_device, seed_everything, train
+    from learnprune.methods import Dense
+    from learnprune.models import build_model
+    from learnprune.runner import environment, load_init
+
+    assert run.keep is not None
+    base = build_model("resnet20", num_classes=10, in_channels=1)
+    load_init(base, dense_weights(plan.out, run.seed))
+    dense_flops = count(base, INPUT_SHAPE).flops
+
+    model, high = groupnorm_pruned_to(base, run.keep, INPUT_SHAPE)
     flops = count(model, INPUT_SHAPE).flops
     params = sum(p.numel() for p in model.parameters())
     config = train_config(plan.protocol, plan.protocol.epochs, run.seed, device, FINETUNE_LR)

@@ -26,13 +26,11 @@ the machine (the CPU here does ~2 min per 50k ResNet-20 images).
 from __future__ import annotations
 
 import argparse
-import copy
 import json
 import sys
 from pathlib import Path
 
-import torch
-import torch_pruning as tp
+from resnet20_flops import groupnorm_pruned_to
 from sweep import ROOT, run_all
 
 from learnprune.accounting import count
@@ -101,29 +99,9 @@ def tp_groupnorm(dense_weights: str, keep: float, epochs: int, subset: int | Non
     data = load_dataset("fashion-mnist", pad_to_32=True)
     base = build_model("resnet20", num_classes=10, in_channels=1)
     load_init(base, dense_weights)
-    example = torch.randn(1, 1, 32, 32)
     dense_flops = count(base, (1, 32, 32)).flops
 
-    def pruned(ratio: float) -> torch.nn.Module:
-        model = copy.deepcopy(base)
-        pruner = tp.pruner.GroupNormPruner(
-            model,
-            example,
-            importance=tp.importance.GroupMagnitudeImportance(p=2),
-            pruning_ratio=ratio,
-            ignored_layers=[model.fc],
-        )
-        pruner.step()
-        return model
-
-    low, high = 0.0, 0.95
-    for _ in range(12):  # the largest channel ratio whose FLOPs fit the budget
-        middle = (low + high) / 2
-        if count(pruned(middle), (1, 32, 32)).flops <= keep * dense_flops:
-            high = middle
-        else:
-            low = middle
-    model = pruned(high)
+    model, high = groupnorm_pruned_to(base, keep, (1, 32, 32), halvings=12)
     flops = count(model, (1, 32, 32)).flops
     _loss, before = evaluate(model, data.x_test, data.y_test)
     last = train(
