@@ -192,7 +192,7 @@ class BudgetedMethod(PruningMethod):
         return self.budget[0] if self.budget else None
 
     def budget_text(self) -> str:
-        """``", target flops 0.7 (cubic to step 450, lagrangian, finish exact)"`` for
+        """``", target flops 0.3 kept (cubic to step 450, lagrangian, finish exact)"`` for
         :meth:`describe` (empty without a target); after a warm-up ``"(dense to step 50,
         cubic to step 450, ...)"``."""
         if not self.budget or self.schedule is None:
@@ -204,10 +204,9 @@ class BudgetedMethod(PruningMethod):
         )
         if self.learn_begin > 0:
             reach = f"dense to step {self.learn_begin}, {reach}"
-        return (
-            f", target {self.budget[0]} {self.budget[1]:g} "
-            f"({reach}, {self.controller_kind}, finish {self.finish})"
-        )
+        kind, removed = self.budget  # a FLOPs budget is kept as the share removed
+        asked = f"flops {1.0 - removed:g} kept" if kind == "flops" else f"sparsity {removed:g}"
+        return f", target {asked} ({reach}, {self.controller_kind}, finish {self.finish})"
 
     def scheduled_target(self) -> float | None:
         """``b_t`` at the current step (``None`` without a target)."""
