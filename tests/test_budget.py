@@ -180,7 +180,7 @@ def test_finish_none_and_describe_say_which() -> None:
         method.after_step()
     assert not method.finished
     assert "target sparsity 0.5 (" in method.describe() and "finish none" in method.describe()
-    flops = SCL(nn.Sequential(nn.Linear(4, 2)), target={"flops": 0.3}, end_step=3)
+    flops = SCL(nn.Sequential(nn.Linear(4, 2)), target={"flops": 0.3}, input_shape=(4,))
     assert "target flops 0.3 kept (" in flops.describe()  # what was asked, not 0.7 removed
     assert SCL(nn.Sequential(nn.Linear(4, 2)), target=0.5).final_metrics(None)["finish"] == (
         "exact"
