@@ -305,6 +305,7 @@ def exact_keep_shared(
     protected: Tensor,
     cost: Callable[[Tensor], float],
     marginal: Callable[[Tensor], Tensor],
+    open_now: Tensor | None = None,
 ) -> Tensor:
     """:func:`exact_keep` where groups share weights, so what a kept set costs is not the
     sum of its groups' costs (coupled channels, :class:`learnprune.costs.KeptCost`).
@@ -317,6 +318,10 @@ def exact_keep_shared(
     order wherever their marginal cost still fits (one that does not fit once never fits
     later, so each is tried once); a group that adds nothing even with every other group
     kept (its weights cost nothing, e.g. inputs compaction leaves in place) is kept at once.
+    ``open_now`` (the gates' state when the finish comes): past the prefix a group the
+    method learned to close is added only where it buys part of the budget, never because
+    it is free (its weights were not trained while it was closed, and keeping it would
+    change the function for nothing).
 
     Returns a bool tensor, ``True`` where the group is kept.
     """
@@ -342,14 +347,15 @@ def exact_keep_shared(
             high = middle - 1
     keep = prefix(low)
     left = keep_budget + slack - cost(keep)
-    keep |= marginal(torch.ones_like(keep)).double().cpu() <= 0  # cost nothing, ever
+    allowed = torch.ones_like(keep) if open_now is None else open_now.bool().cpu()
+    keep |= (marginal(torch.ones_like(keep)).double().cpu() <= 0) & allowed  # cost nothing
     tried = keep.clone()
     while True:
         rest = order[~tried[order]]
         if not len(rest):
             break
         added = marginal(keep).double().cpu()[rest]
-        fits = torch.nonzero(added <= left).flatten()
+        fits = torch.nonzero((added <= left) & ((added > 0) | allowed[rest])).flatten()
         if not len(fits):
             break
         at = int(fits[0])

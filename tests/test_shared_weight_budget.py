@@ -182,3 +182,25 @@ def test_structured_flops_finish_holds_on_the_compacted_lenet5(groups: str, targ
     kept = summary["flops"] / dense
     assert kept == pytest.approx(target, rel=0.02)
     assert 1.0 - achieved == pytest.approx(kept, rel=0.01)  # the budget's measure is real
+
+
+def test_exact_keep_shared_does_not_reopen_closed_free_groups_by_hand() -> None:
+    """Groups 2 and 3 cost nothing (inputs compaction leaves in place); the finish keeps a
+    free group only while its gate is still open, so a learned closed one stays closed."""
+    weights = torch.tensor([2.0, 2.0, 0.0, 0.0])
+    scores = torch.tensor([4.0, 3.0, 2.0, 1.0])
+    none = torch.zeros(4, dtype=torch.bool)
+
+    def cost(keep: torch.Tensor) -> float:
+        return float((weights * keep.double()).sum())
+
+    def marginal(keep: torch.Tensor) -> torch.Tensor:  # additive: a group adds its own
+        return weights
+
+    assert exact_keep_shared(scores, 2.0, none, cost, marginal).int().tolist() == [1, 0, 1, 1]
+    open_now = torch.tensor([True, True, False, True])
+    keep = exact_keep_shared(scores, 2.0, none, cost, marginal, open_now=open_now)
+    assert keep.int().tolist() == [1, 0, 0, 1]
+    # every gate closed: group 0 is reopened (the budget asks for it), the free ones not
+    keep = exact_keep_shared(scores, 2.0, none, cost, marginal, open_now=none)
+    assert keep.int().tolist() == [1, 0, 0, 0]

@@ -315,6 +315,12 @@ class BudgetedMethod(PruningMethod):
                 torch.cat(protected),
                 lambda keep: kept_cost(by_set(keep)),
                 lambda keep: torch.cat(list(kept_cost.marginal(by_set(keep)).values())),
+                open_now=torch.cat(
+                    [
+                        self.kept_indicator(self.gates[s.name]).detach().bool().cpu()
+                        for s in self.plan.sets
+                    ]
+                ),
             )
         else:
             whole = self.total_weights if self.budget_kind == "sparsity" else self.budget_total
