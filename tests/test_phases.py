@@ -151,6 +151,17 @@ def test_gmp_prunes_over_the_learning_phase_and_magnitude_at_its_start() -> None
     assert _built("dense", Phases(1, 2, 1)).masks() == {}
 
 
+def test_dessilbi_finishes_at_the_end_of_the_learning_phase() -> None:
+    """Without phases its path runs to the last epoch; with them the exact finish comes at
+    W + L (before, the default end_epoch it passed on was refused beside the phases)."""
+    assert _built("dessilbi", Phases(1, 2, 1), target=0.9).end_step == 30
+    with pytest.raises(ConfigError, match=r"train.phases and method.end_epoch"):
+        _built("dessilbi", Phases(1, 2, 1), target=0.9, end_epoch=2)
+    context = TrainingContext(epochs=4, steps_per_epoch=10, total_steps=40, input_shape=(1, 28, 28))
+    method = build_method("dessilbi", build_model("lenet300"), {"target": 0.9}, context)
+    assert method.end_step == 40
+
+
 def test_phases_beside_a_method_timing_or_without_a_fixed_mask_are_refused() -> None:
     with pytest.raises(ConfigError, match=r"train.phases and method.begin_epoch"):
         _built("scl", Phases(1, 2, 1), begin_epoch=1)

@@ -959,8 +959,11 @@ class DessiLBIMethod(PruningMethod):
     def from_options(
         cls, model: nn.Module, options: Mapping[str, Any], context: TrainingContext
     ) -> DessiLBIMethod:
-        """Recipe options; ``end_epoch`` (default: the last epoch) becomes ``end_step``."""
+        """Recipe options; ``end_epoch`` (default: the last epoch) becomes ``end_step``; with
+        the run's phases, the end of their learning phase (``end_epoch`` is refused there)."""
         options = dict(options)
-        end_epoch = options.pop("end_epoch", context.epochs)
-        _begin, end_step = context.phase_steps({"end_epoch": end_epoch}, allow_equal=False)
+        timing = {"end_epoch": options.pop("end_epoch")} if "end_epoch" in options else {}
+        if context.phases is None:
+            timing.setdefault("end_epoch", context.epochs)
+        _begin, end_step = context.phase_steps(timing, allow_equal=False)
         return cls(model, input_shape=context.input_shape, end_step=end_step, **options)
