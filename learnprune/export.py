@@ -317,6 +317,15 @@ def _reference_model(architecture: Mapping[str, Any]) -> nn.Module:
     return build_model(architecture["model_name"], **options)
 
 
+def _recorded_module(model: nn.Module, name: str, missing: str) -> nn.Module:
+    """The submodule ``name`` of ``model`` (``""``: the model) that a file records;
+    :class:`CheckpointError` with ``missing`` when the model has none of that name."""
+    try:
+        return model.get_submodule(name) if name else model
+    except AttributeError:
+        raise CheckpointError(missing) from None
+
+
 def _apply_layers(model: nn.Module, layers: Mapping[str, Mapping[str, Any]], source: str) -> int:
     """Replace every layer of ``model`` whose constructor arguments differ from ``layers``.
 
@@ -325,13 +334,12 @@ def _apply_layers(model: nn.Module, layers: Mapping[str, Mapping[str, Any]], sou
     """
     replaced = 0
     for name, record in layers.items():
-        try:
-            current = model.get_submodule(name) if name else model
-        except AttributeError:
-            raise CheckpointError(
-                f"{source} records a layer {name!r} that the model built from its name "
-                "and options does not have"
-            ) from None
+        current = _recorded_module(
+            model,
+            name,
+            f"{source} records a layer {name!r} that the model built from its name "
+            "and options does not have",
+        )
         kind = _kind(current)
         if kind != record.get("type"):
             raise CheckpointError(
@@ -412,12 +420,9 @@ def _apply_sizes(
     attribute the module already has is changed, and only a tensor with as many axes as
     recorded is reshaped; anything else is left for the tensor check to name."""
     for name, sizes in attributes.items():
-        try:
-            module = model.get_submodule(name) if name else model
-        except AttributeError:
-            raise CheckpointError(
-                f"{source} records sizes of a module {name!r} the model does not have"
-            ) from None
+        module = _recorded_module(
+            model, name, f"{source} records sizes of a module {name!r} the model does not have"
+        )
         for attr, value in sizes.items():
             current = getattr(module, attr, None)
             if isinstance(current, int) and not isinstance(current, bool) and current != value:
